@@ -1,0 +1,101 @@
+"""The decoder interface and its registry.
+
+A decoder turns the residuals of a :class:`~lens_digits.residuals.ResidualSet`
+into per-problem, per-layer correctness for a target (``first`` or
+``answer``). It never sees the model, only what :meth:`Decoder.from_model`
+chose to take from it (the logit lens takes the final norm and unembedding), so
+a decoder can be fitted and scored on saved residuals.
+
+To add one, subclass :class:`Decoder`, give it a unique ``name`` and register it:
+
+>>> import torch
+>>> @register_decoder
+... class Oracle(Decoder):
+...     name = "oracle_doc_example"
+...     def score(self, data, target):
+...         return Scores(torch.ones(len(data), data.n_layers, dtype=torch.bool))
+>>> "oracle_doc_example" in DECODERS
+True
+"""
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from lens_digits.errors import LensDigitsError
+from lens_digits.residuals import ResidualSet
+
+Target = Literal["first", "answer"]
+TARGETS: tuple[str, ...] = ("first", "answer")
+
+
+@dataclass
+class Scores:
+    """What a decoder found, per test problem and layer.
+
+    Attributes:
+        correct: Whether the decoder read the target right.
+        metrics: Extra per-problem numbers; each becomes a column of the grid
+            holding its mean over the cell's problems (for example ``gold_rank``).
+        breakdown: Finer scores, as ``{column: {label: Scores}}``; each label
+            becomes rows of the grid with ``column`` set to ``label`` (the
+            probes' digit ``place``). The main rows have ``column`` = ``"all"``.
+    """
+
+    correct: Bool[Tensor, "problem layer"]
+    metrics: dict[str, Float[Tensor, "problem layer"]] = field(default_factory=dict)
+    breakdown: dict[str, dict[str, "Scores"]] = field(default_factory=dict)
+
+
+class Decoder(abc.ABC):
+    """Reads a target from each layer's residual stream.
+
+    Subclasses set ``name`` and implement :meth:`score`; those that learn
+    something override :meth:`fit`, which sees only train and validation
+    problems.
+    """
+
+    name: ClassVar[str]
+    targets: ClassVar[tuple[str, ...]] = TARGETS
+
+    @classmethod
+    def from_model(cls, model: Any, **options: Any) -> "Decoder":
+        """Build the decoder for ``model`` (default: ignore the model)."""
+        return cls(**options)
+
+    def fit(self, train: ResidualSet, val: ResidualSet) -> None:  # noqa: B027 - optional hook
+        """Learn from train problems, choosing settings on validation ones (default: nothing)."""
+
+    @abc.abstractmethod
+    def score(self, data: ResidualSet, target: Target) -> Scores:
+        """Score every problem of ``data`` at every layer."""
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready settings recorded in ``run.json``."""
+        return {}
+
+
+DECODERS: dict[str, type[Decoder]] = {}
+
+
+def register_decoder(cls: type[Decoder]) -> type[Decoder]:
+    """Class decorator adding a decoder to the registry; refuses a name that is taken."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise LensDigitsError(f"{cls.__name__} needs a class attribute `name` to be registered")
+    if name in DECODERS:
+        raise LensDigitsError(f"a decoder named {name!r} is already registered ({DECODERS[name].__qualname__}); pick another name")
+    DECODERS[name] = cls
+    return cls
+
+
+def make_decoder(method: "str | Decoder", model: Any) -> Decoder:
+    """A decoder instance from a registered name, or the instance itself."""
+    if isinstance(method, Decoder):
+        return method
+    if method not in DECODERS:
+        raise LensDigitsError(f"unknown method {method!r}; registered decoders: {sorted(DECODERS)}")
+    return DECODERS[method].from_model(model)

@@ -1,0 +1,90 @@
+"""The logit lens: each layer's residual through the model's final norm and unembedding.
+
+Each layer's residual is normalised by the final norm with its *own*
+statistics, then unembedded; the prediction is the top-1 over the full
+vocabulary. At the last layer this is exactly the model's own prediction.
+"""
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens_digits.decoders.base import Decoder, Scores, Target, register_decoder
+from lens_digits.models import model_device, model_dtype
+from lens_digits.residuals import ResidualSet
+
+
+class Readout:
+    """The model's final norm and unembedding, applied to any residual.
+
+    Runs in the model's dtype and on its device, as the model's own forward
+    does, and returns float32 logits.
+    """
+
+    def __init__(self, model: Any) -> None:
+        """Take ``ln_final`` and ``unembed`` from a HookedTransformer or TransformerBridge."""
+        self.ln_final = model.ln_final
+        self.unembed = model.unembed
+        self.device = model_device(model)
+        self.dtype = model_dtype(model)
+        self.d_vocab = int(model.cfg.d_vocab)
+
+    @torch.inference_mode()
+    def __call__(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of the residual as if it were the final one."""
+        x = resid.to(self.device, self.dtype)
+        return self.unembed(self.ln_final(x)).float()
+
+
+@register_decoder
+class LogitLens(Decoder):
+    """Top-1 of the final norm and unembedding at each layer.
+
+    Metrics per cell: ``gold_rank`` (mean rank of the gold token, 0 = top-1;
+    for ``answer`` averaged over the answer's tokens) and ``gold_prob`` (mean
+    probability of the gold token; for ``answer`` of the whole answer under
+    teacher forcing, the product over its tokens).
+    """
+
+    name = "logit_lens"
+
+    def __init__(self, readout: Readout, max_logits: int = 2**25) -> None:
+        """``max_logits`` caps how many logits are held at once (memory knob)."""
+        self.readout = readout
+        self.max_logits = max_logits
+
+    @classmethod
+    def from_model(cls, model: Any, **options: Any) -> "LogitLens":
+        """A logit lens reading through ``model``'s final norm and unembedding."""
+        return cls(Readout(model), **options)
+
+    @torch.inference_mode()
+    def score(self, data: ResidualSet, target: Target) -> Scores:
+        """Correctness, gold rank and gold probability per problem and layer."""
+        n, n_layers, n_pos, _ = data.resid.shape
+        n_pos = 1 if target == "first" else n_pos
+        gold = data.target_ids[:, :n_pos].to(data.resid.device)  # (N, pos)
+        mask = gold >= 0
+        top1_ok = torch.zeros(n, n_layers, n_pos, dtype=torch.bool)
+        rank = torch.zeros(n, n_layers, n_pos)
+        logp = torch.zeros(n, n_layers, n_pos)
+        chunk = max(1, self.max_logits // max(1, n_pos * self.readout.d_vocab))
+        for layer in range(n_layers):
+            for s in range(0, n, chunk):
+                g = gold[s : s + chunk].clamp(min=0).to(self.readout.device)  # (b, pos)
+                logits = self.readout(data.resid[s : s + chunk, layer, :n_pos])  # (b, pos, vocab)
+                gold_logit = logits.gather(-1, g[..., None])  # (b, pos, 1)
+                top1_ok[s : s + chunk, layer] = (logits.argmax(-1) == g).cpu()
+                rank[s : s + chunk, layer] = (logits > gold_logit).sum(-1).float().cpu()
+                logp[s : s + chunk, layer] = (gold_logit[..., 0] - logits.logsumexp(-1)).cpu()
+        m = mask.cpu()[:, None, :]  # (N, 1, pos)
+        correct = (top1_ok | ~m).all(-1)
+        mean_rank = (rank * m).sum(-1) / m.sum(-1).clamp(min=1)
+        prob = (logp * m).sum(-1).exp()
+        return Scores(correct, {"gold_rank": mean_rank, "gold_prob": prob})
+
+    def settings(self) -> dict[str, Any]:
+        """Nothing to record but the name."""
+        return {}

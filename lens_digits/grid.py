@@ -1,0 +1,267 @@
+"""AccuracyGrid: digit scale x layer accuracy, as a tidy table, a run directory and a figure.
+
+The table has one row per cell: ``method, target, scale, layer, accuracy, n,
+ci_low, ci_high`` (a 95% Wilson interval), then any breakdown columns (such as
+``place``, ``"all"`` on the main rows) and the decoders' metric columns.
+
+A run directory holds ``grid.csv``, ``prompts.jsonl``, ``heatmap.html`` and
+``run.json``; it is written to a temporary folder beside the target and moved
+into place whole, so a failure leaves no half-written run.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from lens_digits.decoders.base import Scores
+from lens_digits.errors import LensDigitsError
+from lens_digits.plotting import difference_heatmap, heatmap
+from lens_digits.tasks import Problem
+
+KEY_COLUMNS = ["method", "target", "scale", "layer"]
+CONTRACT_COLUMNS = ["method", "target", "scale", "layer", "accuracy", "n"]
+FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
+
+
+def wilson_interval(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for ``k`` successes in ``n`` trials.
+
+    >>> [round(x, 3) for x in wilson_interval(5, 10)]
+    [0.237, 0.763]
+    """
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    correct = scores.correct.float().cpu()
+    metrics = {k: v.float().cpu() for k, v in scores.metrics.items()}
+    for scale in sorted(set(scales.tolist())):
+        sel = scales == scale
+        n = int(sel.sum())
+        acc = correct[sel].mean(0)
+        means = {k: v[sel].mean(0) for k, v in metrics.items()}
+        for layer in range(correct.shape[1]):
+            k = float(correct[sel, layer].sum())
+            lo, hi = wilson_interval(k, n)
+            row = {"method": method, "target": target, "scale": int(scale), "layer": layer}
+            row |= {"accuracy": float(acc[layer]), "n": n, "ci_low": lo, "ci_high": hi}
+            row |= extra | {k: float(v[layer]) for k, v in means.items()}
+            rows.append(row)
+    for column, labelled in scores.breakdown.items():
+        for label, sub in labelled.items():
+            rows += _rows(method, target, sub, scales, extra | {column: label})
+    return rows
+
+
+class AccuracyGrid:
+    """Accuracy per digit scale and layer, for one or more decoders and targets.
+
+    >>> import lens_digits as ld
+    >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1, 2], n_per_scale=20, target="first")
+    >>> sorted(grid.to_dataframe()["layer"].unique().tolist())
+    [0, 1, 2]
+    """
+
+    def __init__(self, table: pd.DataFrame, problems: Sequence[Problem] = (), info: dict[str, Any] | None = None) -> None:
+        """Wrap a tidy table; ``problems`` and ``info`` go to ``prompts.jsonl`` and ``run.json``."""
+        missing = [c for c in CONTRACT_COLUMNS if c not in table.columns]
+        if missing:
+            raise LensDigitsError(f"a grid table needs columns {CONTRACT_COLUMNS}; missing {missing}")
+        self.table = table.reset_index(drop=True)
+        self.problems = list(problems)
+        self.info = dict(info or {})
+
+    @classmethod
+    def from_scores(
+        cls,
+        results: Sequence[tuple[str, str, Scores]],
+        scored: Sequence[Problem],
+        problems: Sequence[Problem] = (),
+        info: dict[str, Any] | None = None,
+    ) -> "AccuracyGrid":
+        """Aggregate per-problem scores of the ``scored`` problems into cells."""
+        scales = torch.tensor([p.scale for p in scored])
+        rows = [r for method, target, s in results for r in _rows(method, target, s, scales, {})]
+        table = pd.DataFrame(rows)
+        breakdown = [c for s in results for c in s[2].breakdown]
+        for column in dict.fromkeys(breakdown):
+            table[column] = table[column].fillna("all")
+        return cls(table, problems, info)
+
+    # ---- data ----------------------------------------------------------------
+
+    @property
+    def breakdown_columns(self) -> list[str]:
+        """Columns that split a cell into finer rows (``place``)."""
+        known = set(CONTRACT_COLUMNS) | {"ci_low", "ci_high"}
+        return [c for c in self.table.columns if c not in known and self.table[c].dtype == object]
+
+    def to_dataframe(self, breakdown: bool = True) -> pd.DataFrame:
+        """The tidy table (a copy). ``breakdown=False`` keeps only the main (``all``) rows."""
+        return (self.table if breakdown else self.main()).copy()
+
+    def main(self) -> pd.DataFrame:
+        """Rows of whole cells, without breakdown rows."""
+        keep = pd.Series(True, index=self.table.index)
+        for c in self.breakdown_columns:
+            keep &= self.table[c] == "all"
+        return self.table[keep]
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods in the grid, in order."""
+        return list(dict.fromkeys(self.table["method"]))
+
+    @property
+    def targets(self) -> list[str]:
+        """Targets in the grid, in order."""
+        return list(dict.fromkeys(self.table["target"]))
+
+    def pivot(self, method: str | None = None, target: str | None = None, value: str = "accuracy") -> pd.DataFrame:
+        """One panel as a scale x layer DataFrame (defaults: the first method and target)."""
+        df = self._panel(method, target)
+        return df.pivot(index="scale", columns="layer", values=value)
+
+    def _panel(self, method: str | None, target: str | None) -> pd.DataFrame:
+        method = method or self.methods[0]
+        target = target or self.targets[0]
+        df = self.main()
+        df = df[(df["method"] == method) & (df["target"] == target)]
+        if df.empty:
+            raise LensDigitsError(f"no cells for method={method!r}, target={target!r}; the grid has {self.methods} x {self.targets}")
+        return df
+
+    def difference(self, a: str, b: str, target: str | None = None) -> "AccuracyGrid":
+        """Cell-by-cell ``a - b`` (for example ``probe - logit_lens``), on the same test problems."""
+        targets = [target] if target else [t for t in self.targets if t in set(self._methods_target(a)) & set(self._methods_target(b))]
+        frames = []
+        for t in targets:
+            pa = self._panel(a, t).set_index(["scale", "layer"])
+            pb = self._panel(b, t).set_index(["scale", "layer"])
+            diff = (pa["accuracy"] - pb["accuracy"]).rename("accuracy").reset_index()
+            diff["n"] = pa["n"].to_numpy()
+            diff["method"] = f"{a} - {b}"
+            diff["target"] = t
+            frames.append(diff[CONTRACT_COLUMNS])
+        if not frames:
+            raise LensDigitsError(f"methods {a!r} and {b!r} share no target in this grid")
+        return AccuracyGrid(pd.concat(frames, ignore_index=True), self.problems, self.info)
+
+    def _methods_target(self, method: str) -> list[str]:
+        return list(dict.fromkeys(self.table.loc[self.table["method"] == method, "target"]))
+
+    # ---- figures and text ----------------------------------------------------
+
+    def figure(self, value: str = "accuracy", **breakdown: str) -> go.Figure:
+        """The "Accuracy Breakdown" heatmap, one panel per method and target.
+
+        Keyword arguments pick breakdown rows, e.g. ``figure(place="units")``.
+        A difference grid is drawn on a diverging scale.
+        """
+        df = self.main() if not breakdown else self.table
+        for column, label in breakdown.items():
+            df = df[df[column] == label]
+        if df.empty:
+            raise LensDigitsError(f"no cells match {breakdown}")
+        if all(" - " in m for m in df["method"]):
+            return difference_heatmap(df)
+        return heatmap(df, value=value)
+
+    def to_text(self, value: str = "accuracy") -> str:
+        """Small text tables, one per method and target (what the CLI prints)."""
+        out = []
+        for method in self.methods:
+            for target in self._methods_target(method):
+                p = self.pivot(method, target, value)
+                p.index.name = "scale"
+                out.append(f"{method} · target={target} · {value} (rows: digit scale, columns: layer)")
+                out.append(p.to_string(float_format=lambda x: f"{x:.2f}"))
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        """Short description."""
+        scales = sorted(self.table["scale"].unique().tolist())
+        n_layers = int(self.table["layer"].max()) + 1 if len(self.table) else 0
+        return f"AccuracyGrid(methods={self.methods}, targets={self.targets}, scales={scales}, layers=0..{n_layers - 1})"
+
+    # ---- run directory ---------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the run directory (``grid.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
+
+        The files are written to a temporary folder beside ``path`` and moved in
+        at the end, so a failure leaves nothing behind.
+        """
+        target = check_output_dir(path, overwrite)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            self.table.to_csv(tmp / "grid.csv", index=False)
+            with open(tmp / "prompts.jsonl", "w") as f:
+                for p in self.problems:
+                    f.write(json.dumps(p.to_dict()) + "\n")
+            self.figure().write_html(tmp / "heatmap.html", include_plotlyjs=True, full_html=True)
+            (tmp / "run.json").write_text(json.dumps(self.info, indent=2, sort_keys=True, default=str) + "\n")
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "AccuracyGrid":
+        """Read a run directory written by :meth:`save`."""
+        path = Path(path)
+        if not (path / "grid.csv").is_file():
+            raise LensDigitsError(f"{str(path)!r} is not a run directory: it has no grid.csv")
+        table = pd.read_csv(path / "grid.csv", keep_default_na=False, na_values=[""])
+        problems = []
+        if (path / "prompts.jsonl").is_file():
+            with open(path / "prompts.jsonl") as f:
+                problems = [Problem(**json.loads(line)) for line in f if line.strip()]
+        info = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+        return cls(table, problems, info)
+
+
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Check that a run directory can be written at ``path``, creating nothing.
+
+    Raises:
+        LensDigitsError: It exists and is not empty (and ``overwrite`` is False),
+            it is a file, or the nearest existing folder above it is not writable.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.exists():
+        if not target.is_dir():
+            raise LensDigitsError(f"output {str(path)!r} is a file, not a folder; choose another --out")
+        if any(target.iterdir()) and not overwrite:
+            raise LensDigitsError(f"output folder {str(path)!r} is not empty; choose a new one or pass overwrite (--overwrite)")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LensDigitsError(f"cannot write output folder {str(path)!r}: {str(parent)!r} is not writable; choose another --out")
+    return target

@@ -1,0 +1,194 @@
+"""Collect the residual stream of every layer at the answer positions.
+
+Layer ``l < n_layers`` is ``blocks.{l}.hook_resid_pre`` (the residual entering
+block ``l``); layer ``n_layers`` is ``blocks.{n_layers-1}.hook_resid_post``, the
+final residual. Hooks copy out only the positions the decoders read, so what is
+kept is ``problem x (n_layers+1) x positions x d_model`` and nothing else; the
+rest of each batch's activations is freed with the batch.
+
+Position ``j`` of a problem is the one that predicts answer token ``j``:
+position 0 is the last prompt token (target ``first``, and what probes read),
+positions ``1..`` exist only under teacher forcing (target ``answer``).
+
+Problems are batched by equal token length, so no padding is ever needed and
+every batch gives exactly what the same problems would give one at a time.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lens_digits.errors import ContextLengthError
+from lens_digits.models import model_bos_token_id, model_context_length, model_device, model_dtype, model_tokenizer
+from lens_digits.targets import EncodedProblem, encode_problems
+from lens_digits.tasks import Problem
+
+
+def resid_hook_names(n_layers: int) -> list[str]:
+    """Hook names of layers ``0..n_layers``, in layer order."""
+    return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
+
+
+@dataclass
+class ResidualSet:
+    """Residuals at the answer positions of a set of problems, for every layer.
+
+    Attributes:
+        resid: ``resid[i, l, j]`` is the residual at layer ``l`` at the position
+            that predicts answer token ``j`` of problem ``i`` (zeros past the
+            answer's end).
+        target_ids: Gold token each position should predict; ``-1`` past the end.
+        problems: The problems, in the same order.
+        encoded: Their token ids.
+    """
+
+    resid: Float[Tensor, "problem layer pos d_model"]
+    target_ids: Int[Tensor, "problem pos"]
+    problems: list[Problem]
+    encoded: list[EncodedProblem]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check that the parts agree."""
+        if not (self.resid.shape[0] == self.target_ids.shape[0] == len(self.problems) == len(self.encoded)):
+            raise ValueError("resid, target_ids, problems and encoded must have one entry per problem")
+
+    def __len__(self) -> int:
+        """Number of problems."""
+        return len(self.problems)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of layer columns (``n_layers + 1`` of the model)."""
+        return self.resid.shape[1]
+
+    @property
+    def answer_mask(self) -> Bool[Tensor, "problem pos"]:
+        """True at positions that predict an answer token."""
+        return self.target_ids >= 0
+
+    @property
+    def scales(self) -> Int[Tensor, " problem"]:
+        """Digit scale of each problem."""
+        return torch.tensor([p.scale for p in self.problems], dtype=torch.long)
+
+    def select(self, index: Sequence[int] | Tensor) -> "ResidualSet":
+        """A subset of the problems, in the given order."""
+        idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        keep = idx.tolist()
+        return ResidualSet(
+            self.resid[idx.to(self.resid.device)],
+            self.target_ids[idx.to(self.target_ids.device)],
+            [self.problems[i] for i in keep],
+            [self.encoded[i] for i in keep],
+            dict(self.info),
+        )
+
+    def split(self, name: str) -> "ResidualSet":
+        """The problems of one split (``train``, ``val`` or ``test``)."""
+        return self.select([i for i, p in enumerate(self.problems) if p.split == name])
+
+
+def _batches(encoded: Sequence[EncodedProblem], batch_size: int) -> Iterator[list[int]]:
+    """Indices grouped by equal total length, in chunks of ``batch_size``; deterministic order."""
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, e in enumerate(encoded):
+        by_len[e.length].append(i)
+    for length in sorted(by_len):
+        idx = by_len[length]
+        for start in range(0, len(idx), batch_size):
+            yield idx[start : start + batch_size]
+
+
+def encode_for_model(model: Any, problems: Sequence[Problem]) -> list[EncodedProblem]:
+    """Encode problems with the model's tokenizer and BOS policy; check the context length."""
+    encoded = encode_problems(
+        model_tokenizer(model), [p.prompt for p in problems], [p.answer for p in problems], model_bos_token_id(model)
+    )
+    n_ctx = model_context_length(model)
+    longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
+    if longest is not None and n_ctx is not None and encoded[longest].length > n_ctx:
+        p = problems[longest]
+        raise ContextLengthError(
+            f"prompt plus answer of {p.prompt + p.answer!r} is {encoded[longest].length} tokens, longer than the "
+            f"model's context of {n_ctx}; use fewer few-shot examples, smaller digit scales or a shorter template"
+        )
+    return encoded
+
+
+@torch.inference_mode()
+def collect_residuals(
+    model: Any,
+    problems: Sequence[Problem],
+    *,
+    teacher_forcing: bool = True,
+    batch_size: int = 64,
+    store_device: str | torch.device | None = None,
+    progress: bool = False,
+) -> ResidualSet:
+    """Run the model once per batch and keep every layer's residual at the answer positions.
+
+    Args:
+        model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer.
+        problems: Problems to run.
+        teacher_forcing: Feed ``prompt + answer`` and keep one position per answer
+            token (needed for target ``answer``); if False feed only the prompt and
+            keep its last position (enough for target ``first`` and probes).
+        batch_size: Problems per forward pass.
+        store_device: Where the kept residuals live (default: the model's device).
+            They are stored in float32 whatever the model's dtype.
+        progress: Show a progress bar.
+
+    >>> from lens_digits.testing import tiny_model
+    >>> from lens_digits.tasks import TaskConfig, generate_problems
+    >>> rs = collect_residuals(tiny_model(), generate_problems(TaskConfig(scales=[1], n_per_scale=5)))
+    >>> tuple(rs.resid.shape[:2]), rs.target_ids.shape[1]
+    ((5, 3), 2)
+    """
+    problems = list(problems)
+    encoded = encode_for_model(model, problems)
+    n_layers = model.cfg.n_layers
+    d_model = model.cfg.d_model
+    device = model_device(model)
+    store = torch.device(store_device) if store_device is not None else device
+    n_pos = max((len(e.answer_ids) for e in encoded), default=1) if teacher_forcing else 1
+    resid = torch.zeros(len(problems), n_layers + 1, n_pos, d_model, dtype=torch.float32, device=store)
+    target_ids = torch.full((len(problems), n_pos), -1, dtype=torch.long)
+    for i, e in enumerate(encoded):
+        answer = e.answer_ids if teacher_forcing else e.answer_ids[:1]
+        target_ids[i, : len(answer)] = torch.tensor(answer)
+
+    names = resid_hook_names(n_layers)
+    bar = tqdm(total=len(problems), desc="residuals", unit="problem", disable=not progress)
+    for rows in _batches(encoded, batch_size):
+        seqs = [list(encoded[i].prompt_ids) + (list(encoded[i].answer_ids) if teacher_forcing else []) for i in rows]
+        tokens = torch.tensor(seqs, dtype=torch.long, device=device)  # (B, T)
+        # position predicting answer token j is len(prompt) - 1 + j
+        starts = torch.tensor([len(encoded[i].prompt_ids) - 1 for i in rows], device=device)
+        gather = (starts[:, None] + torch.arange(n_pos, device=device)).clamp(max=tokens.shape[1] - 1)  # (B, pos)
+        valid = (target_ids[rows] >= 0).to(store)  # (B, pos)
+        row_idx = torch.tensor(rows, device=store)
+
+        def keep(x: Tensor, hook: Any, layer: int) -> None:
+            picked = x.gather(1, gather[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, pos, d)
+            resid[row_idx, layer] = picked.to(store, torch.float32) * valid[:, :, None]
+
+        hooks = [(name, _bind(keep, layer)) for layer, name in enumerate(names)]
+        model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
+        bar.update(len(rows))
+    bar.close()
+    info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(model_dtype(model)).replace("torch.", "")}
+    return ResidualSet(resid, target_ids.to(store), problems, encoded, info)
+
+
+def _bind(fn: Any, layer: int) -> Any:
+    def hook(x: Tensor, hook: Any) -> None:
+        fn(x, hook, layer)
+
+    return hook

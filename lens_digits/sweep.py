@@ -1,0 +1,133 @@
+"""``run_sweep``: problems -> residuals -> decoders -> AccuracyGrid."""
+
+import importlib.metadata
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from lens_digits.decoders.base import TARGETS, Decoder, make_decoder
+from lens_digits.errors import LensDigitsError
+from lens_digits.grid import AccuracyGrid
+from lens_digits.models import describe_model, model_kind
+from lens_digits.residuals import collect_residuals
+from lens_digits.tasks import TaskConfig, generate_problems
+
+
+def parse_targets(target: str | Sequence[str]) -> list[str]:
+    """``"answer"``, ``"first"``, ``"both"`` or a list of them -> list of targets."""
+    targets = list(TARGETS) if target == "both" else [target] if isinstance(target, str) else list(target)
+    for t in targets:
+        if t not in TARGETS:
+            raise LensDigitsError(f"unknown target {t!r}; choose {', '.join(TARGETS)} or both")
+    if not targets:
+        raise LensDigitsError("no target given; choose first, answer or both")
+    return targets
+
+
+def versions() -> dict[str, str]:
+    """Versions of the package and the libraries that shape its numbers."""
+    out = {"python": platform.python_version()}
+    for dist in ("lens-digits", "transformer-lens", "torch", "transformers", "tokenizers", "plotly"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def run_sweep(
+    model: Any,
+    scales: Sequence[int] | str = (1, 2, 3),
+    n_per_scale: int = 200,
+    op: str = "add",
+    methods: Sequence[str | Decoder] = ("logit_lens",),
+    target: str | Sequence[str] = "answer",
+    seed: int = 0,
+    *,
+    template: str = "compact",
+    few_shot: int = 0,
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    allow_negative: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> AccuracyGrid:
+    """Accuracy of each decoder at each digit scale and layer.
+
+    Generates the problems, runs the model once per batch keeping every layer's
+    residual at the answer positions, fits the decoders that learn (on train and
+    validation problems) and scores every decoder on the same test problems.
+
+    Args:
+        model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer.
+        scales: Digit scales, e.g. ``[1, 2, 3, 4]`` or ``"1-4"``.
+        n_per_scale: Distinct problems per scale, before the train/val/test split.
+        op: ``add``, ``sub``, ``mul`` or a registered operation.
+        methods: Decoder names (``logit_lens``) or decoder instances.
+        target: ``first`` (first answer token at the last prompt position),
+            ``answer`` (every answer token, teacher-forced) or ``both``.
+        seed: Seed of the problem generator (and of decoders that use one).
+        template: Prompt template name or format string (see ``TEMPLATES``).
+        few_shot: Solved examples put before each prompt.
+        split: Fractions of problems for train, validation and test.
+        allow_negative: Let ``sub`` draw pairs with negative results.
+        batch_size: Problems per forward pass.
+        device: Where residuals are kept and decoders run (default: the model's).
+        progress: Show progress bars.
+
+    >>> import lens_digits as ld
+    >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1], n_per_scale=10, target="first")
+    >>> grid.to_dataframe()[["method", "target", "scale", "layer", "n"]].iloc[0].tolist()
+    ['logit_lens', 'first', 1, 0, 2]
+    """
+    started = time.perf_counter()
+    model_kind(model)
+    targets = parse_targets(target)
+    config = TaskConfig(
+        scales=scales,  # type: ignore[arg-type]
+        n_per_scale=n_per_scale,
+        op=op,
+        template=template,
+        few_shot=few_shot,
+        seed=seed,
+        split=split,
+        allow_negative=allow_negative,
+    )
+    decoders = [make_decoder(m, model) for m in methods]
+    if not decoders:
+        raise LensDigitsError("no methods given; use e.g. methods=['logit_lens']")
+    for d in decoders:
+        unsupported = [t for t in targets if t not in d.targets]
+        if unsupported:
+            raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
+    problems = generate_problems(config)
+    data = collect_residuals(
+        model,
+        problems,
+        teacher_forcing="answer" in targets,
+        batch_size=batch_size,
+        store_device=device,
+        progress=progress,
+    )
+    train, val, test = data.split("train"), data.split("val"), data.split("test")
+    results = []
+    for d in decoders:
+        torch.manual_seed(seed)
+        d.fit(train, val)
+        for t in targets:
+            results.append((d.name, t, d.score(test, t)))
+    info = {
+        "model": describe_model(model),
+        "task": config.to_dict(),
+        "methods": {d.name: d.settings() for d in decoders},
+        "targets": targets,
+        "seed": seed,
+        "batch_size": batch_size,
+        "n_problems": {s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
+        "versions": versions(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return AccuracyGrid.from_scores(results, test.problems, problems, info)

@@ -1,0 +1,80 @@
+"""Tokenizer-correct answer token ids.
+
+The answer's tokens are whatever the model would have to produce after the
+prompt, which depends on the tokenizer: one token per digit (Llama-2, Qwen,
+Mistral, Gemma), chunks of up to three digits (Llama-3), or BPE merges with a
+glued leading space (GPT-2). They are found by tokenizing ``prompt`` and
+``prompt + answer`` and taking the suffix. If the prompt's own tokens change at
+the boundary (the tokenizer merges the answer's start into the prompt's last
+token), no suffix is the answer and :class:`BoundaryMergeError` says so.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lens_digits.errors import BoundaryMergeError, LensDigitsError
+
+
+@dataclass(frozen=True)
+class EncodedProblem:
+    """Token ids of one problem: ``prompt_ids + answer_ids`` is the teacher-forced input."""
+
+    prompt_ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        """Tokens in prompt plus answer."""
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+def _ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return [list(x) for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def encode_problems(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    bos_token_id: int | None = None,
+) -> list[EncodedProblem]:
+    """Token ids of each prompt and of its answer.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer (callable returning ``input_ids``).
+        prompts: Prompt strings.
+        answers: Answer strings, appended to the prompts as they are.
+        bos_token_id: Put before every prompt when given (the model's BOS policy).
+
+    Raises:
+        BoundaryMergeError: The tokenizer merges the answer into the prompt.
+
+    >>> from lens_digits.testing import char_tokenizer
+    >>> encode_problems(char_tokenizer(), ["12+3="], ["15"])[0].answer_ids == tuple(char_tokenizer()("15")["input_ids"])
+    True
+    """
+    if len(prompts) != len(answers):
+        raise ValueError("prompts and answers differ in length")
+    prompt_ids = _ids(tokenizer, prompts)
+    full_ids = _ids(tokenizer, [p + a for p, a in zip(prompts, answers, strict=True)])
+    bos = [] if bos_token_id is None else [int(bos_token_id)]
+    out = []
+    for prompt, answer, p, f in zip(prompts, answers, prompt_ids, full_ids, strict=True):
+        if f[: len(p)] != p:
+            tail = _show(tokenizer, p[-2:])
+            merged = _show(tokenizer, f[max(0, len(p) - 2) : len(p) + 1])
+            raise BoundaryMergeError(
+                f"the tokenizer merges the answer into the prompt: {prompt!r} ends with tokens {tail}, "
+                f"but {prompt + answer!r} has {merged} there. Change the template so the prompt ends "
+                f"where a token must end (for a BPE tokenizer such as GPT-2's, drop a trailing space "
+                f"from the template)."
+            )
+        if len(f) == len(p):
+            raise LensDigitsError(f"answer {answer!r} adds no tokens after prompt {prompt!r}; check the tokenizer")
+        out.append(EncodedProblem(tuple(bos + p), tuple(f[len(p) :])))
+    return out
+
+
+def _show(tokenizer: Any, ids: Sequence[int]) -> str:
+    return "[" + ", ".join(repr(tokenizer.decode([i])) for i in ids) + "]"

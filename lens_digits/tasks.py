@@ -1,0 +1,300 @@
+"""Arithmetic problems grouped by digit scale, with seeded train/val/test splits.
+
+A *digit scale* ``d`` means both operands have exactly ``d`` digits
+(``10**(d-1) .. 10**d - 1``), except scale 1, which includes 0 (``0..9``).
+Problems at one scale are distinct ``(a, b)`` pairs, so the three splits never
+share a pair, and problems at different scales never share one either.
+
+Generation is deterministic: each scale draws from its own random stream seeded
+by ``(seed, scale, op)``, so scale 3's problems are the same whether or not
+scale 2 was asked for too.
+"""
+
+import dataclasses
+import string
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from lens_digits.errors import LensDigitsError
+
+MAX_SCALE = 18
+"""Largest digit scale: operands and results stay exact in 64-bit integers."""
+
+SPLITS = ("train", "val", "test")
+
+TEMPLATES: dict[str, str] = {
+    "compact": "{a}{op}{b}=",
+    "spaced": "{a} {op} {b} = ",
+    "calculate": "Calculate: {a} {op} {b} = ",
+}
+"""Named prompt templates. ``{op}`` is the operation's symbol (``+``, ``-``, ``*``)."""
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A binary operation on non-negative integers.
+
+    Args:
+        name: Registry name (``"add"``).
+        symbol: What ``{op}`` renders to in a template (``"+"``).
+        fn: ``fn(a, b) -> int``, the exact result.
+        allowed: Optional ``allowed(a, b) -> bool`` that filters operand pairs
+            (for example ``a >= b`` for non-negative subtraction).
+    """
+
+    name: str
+    symbol: str
+    fn: Callable[[int, int], int]
+    allowed: Callable[[int, int], bool] | None = None
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def register_operation(op: Operation) -> Operation:
+    """Add an operation to the registry; refuses a name that is taken.
+
+    >>> register_operation(Operation("maxof", "max", max)).name
+    'maxof'
+    """
+    if op.name in OPERATIONS:
+        raise LensDigitsError(f"an operation named {op.name!r} is already registered; pick another name")
+    OPERATIONS[op.name] = op
+    return op
+
+
+register_operation(Operation("add", "+", lambda a, b: a + b))
+register_operation(Operation("sub", "-", lambda a, b: a - b))
+register_operation(Operation("mul", "*", lambda a, b: a * b))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One arithmetic problem, as written to ``prompts.jsonl``."""
+
+    scale: int
+    op: str
+    a: int
+    b: int
+    prompt: str
+    answer: str
+    split: Literal["train", "val", "test"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict with the run-directory fields."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TaskConfig:
+    """What problems to generate.
+
+    Args:
+        scales: Digit scales, each from 1 to ``MAX_SCALE``.
+        n_per_scale: Distinct problems per scale (before the split).
+        op: Operation name from ``OPERATIONS`` (``add``, ``sub``, ``mul``).
+        template: A ``TEMPLATES`` name or a format string with ``{a}``, ``{b}``
+            and optionally ``{op}``. The answer is appended right after it.
+        few_shot: Number of solved examples put before every prompt. They are
+            drawn once per scale and never appear as problems.
+        few_shot_separator: Joins the examples and the prompt.
+        seed: Seed of the generator.
+        split: Fractions ``(train, val, test)``; they must sum to 1.
+        allow_negative: For ``sub``: if False (default) only pairs with
+            ``a >= b`` are drawn, so results are non-negative; if True any pair,
+            and negative answers are written with a leading ``-``.
+        on_short: When a scale has fewer distinct problems than ``n_per_scale``
+            (scale 1 addition has 100): ``"warn"`` uses all of them and warns,
+            ``"error"`` raises. Duplicates are never drawn.
+    """
+
+    scales: Sequence[int] = (1, 2, 3)
+    n_per_scale: int = 200
+    op: str = "add"
+    template: str = "compact"
+    few_shot: int = 0
+    few_shot_separator: str = "\n"
+    seed: int = 0
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    allow_negative: bool = False
+    on_short: Literal["warn", "error"] = "warn"
+
+    def __post_init__(self) -> None:
+        """Validate every field."""
+        self.scales = tuple(parse_scales(self.scales))
+        if not isinstance(self.n_per_scale, int) or self.n_per_scale < 1:
+            raise LensDigitsError(f"n_per_scale must be a positive integer, got {self.n_per_scale!r}")
+        if self.op not in OPERATIONS:
+            raise LensDigitsError(f"unknown op {self.op!r}; choose one of {sorted(OPERATIONS)}")
+        self.template = resolve_template(self.template)
+        if not isinstance(self.few_shot, int) or self.few_shot < 0:
+            raise LensDigitsError(f"few_shot must be a non-negative integer, got {self.few_shot!r}")
+        self.split = tuple(float(x) for x in self.split)  # type: ignore[assignment]
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+            raise LensDigitsError(f"split must be three non-negative fractions (train, val, test) summing to 1, got {self.split}")
+        if self.split[2] == 0:
+            raise LensDigitsError("the test fraction of split must be above 0: every decoder is scored on test problems")
+        if self.on_short not in ("warn", "error"):
+            raise LensDigitsError(f"on_short must be 'warn' or 'error', got {self.on_short!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        d["split"] = list(self.split)
+        return d
+
+
+def parse_scales(scales: Sequence[int] | str | int) -> list[int]:
+    """Parse ``"1-4"``, ``"1,3,5"``, ``3`` or ``[1, 2]`` into a sorted list of scales.
+
+    >>> parse_scales("1-3,5")
+    [1, 2, 3, 5]
+    """
+    if isinstance(scales, str):
+        out: list[int] = []
+        for part in scales.replace(" ", "").split(","):
+            if not part:
+                continue
+            lo, sep, hi = part.partition("-")
+            try:
+                if sep:
+                    out.extend(range(int(lo), int(hi) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise LensDigitsError(
+                    f"cannot read digit scales {scales!r}; write them like '1-4' or '1,2,5'"
+                ) from None
+        scales = out
+    elif isinstance(scales, int):
+        scales = [scales]
+    result = sorted(set(scales))
+    if not result:
+        raise LensDigitsError("no digit scales given; ask for at least one, e.g. '1-4'")
+    for s in result:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= MAX_SCALE:
+            raise LensDigitsError(
+                f"impossible digit scale {s!r}: a scale is the number of digits of each operand, "
+                f"an integer from 1 to {MAX_SCALE}"
+            )
+    return [int(s) for s in result]
+
+
+def resolve_template(template: str) -> str:
+    """Return the format string for a template name or check a custom one."""
+    template = TEMPLATES.get(template, template)
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    if not {"a", "b"} <= names or not names <= {"a", "b", "op"}:
+        raise LensDigitsError(
+            f"template {template!r} must contain {{a}} and {{b}} (and may contain {{op}}) and no other "
+            f"fields; or use a named one: {sorted(TEMPLATES)}"
+        )
+    return template
+
+
+def operand_range(scale: int) -> tuple[int, int]:
+    """Inclusive range of ``scale``-digit operands (scale 1 includes 0)."""
+    return (0 if scale == 1 else 10 ** (scale - 1)), 10**scale - 1
+
+
+def n_distinct(scale: int, op: str, allow_negative: bool = False) -> int:
+    """Number of distinct ``(a, b)`` pairs available at a scale."""
+    operation = OPERATIONS[op]
+    lo, hi = operand_range(scale)
+    m = hi - lo + 1
+    if op == "sub" and not allow_negative:
+        return m * (m + 1) // 2
+    if operation.allowed is None:
+        return m * m
+    return sum(operation.allowed(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1))
+
+
+def _pair_filter(op: str, allow_negative: bool) -> Callable[[int, int], bool] | None:
+    if op == "sub" and not allow_negative:
+        return lambda a, b: a >= b
+    return OPERATIONS[op].allowed
+
+
+def _draw_pairs(rng: np.random.Generator, scale: int, n: int, keep: Callable[[int, int], bool] | None) -> list[tuple[int, int]]:
+    """Draw ``n`` distinct pairs, uniformly among the allowed ones, without replacement."""
+    lo, hi = operand_range(scale)
+    m = hi - lo + 1
+    if m * m <= 1_000_000:
+        a, b = np.divmod(np.arange(m * m), m)
+        pairs = np.stack([a + lo, b + lo], axis=1)
+        if keep is not None:
+            pairs = pairs[np.array([keep(int(x), int(y)) for x, y in pairs], dtype=bool)]
+        idx = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
+        return [(int(x), int(y)) for x, y in pairs[idx]]
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    while len(out) < n:
+        draws = rng.integers(lo, hi + 1, size=(2 * (n - len(out)) + 16, 2))
+        for x, y in draws.tolist():
+            if (x, y) in seen or (keep is not None and not keep(x, y)):
+                continue
+            seen.add((x, y))
+            out.append((x, y))
+            if len(out) == n:
+                break
+    return out
+
+
+def _split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    n_test = max(1, round(n * fractions[2]))
+    n_val = min(round(n * fractions[1]), n - n_test)
+    return n - n_test - n_val, n_val, n_test
+
+
+def format_answer(value: int) -> str:
+    """The answer string: plain decimal, ``-`` for negatives."""
+    return str(value)
+
+
+def generate_problems(config: TaskConfig) -> list[Problem]:
+    """Generate the problems of every scale, deterministically.
+
+    >>> ps = generate_problems(TaskConfig(scales=[2], n_per_scale=10, seed=0))
+    >>> len(ps), ps[0].prompt.endswith("="), {p.split for p in ps} == {"train", "val", "test"}
+    (10, True, True)
+    """
+    operation = OPERATIONS[config.op]
+    keep = _pair_filter(config.op, config.allow_negative)
+    problems: list[Problem] = []
+    for scale in config.scales:
+        available = n_distinct(scale, config.op, config.allow_negative)
+        wanted = config.n_per_scale + config.few_shot
+        if wanted > available:
+            msg = (
+                f"scale {scale} has only {available} distinct {config.op} problems "
+                f"but {config.n_per_scale} (+{config.few_shot} few-shot examples) were asked for"
+            )
+            if config.on_short == "error":
+                raise LensDigitsError(msg + "; lower n_per_scale or drop this scale")
+            n_use = available - config.few_shot
+            if n_use < 3:
+                raise LensDigitsError(msg + "; too few are left for train/val/test: lower few_shot")
+            warnings.warn(msg + f"; using all {n_use}, each once", stacklevel=2)
+        else:
+            n_use = config.n_per_scale
+        crc = zlib.crc32(config.op.encode())
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, scale, crc]))
+        pairs = _draw_pairs(rng, scale, n_use + config.few_shot, keep)
+        shots, pairs = pairs[: config.few_shot], pairs[config.few_shot :]
+        prefix = "".join(
+            config.template.format(a=a, b=b, op=operation.symbol) + format_answer(operation.fn(a, b)) + config.few_shot_separator
+            for a, b in shots
+        )
+        n_train, n_val, _ = _split_counts(len(pairs), config.split)
+        for i, (a, b) in enumerate(pairs):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            prompt = prefix + config.template.format(a=a, b=b, op=operation.symbol)
+            problems.append(Problem(scale, config.op, a, b, prompt, format_answer(operation.fn(a, b)), split))
+    return problems
+

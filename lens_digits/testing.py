@@ -1,0 +1,159 @@
+"""Offline tokenizers and tiny checkpoints, for tests, examples and user experiments.
+
+Everything here is built locally with the ``tokenizers`` library and
+``transformers``' model classes: nothing is downloaded. The three tokenizers
+behave like the three number-tokenizer families of real models:
+
+- :func:`char_tokenizer`: one token per character, so one per digit
+  (Llama-2, Qwen, Mistral, Gemma).
+- :func:`chunk_tokenizer`: digit runs cut into chunks of up to three from the
+  left (Llama-3).
+- :func:`bpe_tokenizer`: byte-level BPE trained on arithmetic text, which merges
+  digit runs and glues a leading space onto them (GPT-2).
+"""
+
+import string
+from pathlib import Path
+from typing import Any
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+CHARS = string.digits + string.ascii_letters + " +-*=:,.?()\n"
+
+
+def _fast(tok: Any, **specials: str) -> Any:
+    """Wrap as a transformers tokenizer, saved to and reloaded from a folder.
+
+    The reload gives the tokenizer a real ``name_or_path``, which
+    TransformerLens reads to set up BOS handling.
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = tempfile.mkdtemp(prefix="lens_digits_tokenizer_")
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def char_tokenizer() -> Any:
+    """One token per character; ``<s>`` BOS, ``</s>`` EOS, ``<pad>`` padding.
+
+    >>> char_tokenizer()("12+3=", add_special_tokens=False)["input_ids"]
+    [5, 6, 67, 7, 70]
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return _fast(tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def chunk_tokenizer() -> Any:
+    """Digit runs in chunks of up to three digits from the left, other characters one each.
+
+    >>> t = chunk_tokenizer()
+    >>> [t.decode([i]) for i in t("12345+6=", add_special_tokens=False)["input_ids"]]
+    ['123', '45', '+', '6', '=']
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    numbers = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(10)] + [f"{i:03d}" for i in range(100)]
+    tokens = SPECIALS + list(dict.fromkeys(list(CHARS) + numbers))
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d{1,3}|[^\d]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return _fast(tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def bpe_tokenizer(vocab_size: int = 600) -> Any:
+    """Byte-level BPE (GPT-2's pre-tokenizer) trained on arithmetic text, deterministic.
+
+    Digit runs merge into multi-digit tokens and a space before a number is glued
+    to it; BOS, EOS and padding are all ``<|endoftext|>``, as in GPT-2.
+
+    >>> t = bpe_tokenizer()
+    >>> len(t(" 12", add_special_tokens=False)["input_ids"])
+    1
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = []
+    for a in range(0, 100):
+        for b in range(0, 100, 7):
+            corpus += [f"{a}+{b}={a + b}", f"{a} + {b} = {a + b}", f"Calculate: {a} - {b} = {a - b}", f"{a}*{b}={a * b}"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    eot = "<|endoftext|>"
+    return _fast(tok, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot)
+
+
+def tiny_model(kind: str = "bridge", tokenizer: Any = None, **overrides: Any) -> Any:
+    """A random 2-layer model with :func:`char_tokenizer`, built in-process."""
+    from lens_digits.models import build_model
+
+    return build_model(tokenizer=tokenizer or char_tokenizer(), kind=kind, **overrides)  # type: ignore[arg-type]
+
+
+def save_checkpoint(
+    folder: str | Path,
+    arch: str = "llama",
+    tokenizer: Any = None,
+    *,
+    n_layers: int = 3,
+    d_model: int = 32,
+    n_heads: int = 4,
+    n_ctx: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Save a random Hugging Face checkpoint (weights, config, tokenizer) to ``folder``.
+
+    ``arch`` is ``"llama"`` (RMSNorm, rotary) or ``"gpt2"`` (LayerNorm, learned
+    positions). Loads with ``lens_digits.load_model(folder)`` or plain
+    ``transformers.AutoModelForCausalLM.from_pretrained(folder)``.
+    """
+    import torch
+    import transformers
+
+    tokenizer = tokenizer or char_tokenizer()
+    vocab = len(tokenizer)
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            intermediate_size=2 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=max(1, n_heads // 2),
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=False,
+            **ids,
+        )
+        cls = transformers.LlamaForCausalLM
+    elif arch == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, **ids)
+        cls = transformers.GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose llama or gpt2")
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    # Random init gives near-uniform logits; widen them so predictions differ across layers.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
