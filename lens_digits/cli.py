@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", default="answer", choices=["first", "answer", "both"], help="what a decoder must read")
     run.add_argument("--methods", type=_csv, default=["logit_lens"], help="comma-separated decoders")
     run.add_argument("--template", default="compact", help="prompt template name (compact, spaced, calculate) or format string")
+    run.add_argument(
+        "--answer-prefix", default="", help="text before the answer's digits that belongs to the answer (' ' for GPT-2-style BPE)"
+    )
     run.add_argument("--few-shot", type=int, default=0, help="solved examples before each prompt")
     run.add_argument("--allow-negative", action="store_true", help="sub: allow negative results (default: a >= b only)")
     run.add_argument("--seed", type=int, default=0, help="seed of problem generation and decoders")
@@ -76,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         n_per_scale=args.n,
         op=args.op,
         template=args.template,
+        answer_prefix=args.answer_prefix,
         few_shot=args.few_shot,
         seed=args.seed,
         allow_negative=args.allow_negative,
@@ -99,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         target=args.target,
         seed=args.seed,
         template=args.template,
+        answer_prefix=args.answer_prefix,
         few_shot=args.few_shot,
         allow_negative=args.allow_negative,
         batch_size=args.batch_size,

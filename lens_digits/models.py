@@ -143,8 +143,7 @@ def load_model(
     if is_local:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelLoadError(
-                f"{name!r} is not a Hugging Face checkpoint folder (no config.json in it); pass the folder "
-                "that save_pretrained wrote"
+                f"{name!r} is not a Hugging Face checkpoint folder (no config.json in it); pass the folder that save_pretrained wrote"
             )
         name = str(path)
     elif _looks_like_path(name):
@@ -156,8 +155,7 @@ def load_model(
             ht = hooked_transformer_class()
             if ht is None:
                 raise LensDigitsError(
-                    f"kind='hooked' needs HookedTransformer, which TransformerLens {transformer_lens_version()} "
-                    "removed; use kind='bridge'"
+                    f"kind='hooked' needs HookedTransformer, which TransformerLens {transformer_lens_version()} removed; use kind='bridge'"
                 )
             if is_local:
                 raise LensDigitsError("kind='hooked' loads hub names only; use kind='bridge' for a local folder")

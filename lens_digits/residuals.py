@@ -17,6 +17,7 @@ every batch gives exactly what the same problems would give one at a time.
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -109,7 +110,10 @@ def _batches(encoded: Sequence[EncodedProblem], batch_size: int) -> Iterator[lis
 def encode_for_model(model: Any, problems: Sequence[Problem]) -> list[EncodedProblem]:
     """Encode problems with the model's tokenizer and BOS policy; check the context length."""
     encoded = encode_problems(
-        model_tokenizer(model), [p.prompt for p in problems], [p.answer for p in problems], model_bos_token_id(model)
+        model_tokenizer(model),
+        [p.prompt for p in problems],
+        [p.answer_prefix + p.answer for p in problems],
+        model_bos_token_id(model),
     )
     n_ctx = model_context_length(model)
     longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
@@ -174,12 +178,9 @@ def collect_residuals(
         gather = (starts[:, None] + torch.arange(n_pos, device=device)).clamp(max=tokens.shape[1] - 1)  # (B, pos)
         valid = (target_ids[rows] >= 0).to(store)  # (B, pos)
         row_idx = torch.tensor(rows, device=store)
-
-        def keep(x: Tensor, hook: Any, layer: int) -> None:
-            picked = x.gather(1, gather[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, pos, d)
-            resid[row_idx, layer] = picked.to(store, torch.float32) * valid[:, :, None]
-
-        hooks = [(name, _bind(keep, layer)) for layer, name in enumerate(names)]
+        hooks = [
+            (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid)) for layer, name in enumerate(names)
+        ]
         model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
         bar.update(len(rows))
     bar.close()
@@ -187,8 +188,16 @@ def collect_residuals(
     return ResidualSet(resid, target_ids.to(store), problems, encoded, info)
 
 
-def _bind(fn: Any, layer: int) -> Any:
-    def hook(x: Tensor, hook: Any) -> None:
-        fn(x, hook, layer)
-
-    return hook
+def _keep(
+    x: Float[Tensor, "batch seq d_model"],
+    hook: Any,
+    *,
+    out: Float[Tensor, "problem layer pos d_model"],
+    rows: Int[Tensor, " batch"],
+    layer: int,
+    gather: Int[Tensor, "batch pos"],
+    valid: Bool[Tensor, "batch pos"],
+) -> None:
+    """Forward hook: copy the kept positions of one layer into ``out``; change nothing."""
+    picked = x.gather(1, gather[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, pos, d)
+    out[rows, layer] = picked.to(out.device, torch.float32) * valid[:, :, None]

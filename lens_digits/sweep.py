@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lens_digits.decoders.base import TARGETS, Decoder, make_decoder
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.grid import AccuracyGrid
 from lens_digits.models import describe_model, model_kind
 from lens_digits.residuals import collect_residuals
@@ -48,6 +48,7 @@ def run_sweep(
     seed: int = 0,
     *,
     template: str = "compact",
+    answer_prefix: str = "",
     few_shot: int = 0,
     split: tuple[float, float, float] = (0.6, 0.2, 0.2),
     allow_negative: bool = False,
@@ -71,6 +72,8 @@ def run_sweep(
             ``answer`` (every answer token, teacher-forced) or ``both``.
         seed: Seed of the problem generator (and of decoders that use one).
         template: Prompt template name or format string (see ``TEMPLATES``).
+        answer_prefix: Text before the answer's digits that is part of the answer
+            (``" "`` for GPT-2-style tokenizers with a template ending in ``=``).
         few_shot: Solved examples put before each prompt.
         split: Fractions of problems for train, validation and test.
         allow_negative: Let ``sub`` draw pairs with negative results.
@@ -80,8 +83,9 @@ def run_sweep(
 
     >>> import lens_digits as ld
     >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1], n_per_scale=10, target="first")
-    >>> grid.to_dataframe()[["method", "target", "scale", "layer", "n"]].iloc[0].tolist()
-    ['logit_lens', 'first', 1, 0, 2]
+    >>> row = grid.to_dataframe().iloc[0]
+    >>> row["method"], row["target"], int(row["scale"]), int(row["layer"]), int(row["n"])
+    ('logit_lens', 'first', 1, 0, 2)
     """
     started = time.perf_counter()
     model_kind(model)
@@ -91,6 +95,7 @@ def run_sweep(
         n_per_scale=n_per_scale,
         op=op,
         template=template,
+        answer_prefix=answer_prefix,
         few_shot=few_shot,
         seed=seed,
         split=split,
@@ -104,14 +109,17 @@ def run_sweep(
         if unsupported:
             raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
     problems = generate_problems(config)
-    data = collect_residuals(
-        model,
-        problems,
-        teacher_forcing="answer" in targets,
-        batch_size=batch_size,
-        store_device=device,
-        progress=progress,
-    )
+    try:
+        data = collect_residuals(
+            model,
+            problems,
+            teacher_forcing="answer" in targets,
+            batch_size=batch_size,
+            store_device=device,
+            progress=progress,
+        )
+    except BoundaryMergeError as e:
+        raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
     train, val, test = data.split("train"), data.split("val"), data.split("test")
     results = []
     for d in decoders:

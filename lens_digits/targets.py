@@ -67,8 +67,8 @@ def encode_problems(
             raise BoundaryMergeError(
                 f"the tokenizer merges the answer into the prompt: {prompt!r} ends with tokens {tail}, "
                 f"but {prompt + answer!r} has {merged} there. Change the template so the prompt ends "
-                f"where a token must end (for a BPE tokenizer such as GPT-2's, drop a trailing space "
-                f"from the template)."
+                f"where a token must end (for a BPE tokenizer such as GPT-2's, move a trailing space "
+                f"from the template into the answer prefix: template '{{a}} + {{b}} =' with answer_prefix ' ')."
             )
         if len(f) == len(p):
             raise LensDigitsError(f"answer {answer!r} adds no tokens after prompt {prompt!r}; check the tokenizer")

@@ -84,6 +84,7 @@ class Problem:
     prompt: str
     answer: str
     split: Literal["train", "val", "test"]
+    answer_prefix: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the run-directory fields."""
@@ -100,6 +101,9 @@ class TaskConfig:
         op: Operation name from ``OPERATIONS`` (``add``, ``sub``, ``mul``).
         template: A ``TEMPLATES`` name or a format string with ``{a}``, ``{b}``
             and optionally ``{op}``. The answer is appended right after it.
+        answer_prefix: Text the model must write before the digits, part of the
+            answer's tokens (``" "`` for GPT-2-style BPE, whose numbers carry
+            their leading space: template ``"{a} + {b} ="`` with prefix ``" "``).
         few_shot: Number of solved examples put before every prompt. They are
             drawn once per scale and never appear as problems.
         few_shot_separator: Joins the examples and the prompt.
@@ -117,6 +121,7 @@ class TaskConfig:
     n_per_scale: int = 200
     op: str = "add"
     template: str = "compact"
+    answer_prefix: str = ""
     few_shot: int = 0
     few_shot_separator: str = "\n"
     seed: int = 0
@@ -168,9 +173,7 @@ def parse_scales(scales: Sequence[int] | str | int) -> list[int]:
                 else:
                     out.append(int(part))
             except ValueError:
-                raise LensDigitsError(
-                    f"cannot read digit scales {scales!r}; write them like '1-4' or '1,2,5'"
-                ) from None
+                raise LensDigitsError(f"cannot read digit scales {scales!r}; write them like '1-4' or '1,2,5'") from None
         scales = out
     elif isinstance(scales, int):
         scales = [scales]
@@ -180,8 +183,7 @@ def parse_scales(scales: Sequence[int] | str | int) -> list[int]:
     for s in result:
         if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= MAX_SCALE:
             raise LensDigitsError(
-                f"impossible digit scale {s!r}: a scale is the number of digits of each operand, "
-                f"an integer from 1 to {MAX_SCALE}"
+                f"impossible digit scale {s!r}: a scale is the number of digits of each operand, an integer from 1 to {MAX_SCALE}"
             )
     return [int(s) for s in result]
 
@@ -288,13 +290,16 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
         pairs = _draw_pairs(rng, scale, n_use + config.few_shot, keep)
         shots, pairs = pairs[: config.few_shot], pairs[config.few_shot :]
         prefix = "".join(
-            config.template.format(a=a, b=b, op=operation.symbol) + format_answer(operation.fn(a, b)) + config.few_shot_separator
+            config.template.format(a=a, b=b, op=operation.symbol)
+            + config.answer_prefix
+            + format_answer(operation.fn(a, b))
+            + config.few_shot_separator
             for a, b in shots
         )
         n_train, n_val, _ = _split_counts(len(pairs), config.split)
         for i, (a, b) in enumerate(pairs):
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             prompt = prefix + config.template.format(a=a, b=b, op=operation.symbol)
-            problems.append(Problem(scale, config.op, a, b, prompt, format_answer(operation.fn(a, b)), split))
+            answer = format_answer(operation.fn(a, b))
+            problems.append(Problem(scale, config.op, a, b, prompt, answer, split, config.answer_prefix))
     return problems
-

@@ -8,7 +8,7 @@ vocabulary. At the last layer this is exactly the model's own prediction.
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target, register_decoder
@@ -61,26 +61,39 @@ class LogitLens(Decoder):
         return cls(Readout(model), **options)
 
     @torch.inference_mode()
-    def score(self, data: ResidualSet, target: Target) -> Scores:
-        """Correctness, gold rank and gold probability per problem and layer."""
-        n, n_layers, n_pos, _ = data.resid.shape
-        n_pos = 1 if target == "first" else n_pos
-        gold = data.target_ids[:, :n_pos].to(data.resid.device)  # (N, pos)
-        mask = gold >= 0
-        top1_ok = torch.zeros(n, n_layers, n_pos, dtype=torch.bool)
+    def decode(
+        self, data: ResidualSet, n_pos: int | None = None
+    ) -> tuple[Int[Tensor, "problem layer pos"], Float[Tensor, "problem layer pos"], Float[Tensor, "problem layer pos"]]:
+        """Top-1 token id, rank of the gold token (0 = top-1) and its log-probability.
+
+        Computed for every problem, layer and answer position (the first
+        ``n_pos`` positions; all by default), a chunk of problems at a time so
+        that at most ``max_logits`` logits are held at once.
+        """
+        n, n_layers, all_pos, _ = data.resid.shape
+        n_pos = all_pos if n_pos is None else n_pos
+        gold = data.target_ids[:, :n_pos].clamp(min=0)  # (N, pos)
+        top1 = torch.zeros(n, n_layers, n_pos, dtype=torch.long)
         rank = torch.zeros(n, n_layers, n_pos)
         logp = torch.zeros(n, n_layers, n_pos)
         chunk = max(1, self.max_logits // max(1, n_pos * self.readout.d_vocab))
         for layer in range(n_layers):
             for s in range(0, n, chunk):
-                g = gold[s : s + chunk].clamp(min=0).to(self.readout.device)  # (b, pos)
+                g = gold[s : s + chunk].to(self.readout.device)  # (b, pos)
                 logits = self.readout(data.resid[s : s + chunk, layer, :n_pos])  # (b, pos, vocab)
                 gold_logit = logits.gather(-1, g[..., None])  # (b, pos, 1)
-                top1_ok[s : s + chunk, layer] = (logits.argmax(-1) == g).cpu()
+                top1[s : s + chunk, layer] = logits.argmax(-1).cpu()
                 rank[s : s + chunk, layer] = (logits > gold_logit).sum(-1).float().cpu()
                 logp[s : s + chunk, layer] = (gold_logit[..., 0] - logits.logsumexp(-1)).cpu()
-        m = mask.cpu()[:, None, :]  # (N, 1, pos)
-        correct = (top1_ok | ~m).all(-1)
+        return top1, rank, logp
+
+    def score(self, data: ResidualSet, target: Target) -> Scores:
+        """Correctness, gold rank and gold probability per problem and layer."""
+        n_pos = 1 if target == "first" else data.target_ids.shape[1]
+        top1, rank, logp = self.decode(data, n_pos)
+        gold = data.target_ids[:, :n_pos].cpu()
+        m = (gold >= 0)[:, None, :]  # (N, 1, pos)
+        correct = ((top1 == gold[:, None, :]) | ~m).all(-1)
         mean_rank = (rank * m).sum(-1) / m.sum(-1).clamp(min=1)
         prob = (logp * m).sum(-1).exp()
         return Scores(correct, {"gold_rank": mean_rank, "gold_prob": prob})
