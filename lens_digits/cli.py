@@ -8,8 +8,9 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import BoundaryMergeError, LensDigitsError
 
 EXIT_BAD_INPUT = 2
 
@@ -67,14 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from lens_digits.grid import check_output_dir
-    from lens_digits.models import load_model, parse_dtype
+    from lens_digits.models import load_model, parse_dtype, peek_checkpoint
+    from lens_digits.residuals import encode_checked
     from lens_digits.sweep import parse_targets, run_sweep
-    from lens_digits.tasks import TaskConfig
+    from lens_digits.tasks import TaskConfig, generate_problems
 
     if args.batch_size < 1:
         raise LensDigitsError(f"--batch-size must be at least 1, got {args.batch_size}")
     # Check every setting before the (slow) model load.
-    TaskConfig(
+    config = TaskConfig(
         scales=args.scales,
         n_per_scale=args.n,
         op=args.op,
@@ -93,7 +95,14 @@ def _run(args: argparse.Namespace) -> int:
         if m not in DECODERS:
             raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
 
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if Path(args.model).expanduser().is_dir() and (Path(args.model).expanduser() / "config.json").is_file():
+        # Tokenizer-level problems are reported before the (slow) weight load.
+        tokenizer, n_ctx = peek_checkpoint(args.model)
+        try:
+            encode_checked(tokenizer, generate_problems(config), tokenizer.bos_token_id, n_ctx)
+        except BoundaryMergeError as e:
+            raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
     grid = run_sweep(
         model,
         scales=args.scales,

@@ -124,13 +124,14 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     kind: Literal["auto", "bridge", "hooked"] = "auto",
+    progress: bool = True,
 ) -> Any:
     """Load a model from a local Hugging Face checkpoint folder or a hub name.
 
     ``auto`` and ``bridge`` load through ``TransformerBridge.boot_transformers``,
     which exists in TransformerLens 3.x and 4.x; ``hooked`` uses
     ``HookedTransformer.from_pretrained`` (3.x only, hub names only).
-    The model is returned in eval mode.
+    The model is returned in eval mode. ``progress=False`` hides the loading bars.
 
     Raises:
         ModelLoadError: No checkpoint at the path, or the hub cannot be reached.
@@ -150,6 +151,10 @@ def load_model(
         raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
     if kind not in ("auto", "bridge", "hooked"):
         raise LensDigitsError(f"unknown model kind {kind!r}; choose auto, bridge or hooked")
+    if not progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     try:
         if kind == "hooked":
             ht = hooked_transformer_class()
@@ -172,6 +177,21 @@ def load_model(
         ) from e
     model.eval()
     return model
+
+
+def peek_checkpoint(folder: str | os.PathLike[str]) -> tuple[Any, int | None]:
+    """Tokenizer and context length of a local checkpoint folder, without loading its weights.
+
+    Lets bad settings (a template the tokenizer merges, prompts that do not fit)
+    be reported before a slow model load.
+    """
+    import transformers
+
+    path = Path(folder).expanduser()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    config = transformers.AutoConfig.from_pretrained(path)
+    n_ctx = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx") if getattr(config, k, None)), None)
+    return tokenizer, n_ctx
 
 
 def build_model(

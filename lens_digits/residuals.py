@@ -107,23 +107,22 @@ def _batches(encoded: Sequence[EncodedProblem], batch_size: int) -> Iterator[lis
             yield idx[start : start + batch_size]
 
 
-def encode_for_model(model: Any, problems: Sequence[Problem]) -> list[EncodedProblem]:
-    """Encode problems with the model's tokenizer and BOS policy; check the context length."""
-    encoded = encode_problems(
-        model_tokenizer(model),
-        [p.prompt for p in problems],
-        [p.answer_prefix + p.answer for p in problems],
-        model_bos_token_id(model),
-    )
-    n_ctx = model_context_length(model)
+def encode_checked(tokenizer: Any, problems: Sequence[Problem], bos_token_id: int | None, n_ctx: int | None) -> list[EncodedProblem]:
+    """Encode problems and check that each fits in a context of ``n_ctx`` tokens."""
+    encoded = encode_problems(tokenizer, [p.prompt for p in problems], [p.answer_prefix + p.answer for p in problems], bos_token_id)
     longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
     if longest is not None and n_ctx is not None and encoded[longest].length > n_ctx:
         p = problems[longest]
         raise ContextLengthError(
-            f"prompt plus answer of {p.prompt + p.answer!r} is {encoded[longest].length} tokens, longer than the "
-            f"model's context of {n_ctx}; use fewer few-shot examples, smaller digit scales or a shorter template"
+            f"prompt plus answer of {p.prompt + p.answer_prefix + p.answer!r} is {encoded[longest].length} tokens, longer than "
+            f"the model's context of {n_ctx}; use fewer few-shot examples, smaller digit scales or a shorter template"
         )
     return encoded
+
+
+def encode_for_model(model: Any, problems: Sequence[Problem]) -> list[EncodedProblem]:
+    """Encode problems with the model's tokenizer and BOS policy; check the context length."""
+    return encode_checked(model_tokenizer(model), problems, model_bos_token_id(model), model_context_length(model))
 
 
 @torch.inference_mode()

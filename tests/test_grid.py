@@ -1,0 +1,136 @@
+import json
+
+import pandas as pd
+import pytest
+
+import lens_digits as ld
+from lens_digits.grid import CONTRACT_COLUMNS, FILES, AccuracyGrid, wilson_interval
+
+
+@pytest.fixture(scope="module")
+def grid(native_model):
+    return ld.run_sweep(native_model, scales=[1, 2, 3], n_per_scale=40, target="both", seed=2)
+
+
+def test_table_has_contract_columns_and_one_row_per_cell(grid, native_model):
+    df = grid.to_dataframe()
+    assert list(df.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
+    assert {"ci_low", "ci_high", "gold_rank", "gold_prob"} <= set(df.columns)
+    n_layers = native_model.cfg.n_layers
+    assert len(df) == 2 * 3 * (n_layers + 1)
+    assert not df.duplicated(["method", "target", "scale", "layer"]).any()
+    assert sorted(df["layer"].unique()) == list(range(n_layers + 1))
+    assert ((df["ci_low"] <= df["accuracy"]) & (df["accuracy"] <= df["ci_high"])).all()
+    # n is the number of test problems of the scale, the same for every cell of that scale
+    tests = pd.Series([p.scale for p in grid.problems if p.split == "test"]).value_counts()
+    assert (df["n"] == df["scale"].map(tests)).all()
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+
+
+def test_save_load_round_trip(grid, tmp_path):
+    out = grid.save(tmp_path / "run")
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    back = AccuracyGrid.load(out)
+    pd.testing.assert_frame_equal(back.to_dataframe(), grid.to_dataframe())
+    assert back.problems == grid.problems
+    assert back.info["task"]["scales"] == [1, 2, 3] and back.info["seed"] == 2
+    csv = pd.read_csv(out / "grid.csv")
+    assert list(csv.columns[:6]) == CONTRACT_COLUMNS
+    lines = (out / "prompts.jsonl").read_text().splitlines()
+    assert len(lines) == len(grid.problems)
+    first = json.loads(lines[0])
+    assert {"scale", "op", "a", "b", "prompt", "answer", "split"} <= set(first)
+    run = json.loads((out / "run.json").read_text())
+    assert {"model", "task", "seed", "versions", "methods"} <= set(run)
+    assert run["versions"]["transformer-lens"] == ld.models.transformer_lens_version()
+    assert "Accuracy Breakdown" in (out / "heatmap.html").read_text()
+
+
+def test_save_refuses_non_empty_folder_and_overwrites_on_request(grid, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ld.LensDigitsError, match="not empty"):
+        grid.save(out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    grid.save(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folders left
+
+
+def test_failed_save_leaves_nothing(grid, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(AccuracyGrid, "figure", boom)
+    with pytest.raises(RuntimeError):
+        grid.save(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_a_clear_error(grid, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ld.LensDigitsError, match="not writable|is a file"):
+        grid.save(blocker / "run")
+
+
+def test_figure_axes_title_and_values(grid):
+    fig = grid.figure()
+    assert fig.layout.title.text == "Accuracy Breakdown"
+    assert len(fig.data) == 2  # one panel per target
+    assert fig.layout.xaxis.title.text == "layer" or fig.layout.xaxis2.title.text == "layer"
+    assert fig.layout.yaxis.title.text == "Digit Scale"
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == 1
+    for trace in fig.data:
+        method, target = trace.name.split(" · ")
+        pivot = grid.pivot(method, target)
+        assert list(trace.x) == list(pivot.columns)
+        assert list(trace.y) == [str(s) for s in pivot.index]
+        assert (trace.z == pivot.to_numpy()).all()
+        assert "n %{customdata}" in trace.hovertemplate
+
+
+def test_difference_grid(grid):
+    df = grid.to_dataframe().copy()
+    other = df.copy()
+    other["method"] = "other"
+    other["accuracy"] = 1.0
+    both = AccuracyGrid(pd.concat([df, other]), grid.problems, grid.info)
+    diff = both.difference("other", "logit_lens", target="answer")
+    d = diff.to_dataframe()
+    expected = 1.0 - grid.pivot("logit_lens", "answer")
+    assert (diff.pivot("other - logit_lens", "answer") == expected).all().all()
+    assert set(d["method"]) == {"other - logit_lens"}
+    fig = diff.figure()
+    assert fig.layout.coloraxis.cmin == -fig.layout.coloraxis.cmax
+
+
+def test_text_table_lists_every_scale(grid):
+    text = grid.to_text()
+    assert "logit_lens · target=answer" in text and "logit_lens · target=first" in text
+    assert all(f"\n{s} " in text for s in (1, 2, 3))
+
+
+def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
+    import torch
+
+    class Always(ld.Decoder):
+        name = "test_always_right"
+
+        def score(self, data, target):
+            return ld.Scores(torch.ones(len(data), data.n_layers, dtype=torch.bool))
+
+    ld.register_decoder(Always)
+    with pytest.raises(ld.LensDigitsError, match="already registered"):
+        ld.register_decoder(Always)
+    grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=20, methods=["logit_lens", "test_always_right"], target="first")
+    df = grid.to_dataframe()
+    assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()
+    assert len(grid.figure().data) == 2

@@ -1,0 +1,160 @@
+"""The logit lens against the model's own forward pass and against plain Hugging Face."""
+
+import pytest
+import torch
+import transformers
+
+import lens_digits as ld
+from lens_digits.decoders import LogitLens
+from lens_digits.residuals import collect_residuals
+from lens_digits.tasks import TaskConfig, generate_problems
+
+from conftest import needs_hooked
+
+
+def problems_for(scales=(1, 2, 3), n=24, **kw):
+    return generate_problems(TaskConfig(scales=scales, n_per_scale=n, seed=1, **kw))
+
+
+def own_prediction(model, rs):
+    """Argmax of the model's own forward pass at every answer position, one problem at a time."""
+    out = torch.full(rs.target_ids.shape, -1)
+    with torch.inference_mode():
+        for i, e in enumerate(rs.encoded):
+            tokens = torch.tensor([list(e.prompt_ids) + list(e.answer_ids)])
+            logits = model(tokens)[0]
+            p = len(e.prompt_ids) - 1
+            for j in range(len(e.answer_ids)):
+                out[i, j] = logits[p + j].argmax()
+    return out
+
+
+def hf_reference_top1(folder, rs):
+    """Top-1 per problem, layer, position from transformers alone: output_hidden_states, final norm, lm_head."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    norm = hf.model.norm if hasattr(hf, "model") else hf.transformer.ln_f
+    n_layers = hf.config.num_hidden_layers
+    top1 = torch.full((len(rs), n_layers + 1, rs.target_ids.shape[1]), -1)
+    with torch.no_grad():
+        for i, e in enumerate(rs.encoded):
+            out = hf(torch.tensor([list(e.prompt_ids) + list(e.answer_ids)]), output_hidden_states=True)
+            pos = [len(e.prompt_ids) - 1 + j for j in range(len(e.answer_ids))]
+            for layer in range(n_layers):  # hidden_states[l] is the input of block l
+                top1[i, layer, : len(pos)] = hf.lm_head(norm(out.hidden_states[layer][0, pos])).argmax(-1)
+            top1[i, n_layers, : len(pos)] = out.logits[0, pos].argmax(-1)  # last: already normed by HF
+    return top1
+
+
+@pytest.mark.parametrize("which", ["native_model", "llama_model", "gpt2_model", "hooked_model"])
+def test_last_column_is_the_models_own_prediction(which, request):
+    model = request.getfixturevalue(which)
+    kw = {"template": "{a} {op} {b} =", "answer_prefix": " "} if which == "gpt2_model" else {}
+    rs = collect_residuals(model, problems_for(**kw), batch_size=16)
+    lens = LogitLens.from_model(model)
+    top1, _, _ = lens.decode(rs)
+    own = own_prediction(model, rs)
+    mask = rs.target_ids >= 0
+    assert torch.equal(top1[:, -1][mask], own[mask])
+    # earlier layers are not all the same prediction (the lens reads each layer)
+    assert not torch.equal(top1[:, 0][mask], top1[:, -1][mask])
+    # both targets' correctness at the last layer follow from the model's own argmax
+    gold = rs.target_ids
+    first = lens.score(rs, "first").correct[:, -1]
+    answer = lens.score(rs, "answer").correct[:, -1]
+    assert torch.equal(first, own[:, 0] == gold[:, 0])
+    assert torch.equal(answer, ((own == gold) | ~mask).all(-1))
+
+
+@pytest.mark.parametrize("folder,kw", [("llama_dir", {}), ("gpt2_dir", {"template": "{a}{op}{b}="}), ("llama_chunk_dir", {})])
+def test_every_cell_equals_plain_hugging_face(folder, kw, request):
+    folder = request.getfixturevalue(folder)
+    model = ld.load_model(folder, device="cpu")
+    problems = problems_for(scales=(1, 2, 3, 4), n=20, **kw)
+    rs = collect_residuals(model, problems, batch_size=7)
+    ours, _, _ = LogitLens.from_model(model).decode(rs)
+    ref = hf_reference_top1(folder, rs)
+    mask = (rs.target_ids >= 0)[:, None, :].expand_as(ours)
+    assert torch.equal(ours[mask], ref[mask])
+    # and so the grid equals the grid computed from the reference, cell by cell
+    grid = ld.run_sweep(model, scales=(1, 2, 3, 4), n_per_scale=20, seed=1, target="answer", **kw)
+    test_idx = [i for i, p in enumerate(problems) if p.split == "test"]
+    gold = rs.target_ids[test_idx][:, None, :]
+    ref_correct = ((ref[test_idx] == gold) | (gold < 0)).all(-1).float()
+    scales = torch.tensor([problems[i].scale for i in test_idx])
+    df = grid.to_dataframe()
+    for _, row in df.iterrows():
+        sel = scales == row["scale"]
+        assert row["accuracy"] == pytest.approx(ref_correct[sel, int(row["layer"])].mean().item())
+        assert row["n"] == int(sel.sum())
+
+
+@pytest.mark.parametrize("which", ["native_model", "hooked_model"])
+def test_matches_transformer_lens_accumulated_resid(which, request):
+    """The DESIGN's layer axis: accumulated_resid(apply_ln=True) then unembed gives the same top-1."""
+    model = request.getfixturevalue(which)
+    rs = collect_residuals(model, problems_for(scales=(2,), n=12), teacher_forcing=False)
+    top1, _, _ = LogitLens.from_model(model).decode(rs)
+    for i, e in enumerate(rs.encoded):
+        _, cache = model.run_with_cache(torch.tensor([list(e.prompt_ids)]))
+        acc = cache.accumulated_resid(apply_ln=True)  # (layer+1, 1, T, d)
+        ref = model.unembed(acc[:, 0, -1:, :]).argmax(-1)[:, 0]
+        assert torch.equal(top1[i, :, 0], ref)
+
+
+def greedy(model, e):
+    tokens = list(e.prompt_ids)
+    with torch.inference_mode():
+        for _ in e.answer_ids:
+            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+    return tuple(tokens[len(e.prompt_ids) :])
+
+
+@pytest.mark.parametrize("which", ["llama_model", "native_model"])
+def test_answer_at_last_layer_is_greedy_exact_match(which, request):
+    model = request.getfixturevalue(which)
+    rs = collect_residuals(model, problems_for(scales=(1, 2), n=20))
+    correct = LogitLens.from_model(model).score(rs, "answer").correct[:, -1]
+    em = torch.tensor([greedy(model, e) == e.answer_ids for e in rs.encoded])
+    assert torch.equal(correct, em)
+
+
+def test_batched_equals_unbatched(llama_model):
+    problems = problems_for(scales=(1, 2, 3), n=15, few_shot=2)
+    one = collect_residuals(llama_model, problems, batch_size=1)
+    many = collect_residuals(llama_model, problems, batch_size=64)
+    torch.testing.assert_close(one.resid, many.resid, rtol=1e-5, atol=1e-5)
+    lens = LogitLens.from_model(llama_model)
+    assert torch.equal(lens.decode(one)[0], lens.decode(many)[0])
+
+
+def test_stored_residuals_have_only_answer_positions(llama_model):
+    problems = problems_for(scales=(1, 3), n=10, few_shot=3)
+    rs = collect_residuals(llama_model, problems)
+    n_answer = [len(e.answer_ids) for e in rs.encoded]
+    assert rs.resid.shape == (len(problems), llama_model.cfg.n_layers + 1, max(n_answer), llama_model.cfg.d_model)
+    assert rs.resid.dtype == torch.float32
+    assert (rs.answer_mask.sum(1) == torch.tensor(n_answer)).all()
+    assert (rs.resid[~rs.answer_mask.unsqueeze(1).expand(-1, rs.n_layers, -1)] == 0).all()
+    first_only = collect_residuals(llama_model, problems, teacher_forcing=False)
+    assert first_only.resid.shape[2] == 1
+    torch.testing.assert_close(first_only.resid[:, :, 0], rs.resid[:, :, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_gold_rank_and_prob_are_consistent(llama_model):
+    rs = collect_residuals(llama_model, problems_for(scales=(2,), n=20))
+    scores = LogitLens.from_model(llama_model).score(rs, "first")
+    rank, prob = scores.metrics["gold_rank"], scores.metrics["gold_prob"]
+    assert torch.equal(scores.correct, rank == 0)
+    assert ((prob > 0) & (prob <= 1)).all()
+
+
+def test_context_too_long_is_a_clear_error(char_tok):
+    model = ld.build_model(tokenizer=char_tok, n_layers=1, n_ctx=12)
+    with pytest.raises(ld.ContextLengthError, match="longer than the model's context of 12"):
+        ld.run_sweep(model, scales=[3], n_per_scale=10, few_shot=2)
+
+
+def test_same_seed_same_grid(llama_model):
+    a = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, seed=5, target="both").to_dataframe()
+    b = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, seed=5, target="both").to_dataframe()
+    assert a.equals(b)

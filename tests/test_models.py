@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+import lens_digits as ld
+from lens_digits.models import describe_model, hooked_transformer_class, model_kind, transformer_lens_version
+
+from conftest import HAS_HOOKED
+
+
+def test_feature_detection_matches_installed_version():
+    major = int(transformer_lens_version().split(".")[0])
+    assert (hooked_transformer_class() is not None) == (major < 4) == HAS_HOOKED
+
+
+def test_load_local_folder_in_eval_mode(llama_dir):
+    model = ld.load_model(llama_dir, device="cpu", dtype="float32")
+    assert model_kind(model) == "TransformerBridge" and not model.training
+    info = describe_model(model)
+    assert info["n_layers"] == 3 and info["d_model"] == 32 and info["dtype"] == "float32"
+
+
+def test_load_in_bfloat16_keeps_float32_residuals(llama_dir):
+    model = ld.load_model(llama_dir, device="cpu", dtype="bfloat16")
+    rs = ld.collect_residuals(model, ld.generate_problems(ld.TaskConfig(scales=[1], n_per_scale=5)))
+    assert rs.resid.dtype == torch.float32 and rs.info["model_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("name,message", [("./missing/dir", "no checkpoint folder"), ("/nope/x", "no checkpoint folder")])
+def test_missing_checkpoint_errors(name, message):
+    with pytest.raises(ld.ModelLoadError, match=message):
+        ld.load_model(name)
+
+
+def test_unreachable_hub_fails_fast_with_offline_hint(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ld.ModelLoadError, match="local checkpoint folder"):
+        ld.load_model("someone/not-a-cached-model")
+
+
+def test_bad_dtype_and_kind():
+    with pytest.raises(ld.LensDigitsError, match="unknown dtype"):
+        ld.load_model("x/y", dtype="float8")
+    with pytest.raises(ld.LensDigitsError, match="expected a TransformerLens"):
+        ld.run_sweep(torch.nn.Linear(2, 2), scales=[1], n_per_scale=5)
+
+
+def test_hooked_transformer_accepted_where_installed(hooked_model):
+    assert model_kind(hooked_model) == "HookedTransformer"
+    grid = ld.run_sweep(hooked_model, scales=[1, 2], n_per_scale=20, target="both")
+    assert len(grid.to_dataframe()) == 2 * 2 * (hooked_model.cfg.n_layers + 1)
+
+
+def test_hooked_kind_built_where_available_else_refused():
+    if HAS_HOOKED:
+        assert model_kind(ld.build_model(tokenizer=ld.testing.char_tokenizer(), kind="hooked")) == "HookedTransformer"
+    else:
+        with pytest.raises(ld.LensDigitsError, match="has no HookedTransformer"):
+            ld.build_model(tokenizer=ld.testing.char_tokenizer(), kind="hooked")
+
+
+def test_model_without_tokenizer_is_a_clear_error():
+    model = ld.build_model(d_vocab=20)
+    with pytest.raises(ld.LensDigitsError, match="no tokenizer"):
+        ld.run_sweep(model, scales=[1], n_per_scale=5)

@@ -1,0 +1,54 @@
+import pytest
+
+import lens_digits as ld
+from lens_digits.targets import encode_problems
+
+
+def strs(tok, ids):
+    return [tok.decode([i]) for i in ids]
+
+
+def test_digit_split_tokenizer_one_token_per_digit(char_tok):
+    (e,) = encode_problems(char_tok, ["123+456="], ["579"], bos_token_id=char_tok.bos_token_id)
+    assert strs(char_tok, e.answer_ids) == ["5", "7", "9"]
+    assert e.prompt_ids[0] == char_tok.bos_token_id
+    assert strs(char_tok, e.prompt_ids[1:]) == list("123+456=")
+
+
+def test_chunk_tokenizer_three_digit_chunks(chunk_tok):
+    (e,) = encode_problems(chunk_tok, ["4567+5678="], ["10245"])
+    assert strs(chunk_tok, e.answer_ids) == ["102", "45"]
+    assert strs(chunk_tok, e.prompt_ids) == ["456", "7", "+", "567", "8", "="]
+
+
+def test_bpe_leading_space_glued_to_answer(bpe_tok):
+    # the space belongs to the answer's first token, as in GPT-2
+    (e,) = encode_problems(bpe_tok, ["12 + 34 ="], [" 46"])
+    assert strs(bpe_tok, e.answer_ids) == [" 46"]
+    assert bpe_tok.decode(list(e.prompt_ids)) == "12 + 34 ="
+    # the answer ids are exactly the suffix of the whole string's tokens
+    whole = bpe_tok("12 + 34 = 46", add_special_tokens=False)["input_ids"]
+    assert list(e.prompt_ids + e.answer_ids) == whole
+
+
+def test_bpe_multi_digit_answer_tokens_cover_answer(bpe_tok):
+    prompts = [f"{a}+{b}=" for a, b in [(123, 456), (999, 1), (7, 8)]]
+    answers = [str(a + b) for a, b in [(123, 456), (999, 1), (7, 8)]]
+    for e, answer in zip(encode_problems(bpe_tok, prompts, answers), answers, strict=True):
+        assert "".join(strs(bpe_tok, e.answer_ids)) == answer
+
+
+def test_boundary_merge_raises_naming_tokens(bpe_tok):
+    with pytest.raises(ld.BoundaryMergeError, match=r"ends with tokens .*' '.*answer prefix"):
+        encode_problems(bpe_tok, ["12 + 34 = "], ["46"])
+
+
+def test_sweep_boundary_merge_names_template(gpt2_model):
+    with pytest.raises(ld.BoundaryMergeError, match=r"template '\{a\} \{op\} \{b\} = '"):
+        ld.run_sweep(gpt2_model, scales=[2], n_per_scale=10, template="spaced")
+
+
+def test_gpt2_spaced_template_with_answer_prefix_works(gpt2_model, bpe_tok):
+    grid = ld.run_sweep(gpt2_model, scales=[2], n_per_scale=20, template="{a} {op} {b} =", answer_prefix=" ", target="first")
+    assert grid.problems[0].prompt.endswith("=") and grid.problems[0].answer_prefix == " "
+    assert (grid.to_dataframe()["n"] > 0).all()
