@@ -32,7 +32,7 @@ CONTRACT_COLUMNS = ["method", "target", "scale", "layer", "accuracy", "n"]
 FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
 
 
-def wilson_interval(k: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(k: int | float, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95% Wilson score interval for ``k`` successes in ``n`` trials.
 
     >>> [round(x, 3) for x in wilson_interval(5, 10)]

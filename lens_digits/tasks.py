@@ -117,7 +117,7 @@ class TaskConfig:
             ``"error"`` raises. Duplicates are never drawn.
     """
 
-    scales: Sequence[int] = (1, 2, 3)
+    scales: Sequence[int] | str | int = (1, 2, 3)
     n_per_scale: int = 200
     op: str = "add"
     template: str = "compact"
@@ -125,7 +125,7 @@ class TaskConfig:
     few_shot: int = 0
     few_shot_separator: str = "\n"
     seed: int = 0
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split: Sequence[float] = (0.6, 0.2, 0.2)
     allow_negative: bool = False
     on_short: Literal["warn", "error"] = "warn"
 
@@ -155,7 +155,7 @@ class TaskConfig:
         return d
 
 
-def parse_scales(scales: Sequence[int] | str | int) -> list[int]:
+def parse_scales(scales: Any) -> list[int]:
     """Parse ``"1-4"``, ``"1,3,5"``, ``3`` or ``[1, 2]`` into a sorted list of scales.
 
     >>> parse_scales("1-3,5")
@@ -177,7 +177,10 @@ def parse_scales(scales: Sequence[int] | str | int) -> list[int]:
         scales = out
     elif isinstance(scales, int):
         scales = [scales]
-    result = sorted(set(scales))
+    try:
+        result = sorted(set(scales), key=float)
+    except (TypeError, ValueError):
+        raise LensDigitsError(f"cannot read digit scales {scales!r}; give integers like [1, 2, 3] or '1-4'") from None
     if not result:
         raise LensDigitsError("no digit scales given; ask for at least one, e.g. '1-4'")
     for s in result:
