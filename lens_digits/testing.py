@@ -105,6 +105,49 @@ def tiny_model(kind: str = "bridge", tokenizer: Any = None, **overrides: Any) ->
     return build_model(tokenizer=tokenizer or char_tokenizer(), kind=kind, **overrides)  # type: ignore[arg-type]
 
 
+ARCHITECTURES = ("llama", "gpt2", "gpt_neox", "qwen2", "mistral", "gemma2")
+"""Architectures :func:`save_checkpoint` can build (Hugging Face model types)."""
+
+
+def _hf_config(arch: str, vocab: int, n_layers: int, d_model: int, n_heads: int, n_ctx: int, ids: dict[str, Any]) -> Any:
+    import transformers
+
+    kv = max(1, n_heads // 2)
+    head_dim = d_model // n_heads
+    llama_like = dict(
+        vocab_size=vocab,
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=n_ctx,
+        **ids,
+    )
+    if arch == "llama":
+        return transformers.LlamaConfig(**llama_like, tie_word_embeddings=False)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**llama_like, tie_word_embeddings=True)
+    if arch == "mistral":
+        return transformers.MistralConfig(**llama_like, head_dim=head_dim)
+    if arch == "gemma2":
+        return transformers.Gemma2Config(**llama_like, head_dim=head_dim)
+    if arch == "gpt2":
+        return transformers.GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, **ids)
+    if arch == "gpt_neox":
+        return transformers.GPTNeoXConfig(
+            vocab_size=vocab,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=2 * d_model,
+            max_position_embeddings=n_ctx,
+            rotary_pct=0.25,
+            **ids,
+        )
+    raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHITECTURES}")
+
+
 def save_checkpoint(
     folder: str | Path,
     arch: str = "llama",
@@ -118,36 +161,21 @@ def save_checkpoint(
 ) -> Path:
     """Save a random Hugging Face checkpoint (weights, config, tokenizer) to ``folder``.
 
-    ``arch`` is ``"llama"`` (RMSNorm, rotary) or ``"gpt2"`` (LayerNorm, learned
-    positions). Loads with ``lens_digits.load_model(folder)`` or plain
+    ``arch`` is one of :data:`ARCHITECTURES`: ``llama`` (RMSNorm, rotary),
+    ``gpt2`` (LayerNorm, learned positions), ``gpt_neox`` (Pythia: parallel
+    attention and MLP, partial rotary), ``qwen2`` (tied embeddings), ``mistral``,
+    ``gemma2`` (scaled embeddings, pre- and post-norms, logit soft-capping). Loads
+    with ``lens_digits.load_model(folder)`` or plain
     ``transformers.AutoModelForCausalLM.from_pretrained(folder)``.
     """
     import torch
     import transformers
 
     tokenizer = tokenizer or char_tokenizer()
-    vocab = len(tokenizer)
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    if arch == "llama":
-        cfg = transformers.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=d_model,
-            intermediate_size=2 * d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=max(1, n_heads // 2),
-            max_position_embeddings=n_ctx,
-            tie_word_embeddings=False,
-            **ids,
-        )
-        cls = transformers.LlamaForCausalLM
-    elif arch == "gpt2":
-        cfg = transformers.GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, **ids)
-        cls = transformers.GPT2LMHeadModel
-    else:
-        raise ValueError(f"unknown arch {arch!r}; choose llama or gpt2")
+    cfg = _hf_config(arch, len(tokenizer), n_layers, d_model, n_heads, n_ctx, ids)
     torch.manual_seed(seed)
-    model = cls(cfg)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
     # Random init gives near-uniform logits; widen them so predictions differ across layers.
     with torch.no_grad():
         for p in model.parameters():

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import transformers
 
 import lens_digits as ld
 from lens_digits.decoders import LogitLens
@@ -10,39 +9,11 @@ from lens_digits.residuals import collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
 
 from conftest import needs_hooked
+from reference import greedy, hf_reference_top1, own_prediction
 
 
 def problems_for(scales=(1, 2, 3), n=24, **kw):
     return generate_problems(TaskConfig(scales=scales, n_per_scale=n, seed=1, **kw))
-
-
-def own_prediction(model, rs):
-    """Argmax of the model's own forward pass at every answer position, one problem at a time."""
-    out = torch.full(rs.target_ids.shape, -1)
-    with torch.inference_mode():
-        for i, e in enumerate(rs.encoded):
-            tokens = torch.tensor([list(e.prompt_ids) + list(e.answer_ids)])
-            logits = model(tokens)[0]
-            p = len(e.prompt_ids) - 1
-            for j in range(len(e.answer_ids)):
-                out[i, j] = logits[p + j].argmax()
-    return out
-
-
-def hf_reference_top1(folder, rs):
-    """Top-1 per problem, layer, position from transformers alone: output_hidden_states, final norm, lm_head."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
-    norm = hf.model.norm if hasattr(hf, "model") else hf.transformer.ln_f
-    n_layers = hf.config.num_hidden_layers
-    top1 = torch.full((len(rs), n_layers + 1, rs.target_ids.shape[1]), -1)
-    with torch.no_grad():
-        for i, e in enumerate(rs.encoded):
-            out = hf(torch.tensor([list(e.prompt_ids) + list(e.answer_ids)]), output_hidden_states=True)
-            pos = [len(e.prompt_ids) - 1 + j for j in range(len(e.answer_ids))]
-            for layer in range(n_layers):  # hidden_states[l] is the input of block l
-                top1[i, layer, : len(pos)] = hf.lm_head(norm(out.hidden_states[layer][0, pos])).argmax(-1)
-            top1[i, n_layers, : len(pos)] = out.logits[0, pos].argmax(-1)  # last: already normed by HF
-    return top1
 
 
 @pytest.mark.parametrize("which", ["native_model", "llama_model", "gpt2_model", "hooked_model"])
@@ -99,14 +70,6 @@ def test_matches_transformer_lens_accumulated_resid(which, request):
         acc = cache.accumulated_resid(apply_ln=True)  # (layer+1, 1, T, d)
         ref = model.unembed(acc[:, 0, -1:, :]).argmax(-1)[:, 0]
         assert torch.equal(top1[i, :, 0], ref)
-
-
-def greedy(model, e):
-    tokens = list(e.prompt_ids)
-    with torch.inference_mode():
-        for _ in e.answer_ids:
-            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-    return tuple(tokens[len(e.prompt_ids) :])
 
 
 @pytest.mark.parametrize("which", ["llama_model", "native_model"])
