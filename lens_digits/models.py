@@ -125,6 +125,8 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     kind: Literal["auto", "bridge", "hooked"] = "auto",
     progress: bool = True,
+    n_devices: int | None = None,
+    device_map: str | dict[str, Any] | None = None,
 ) -> Any:
     """Load a model from a local Hugging Face checkpoint folder or a hub name.
 
@@ -132,6 +134,11 @@ def load_model(
     which exists in TransformerLens 3.x and 4.x; ``hooked`` uses
     ``HookedTransformer.from_pretrained`` (3.x only, hub names only).
     The model is returned in eval mode. ``progress=False`` hides the loading bars.
+
+    For models larger than one GPU, ``n_devices`` (split the layers over that
+    many GPUs) or ``device_map`` (e.g. ``"auto"``, as in Hugging Face) are passed
+    to TransformerLens' own loader; residuals are gathered from whichever device
+    each layer runs on.
 
     Raises:
         ModelLoadError: No checkpoint at the path, or the hub cannot be reached.
@@ -164,9 +171,11 @@ def load_model(
                 )
             if is_local:
                 raise LensDigitsError("kind='hooked' loads hub names only; use kind='bridge' for a local folder")
-            model = ht.from_pretrained(name, device=device, dtype=torch_dtype)
+            extra = {"n_devices": n_devices} if n_devices else {}
+            model = ht.from_pretrained(name, device=device, dtype=torch_dtype, **extra)
         else:
-            model = bridge_class().boot_transformers(name, device=device, dtype=torch_dtype)
+            extra = {k: v for k, v in (("n_devices", n_devices), ("device_map", device_map)) if v is not None}
+            model = bridge_class().boot_transformers(name, device=None if device_map else device, dtype=torch_dtype, **extra)
     except LensDigitsError:
         raise
     except (OSError, ValueError) as e:

@@ -25,7 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_digits.errors import ContextLengthError
+from lens_digits.errors import ContextLengthError, LensDigitsError
 from lens_digits.models import model_bos_token_id, model_context_length, model_device, model_dtype, model_tokenizer
 from lens_digits.targets import EncodedProblem, encode_problems
 from lens_digits.tasks import Problem
@@ -107,9 +107,24 @@ def _batches(encoded: Sequence[EncodedProblem], batch_size: int) -> Iterator[lis
             yield idx[start : start + batch_size]
 
 
-def encode_checked(tokenizer: Any, problems: Sequence[Problem], bos_token_id: int | None, n_ctx: int | None) -> list[EncodedProblem]:
-    """Encode problems and check that each fits in a context of ``n_ctx`` tokens."""
-    encoded = encode_problems(tokenizer, [p.prompt for p in problems], [p.answer_prefix + p.answer for p in problems], bos_token_id)
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as the user turn of the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LensDigitsError("chat=True needs a tokenizer with a chat template; this one has none (use a plain template)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_checked(
+    tokenizer: Any, problems: Sequence[Problem], bos_token_id: int | None, n_ctx: int | None, chat: bool = False
+) -> list[EncodedProblem]:
+    """Encode problems and check that each fits in a context of ``n_ctx`` tokens.
+
+    With ``chat`` the prompts are wrapped in the chat template, which carries
+    its own BOS text, so no BOS id is added.
+    """
+    prompts = [chat_prompt(tokenizer, p.prompt) if chat else p.prompt for p in problems]
+    answers = [p.answer_prefix + p.answer for p in problems]
+    encoded = encode_problems(tokenizer, prompts, answers, None if chat else bos_token_id)
     longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
     if longest is not None and n_ctx is not None and encoded[longest].length > n_ctx:
         p = problems[longest]
@@ -120,9 +135,18 @@ def encode_checked(tokenizer: Any, problems: Sequence[Problem], bos_token_id: in
     return encoded
 
 
-def encode_for_model(model: Any, problems: Sequence[Problem]) -> list[EncodedProblem]:
-    """Encode problems with the model's tokenizer and BOS policy; check the context length."""
-    return encode_checked(model_tokenizer(model), problems, model_bos_token_id(model), model_context_length(model))
+def encode_for_model(
+    model: Any, problems: Sequence[Problem], prepend_bos: bool | None = None, chat: bool = False
+) -> list[EncodedProblem]:
+    """Encode problems with the model's tokenizer and BOS policy; check the context length.
+
+    ``prepend_bos`` None follows the model's ``cfg.default_prepend_bos``.
+    """
+    tokenizer = model_tokenizer(model)
+    bos = model_bos_token_id(model) if prepend_bos is None else (tokenizer.bos_token_id if prepend_bos else None)
+    if prepend_bos and bos is None:
+        raise LensDigitsError("prepend_bos=True but the tokenizer has no BOS token")
+    return encode_checked(tokenizer, problems, bos, model_context_length(model), chat=chat)
 
 
 @torch.inference_mode()
@@ -134,6 +158,9 @@ def collect_residuals(
     batch_size: int = 64,
     store_device: str | torch.device | None = None,
     progress: bool = False,
+    encoded: Sequence[EncodedProblem] | None = None,
+    prepend_bos: bool | None = None,
+    chat: bool = False,
 ) -> ResidualSet:
     """Run the model once per batch and keep every layer's residual at the answer positions.
 
@@ -147,6 +174,11 @@ def collect_residuals(
         store_device: Where the kept residuals live (default: the model's device).
             They are stored in float32 whatever the model's dtype.
         progress: Show a progress bar.
+        encoded: Token ids to use instead of encoding the problems (for example
+            the model's own greedy answers as the answer tokens).
+        prepend_bos: Put the tokenizer's BOS before each prompt; None follows the
+            model (``cfg.default_prepend_bos``).
+        chat: Wrap each prompt in the tokenizer's chat template (instruct models).
 
     >>> from lens_digits.testing import tiny_model
     >>> from lens_digits.tasks import TaskConfig, generate_problems
@@ -155,7 +187,7 @@ def collect_residuals(
     ((5, 3), 2)
     """
     problems = list(problems)
-    encoded = encode_for_model(model, problems)
+    encoded = list(encoded) if encoded is not None else encode_for_model(model, problems, prepend_bos=prepend_bos, chat=chat)
     n_layers = model.cfg.n_layers
     d_model = model.cfg.d_model
     device = model_device(model)
@@ -180,7 +212,13 @@ def collect_residuals(
         hooks = [
             (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid)) for layer, name in enumerate(names)
         ]
-        model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
+        try:
+            model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
+        except torch.OutOfMemoryError:
+            raise LensDigitsError(
+                f"out of memory on {device} with a batch of {len(rows)} problems of {tokens.shape[1]} tokens; lower the batch "
+                f"size (--batch-size {max(1, batch_size // 2)}), use --dtype bfloat16, or keep residuals on the CPU (device='cpu')"
+            ) from None
         bar.update(len(rows))
     bar.close()
     info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(model_dtype(model)).replace("torch.", "")}

@@ -1,5 +1,6 @@
 """``run_sweep``: problems -> residuals -> decoders -> AccuracyGrid."""
 
+import dataclasses
 import importlib.metadata
 import platform
 import time
@@ -10,18 +11,24 @@ import torch
 
 from lens_digits.decoders.base import TARGETS, Decoder, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
+from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
 from lens_digits.models import describe_model, model_kind
 from lens_digits.residuals import collect_residuals
+from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import TaskConfig, generate_problems
+
+SUBSETS = ("all", "solved", "unsolved")
 
 
 def parse_targets(target: str | Sequence[str]) -> list[str]:
-    """``"answer"``, ``"first"``, ``"both"`` or a list of them -> list of targets."""
-    targets = list(TARGETS) if target == "both" else [target] if isinstance(target, str) else list(target)
+    """``"first"``, ``"answer"``, ``"model"``, ``"both"`` (first and answer), ``"all"``, or a list."""
+    if isinstance(target, str):
+        target = {"both": ["first", "answer"], "all": list(TARGETS)}.get(target, target.split(","))
+    targets = list(dict.fromkeys(target))
     for t in targets:
         if t not in TARGETS:
-            raise LensDigitsError(f"unknown target {t!r}; choose {', '.join(TARGETS)} or both")
+            raise LensDigitsError(f"unknown target {t!r}; choose {', '.join(TARGETS)}, both or all")
     if not targets:
         raise LensDigitsError("no target given; choose first, answer or both")
     return targets
@@ -52,6 +59,9 @@ def run_sweep(
     few_shot: int = 0,
     split: tuple[float, float, float] = (0.6, 0.2, 0.2),
     allow_negative: bool = False,
+    subset: str = "all",
+    prepend_bos: bool | None = None,
+    chat: bool = False,
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -69,7 +79,9 @@ def run_sweep(
         op: ``add``, ``sub``, ``mul`` or a registered operation.
         methods: Decoder names (``logit_lens``) or decoder instances.
         target: ``first`` (first answer token at the last prompt position),
-            ``answer`` (every answer token, teacher-forced) or ``both``.
+            ``answer`` (every answer token, teacher-forced), ``model`` (every
+            token of the model's own greedy answer, teacher-forced), ``both``
+            (first and answer), ``all`` or a list.
         seed: Seed of the problem generator (and of decoders that use one).
         template: Prompt template name or format string (see ``TEMPLATES``).
         answer_prefix: Text before the answer's digits that is part of the answer
@@ -77,6 +89,10 @@ def run_sweep(
         few_shot: Solved examples put before each prompt.
         split: Fractions of problems for train, validation and test.
         allow_negative: Let ``sub`` draw pairs with negative results.
+        subset: Score ``all`` test problems, only those the model ``solved``
+            (greedy answer exactly right) or only the ``unsolved`` ones.
+        prepend_bos: Put BOS before prompts; None follows the model's config.
+        chat: Wrap prompts in the tokenizer's chat template (instruct models).
         batch_size: Problems per forward pass.
         device: Where residuals are kept and decoders run (default: the model's).
         progress: Show progress bars.
@@ -108,34 +124,46 @@ def run_sweep(
         unsupported = [t for t in targets if t not in d.targets]
         if unsupported:
             raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
+    if subset not in SUBSETS:
+        raise LensDigitsError(f"unknown subset {subset!r}; choose {', '.join(SUBSETS)}")
     problems = generate_problems(config)
+    common = dict(batch_size=batch_size, store_device=device, progress=progress)
     try:
-        data = collect_residuals(
-            model,
-            problems,
-            teacher_forcing="answer" in targets,
-            batch_size=batch_size,
-            store_device=device,
-            progress=progress,
-        )
+        data = collect_residuals(model, problems, teacher_forcing="answer" in targets, prepend_bos=prepend_bos, chat=chat, **common)
     except BoundaryMergeError as e:
         raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
-    train, val, test = data.split("train"), data.split("val"), data.split("test")
+    sets = {"first": data, "answer": data}
+    if "model" in targets or subset != "all":
+        outputs = greedy_answers(model, data.encoded, batch_size=batch_size, progress=progress)
+        problems = [
+            dataclasses.replace(p, model_output=o.text, model_correct=o.text == p.answer) for p, o in zip(problems, outputs, strict=True)
+        ]
+        data.problems = problems
+        if "model" in targets:
+            own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(data.encoded, outputs, strict=True)]
+            sets["model"] = collect_residuals(model, problems, encoded=own, **common)
+    keep = [i for i, p in enumerate(problems) if p.split == "test" and (subset == "all" or p.model_correct == (subset == "solved"))]
+    if not keep:
+        raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
+    train, val = data.split("train"), data.split("val")
     results = []
     for d in decoders:
         torch.manual_seed(seed)
         d.fit(train, val)
         for t in targets:
-            results.append((d.name, t, d.score(test, t)))
+            results.append((d.name, t, d.score(sets[t].select(keep), t)))
     info = {
         "model": describe_model(model),
         "task": config.to_dict(),
         "methods": {d.name: d.settings() for d in decoders},
         "targets": targets,
+        "subset": subset,
+        "prepend_bos": prepend_bos,
+        "chat": chat,
         "seed": seed,
         "batch_size": batch_size,
         "n_problems": {s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
         "versions": versions(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return AccuracyGrid.from_scores(results, test.problems, problems, info)
+    return AccuracyGrid.from_scores(results, [problems[i] for i in keep], problems, info)

@@ -75,7 +75,11 @@ register_operation(Operation("mul", "*", lambda a, b: a * b))
 
 @dataclass(frozen=True)
 class Problem:
-    """One arithmetic problem, as written to ``prompts.jsonl``."""
+    """One arithmetic problem, as written to ``prompts.jsonl``.
+
+    ``model_output`` and ``model_correct`` hold the model's greedy answer once a
+    sweep has computed it (target ``model`` or a ``solved``/``unsolved`` subset).
+    """
 
     scale: int
     op: str
@@ -85,6 +89,8 @@ class Problem:
     answer: str
     split: Literal["train", "val", "test"]
     answer_prefix: str = ""
+    model_output: str | None = None
+    model_correct: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the run-directory fields."""

@@ -121,3 +121,48 @@ def test_same_seed_same_grid(llama_model):
     a = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, seed=5, target="both").to_dataframe()
     b = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, seed=5, target="both").to_dataframe()
     assert a.equals(b)
+
+
+def test_model_target_reads_the_models_own_greedy_answer(llama_model):
+    grid = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, target="all", seed=3)
+    df = grid.main()
+    model_rows = df[df["target"] == "model"]
+    # at the last layer the lens agrees with what the model says, by construction of greedy decoding
+    last = model_rows[model_rows["layer"] == model_rows["layer"].max()]
+    assert (last["accuracy"] == 1.0).all()
+    assert {p.model_output is not None for p in grid.problems} == {True}
+    for p in grid.problems:
+        assert p.model_correct == (p.model_output == p.answer)
+
+
+def test_greedy_answers_match_step_by_step_decoding(llama_model):
+    from lens_digits.generate import greedy_answers
+    from lens_digits.residuals import encode_for_model
+
+    problems = problems_for(scales=(1, 2), n=10)
+    encoded = encode_for_model(llama_model, problems)
+    outputs = greedy_answers(llama_model, encoded, batch_size=4)
+    for e, o in zip(encoded, outputs, strict=True):
+        assert greedy(llama_model, e)[: len(o.token_ids)] == o.token_ids[: len(e.answer_ids)]
+        assert len(o.token_ids) >= 1
+
+
+def test_subset_solved_scores_only_solved_problems(tmp_path):
+    from lens_digits.testing import char_tokenizer
+
+    model = ld.build_model(tokenizer=char_tokenizer(), n_layers=1)
+    grid = ld.run_sweep(model, scales=[1], n_per_scale=40, target="answer", subset="unsolved")
+    unsolved = [p for p in grid.problems if p.split == "test" and not p.model_correct]
+    assert grid.to_dataframe()["n"].iloc[0] == len(unsolved)
+    with pytest.raises(ld.LensDigitsError, match="no test problems left"):
+        ld.run_sweep(model, scales=[1], n_per_scale=40, target="answer", subset="solved")
+
+
+def test_prepend_bos_override(llama_model):
+    problems = problems_for(scales=(1,), n=5)
+    with_bos = collect_residuals(llama_model, problems, prepend_bos=True)
+    without = collect_residuals(llama_model, problems, prepend_bos=False)
+    bos = llama_model.tokenizer.bos_token_id
+    assert all(e.prompt_ids[0] == bos for e in with_bos.encoded)
+    assert all(e.prompt_ids[0] != bos for e in without.encoded)
+    assert not torch.allclose(with_bos.resid[:, 1:], without.resid[:, 1:])

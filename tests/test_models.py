@@ -62,3 +62,27 @@ def test_model_without_tokenizer_is_a_clear_error():
     model = ld.build_model(d_vocab=20)
     with pytest.raises(ld.LensDigitsError, match="no tokenizer"):
         ld.run_sweep(model, scales=[1], n_per_scale=5)
+
+
+def test_out_of_memory_names_the_flag_to_change(native_model, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(native_model, "run_with_hooks", oom)
+    with pytest.raises(ld.LensDigitsError, match=r"out of memory .*--batch-size 16"):
+        ld.run_sweep(native_model, scales=[2], n_per_scale=60, batch_size=32)
+
+
+def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
+    from lens_digits import models
+
+    seen = {}
+    real = models.bridge_class().boot_transformers
+
+    def spy(name, **kwargs):
+        seen.update(kwargs)
+        return real(name, device="cpu", dtype=kwargs["dtype"])
+
+    monkeypatch.setattr(models.bridge_class(), "boot_transformers", spy)
+    ld.load_model(llama_dir, device_map="auto", n_devices=2)
+    assert seen["device_map"] == "auto" and seen["n_devices"] == 2 and seen["device"] is None

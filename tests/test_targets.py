@@ -52,3 +52,23 @@ def test_gpt2_spaced_template_with_answer_prefix_works(gpt2_model, bpe_tok):
     grid = ld.run_sweep(gpt2_model, scales=[2], n_per_scale=20, template="{a} {op} {b} =", answer_prefix=" ", target="first")
     assert grid.problems[0].prompt.endswith("=") and grid.problems[0].answer_prefix == " "
     assert (grid.to_dataframe()["n"] > 0).all()
+
+
+def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
+    from lens_digits.residuals import encode_for_model
+    from lens_digits.tasks import TaskConfig, generate_problems
+
+    model = ld.load_model(llama_dir, device="cpu", progress=False)
+    model.tokenizer.chat_template = (
+        "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}"
+    )
+    problems = generate_problems(TaskConfig(scales=[2], n_per_scale=5))
+    for p, e in zip(problems, encode_for_model(model, problems, chat=True), strict=True):
+        text = model.tokenizer.decode(list(e.prompt_ids))
+        assert text == f"User: {p.prompt}\nAnswer:"
+        assert model.tokenizer.decode(list(e.answer_ids)) == p.answer
+    grid = ld.run_sweep(model, scales=[2], n_per_scale=10, chat=True, target="first")
+    assert grid.info["chat"] is True
+    model.tokenizer.chat_template = None
+    with pytest.raises(ld.LensDigitsError, match="chat template"):
+        encode_for_model(model, problems, chat=True)

@@ -28,8 +28,11 @@ from torch import Tensor
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet
 
-Target = Literal["first", "answer"]
-TARGETS: tuple[str, ...] = ("first", "answer")
+Target = Literal["first", "answer", "model"]
+TARGETS: tuple[str, ...] = ("first", "answer", "model")
+"""``first``: first answer token at the last prompt position. ``answer``: every
+answer token, teacher-forced. ``model``: every token of the model's own greedy
+answer, teacher-forced (where each layer agrees with what the model will say)."""
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Decoder(abc.ABC):
     """
 
     name: ClassVar[str]
-    targets: ClassVar[tuple[str, ...]] = TARGETS
+    targets: ClassVar[tuple[str, ...]] = ("first", "answer")
 
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> "Decoder":

@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target, register_decoder
-from lens_digits.models import model_device, model_dtype
+from lens_digits.models import model_dtype
 from lens_digits.residuals import ResidualSet
 
 
@@ -27,7 +27,8 @@ class Readout:
         """Take ``ln_final`` and ``unembed`` from a HookedTransformer or TransformerBridge."""
         self.ln_final = model.ln_final
         self.unembed = model.unembed
-        self.device = model_device(model)
+        # With a model split over devices the unembedding sits on the last one.
+        self.device = next(model.unembed.parameters()).device
         self.dtype = model_dtype(model)
         self.d_vocab = int(model.cfg.d_vocab)
 
@@ -42,6 +43,9 @@ class Readout:
 class LogitLens(Decoder):
     """Top-1 of the final norm and unembedding at each layer.
 
+    Target ``model`` is scored like ``answer`` on residuals collected with the
+    model's greedy answer as the answer tokens.
+
     Metrics per cell: ``gold_rank`` (mean rank of the gold token, 0 = top-1;
     for ``answer`` averaged over the answer's tokens) and ``gold_prob`` (mean
     probability of the gold token; for ``answer`` of the whole answer under
@@ -49,6 +53,7 @@ class LogitLens(Decoder):
     """
 
     name = "logit_lens"
+    targets = ("first", "answer", "model")
 
     def __init__(self, readout: Readout, max_logits: int = 2**25) -> None:
         """``max_logits`` caps how many logits are held at once (memory knob)."""
