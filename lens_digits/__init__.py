@@ -7,6 +7,7 @@
 """
 
 from lens_digits import testing
+from lens_digits.builtin import load_builtin_model, train_model
 from lens_digits.decoders import DECODERS, Decoder, LogitLens, Readout, Scores, register_decoder
 from lens_digits.errors import BoundaryMergeError, ContextLengthError, LensDigitsError, ModelLoadError
 from lens_digits.grid import AccuracyGrid
@@ -40,9 +41,11 @@ __all__ = [
     "collect_residuals",
     "encode_problems",
     "generate_problems",
+    "load_builtin_model",
     "load_model",
     "register_decoder",
     "register_operation",
     "run_sweep",
     "testing",
+    "train_model",
 ]

@@ -1,7 +1,9 @@
 """The ``lens-digits`` command line.
 
-``lens-digits run`` makes a run directory from a model and settings; bad input
-exits with code 2 and a one-line message, and leaves no output behind.
+``lens-digits run`` makes a run directory from a model and settings (the
+built-in arithmetic model unless ``--model`` names another); ``lens-digits
+train-model`` trains a model like the built-in one. Bad input exits with code 2
+and a one-line message, and leaves no output behind.
 """
 
 import argparse
@@ -26,7 +28,7 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (subcommands ``run``)."""
+    """The argument parser (subcommands ``run`` and ``train-model``)."""
     parser = _Parser(
         prog="lens-digits",
         description="Where in a transformer does an arithmetic answer become readable? "
@@ -44,12 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
         "write grid.csv, prompts.jsonl, heatmap.html and run.json into --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("--model", required=True, help="local Hugging Face checkpoint folder, or a hub name")
+    run.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="local Hugging Face checkpoint folder, or a hub name (default: the built-in arith-llama model, "
+        "a small Llama trained on 1-3 digit additions, shipped with the package)",
+    )
     run.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
     run.add_argument("--scales", default="1-4", help="digit scales: a range '1-4' or a list '1,2,5'")
     run.add_argument("--n", type=int, default=200, help="distinct problems per scale, before the train/val/test split")
     run.add_argument("--op", default="add", help="operation: add, sub or mul")
-    run.add_argument("--target", default="answer", choices=["first", "answer", "both"], help="what a decoder must read")
+    run.add_argument(
+        "--target",
+        default="answer",
+        choices=["first", "answer", "model", "both", "all"],
+        help="what a decoder must read: first answer token; whole answer (teacher-forced); the model's own greedy answer; "
+        "both = first and answer; all three",
+    )
+    run.add_argument(
+        "--subset",
+        default="all",
+        choices=["all", "solved", "unsolved"],
+        help="score all test problems or only those the model solves (or not)",
+    )
+    run.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
+    run.add_argument(
+        "--prepend-bos", action=argparse.BooleanOptionalAction, default=None, help="put BOS before prompts (default: follow the model)"
+    )
     run.add_argument("--methods", type=_csv, default=["logit_lens"], help="comma-separated decoders")
     run.add_argument("--template", default="compact", help="prompt template name (compact, spaced, calculate) or format string")
     run.add_argument(
@@ -63,6 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     run.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    from lens_digits.builtin.train import TrainConfig
+
+    d = TrainConfig()
+    tm = sub.add_parser(
+        "train-model",
+        help="train a small arithmetic model like the built-in one",
+        description="Train a small Llama (character tokenizer) on arithmetic prompts written like lens_digits' "
+        "problems, save it as a Hugging Face checkpoint folder in --out, then measure its greedy accuracy per op "
+        "and digit scale into card.json and README.md there. The defaults are the built-in model's recipe and seed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tm.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
+    tm.add_argument("--layers", type=int, default=d.n_layers, help="transformer blocks")
+    tm.add_argument("--d-model", type=int, default=d.d_model, help="residual stream width")
+    tm.add_argument("--heads", type=int, default=d.n_heads, help="attention heads")
+    tm.add_argument("--d-mlp", type=int, default=argparse.SUPPRESS, help="MLP hidden width (default: 4 x --d-model)")
+    tm.add_argument("--scales", default=",".join(map(str, d.scales)), help="digit scales of the training problems")
+    tm.add_argument("--ops", type=_csv, default=",".join(d.ops), help="comma-separated operations: add, sub, mul")
+    tm.add_argument("--mixed", type=float, default=d.mixed, help="fraction of problems whose operands differ in length")
+    tm.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
+    tm.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per step")
+    tm.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up then cosine decay)")
+    tm.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the training problems")
+    tm.add_argument("--threads", type=int, default=1, help="torch CPU threads while training (0: torch's default)")
+    tm.add_argument("--eval-n", type=int, default=500, help="problems per op and scale for the card (0: no card)")
+    tm.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+    tm.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -73,6 +124,10 @@ def _run(args: argparse.Namespace) -> int:
     from lens_digits.sweep import parse_targets, run_sweep
     from lens_digits.tasks import TaskConfig, generate_problems
 
+    if getattr(args, "model", None) is None:
+        from lens_digits.builtin import builtin_model_path
+
+        args.model = str(builtin_model_path())
     if args.batch_size < 1:
         raise LensDigitsError(f"--batch-size must be at least 1, got {args.batch_size}")
     # Check every setting before the (slow) model load.
@@ -99,7 +154,11 @@ def _run(args: argparse.Namespace) -> int:
         # Tokenizer-level problems are reported before the (slow) weight load.
         tokenizer, n_ctx = peek_checkpoint(args.model)
         try:
-            encode_checked(tokenizer, generate_problems(config), tokenizer.bos_token_id, n_ctx)
+            bos = None if args.prepend_bos is False else tokenizer.bos_token_id
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # run_sweep repeats any warning about the problems
+                problems = generate_problems(config)
+            encode_checked(tokenizer, problems, bos, n_ctx, chat=args.chat)
         except BoundaryMergeError as e:
             raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
@@ -115,6 +174,9 @@ def _run(args: argparse.Namespace) -> int:
         answer_prefix=args.answer_prefix,
         few_shot=args.few_shot,
         allow_negative=args.allow_negative,
+        subset=args.subset,
+        prepend_bos=args.prepend_bos,
+        chat=args.chat,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
@@ -122,6 +184,41 @@ def _run(args: argparse.Namespace) -> int:
     out = grid.save(args.out, overwrite=args.overwrite)
     print(grid.to_text())
     print(f"wrote {out}/{{grid.csv, prompts.jsonl, heatmap.html, run.json}}")
+    return 0
+
+
+def _train_model(args: argparse.Namespace) -> int:
+    from lens_digits.builtin.train import TrainConfig, card_table, save_trained, train, write_card
+    from lens_digits.grid import check_output_dir
+
+    config = TrainConfig(
+        n_layers=args.layers,
+        d_model=args.d_model,
+        n_heads=args.heads,
+        d_mlp=getattr(args, "d_mlp", None),
+        scales=args.scales,
+        ops=args.ops,
+        mixed=args.mixed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    if args.threads < 0:
+        raise LensDigitsError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
+    if args.eval_n < 0:
+        raise LensDigitsError(f"--eval-n must be 0 (no card) or more, got {args.eval_n}")
+    check_output_dir(args.out, args.overwrite)
+    if args.no_progress:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    out = save_trained(train(config, threads=args.threads or None, progress=not args.no_progress), args.out, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    if args.eval_n:
+        card = write_card(out, n_per_scale=args.eval_n)
+        print(card_table(card))
+        print(f"wrote {out}/{{card.json, README.md}}")
     return 0
 
 
@@ -139,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             if args.command == "run":
                 return _run(args)
+            if args.command == "train-model":
+                return _train_model(args)
     except LensDigitsError as e:
         print(f"lens-digits: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,0 +1,68 @@
+"""The built-in arithmetic model, shipped in the package, and the code that trained it.
+
+``arith-llama`` is a small Llama (RMSNorm, rotary positions) with a character
+tokenizer, trained by :func:`train_model` on additions written as
+:mod:`lens_digits.tasks` writes them (``12+34=``). It makes the grid of
+``lens-digits run`` and of the tutorials offline: strong on the digit scales it
+was trained on, weak beyond them, and readable only in its later layers.
+Its model card (``README.md``) and measured accuracies (``card.json``) sit in
+the checkpoint folder.
+
+>>> import lens_digits as ld
+>>> ld.load_builtin_model(device="cpu").cfg.n_layers == builtin_card()["recipe"]["n_layers"]
+True
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lens_digits.builtin.train import TrainConfig, builtin_tokenizer, greedy_accuracy, greedy_answers, train, train_model, write_card
+from lens_digits.errors import ModelLoadError
+
+BUILTIN_MODEL_NAME = "arith-llama"
+
+
+def builtin_model_path() -> Path:
+    """Folder of the shipped checkpoint (inside the installed package)."""
+    return Path(__file__).parent / BUILTIN_MODEL_NAME
+
+
+def builtin_card() -> dict[str, Any]:
+    """The shipped model's card: recipe, parameter count and greedy accuracy per op and scale."""
+    path = builtin_model_path() / "card.json"
+    if not path.is_file():
+        raise ModelLoadError(f"the built-in model's card is missing ({path}); reinstall lens-digits")
+    return json.loads(path.read_text())
+
+
+def load_builtin_model(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
+    """Load the shipped arithmetic model with :func:`lens_digits.load_model` (a ``TransformerBridge``).
+
+    Args:
+        device: Where to put it (default: cuda if available, else cpu).
+        dtype: Model dtype (default float32).
+    """
+    from lens_digits.models import load_model
+
+    path = builtin_model_path()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"the built-in model is missing from the installed package ({path}); reinstall lens-digits")
+    return load_model(path, device=device, dtype=dtype)
+
+
+__all__ = [
+    "BUILTIN_MODEL_NAME",
+    "TrainConfig",
+    "builtin_card",
+    "builtin_model_path",
+    "builtin_tokenizer",
+    "greedy_accuracy",
+    "greedy_answers",
+    "load_builtin_model",
+    "train",
+    "train_model",
+    "write_card",
+]
