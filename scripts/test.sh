@@ -7,6 +7,7 @@
 #   bash scripts/test.sh 3.9      # only 3.9
 #
 # Extra pytest arguments go after `--`:  bash scripts/test.sh 4 -- -m "not slow" -x
+# Under the 4.x line the tutorials in tutorials/ are executed too (pytest --nbmake).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,8 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do lines+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 [ ${#lines[@]} -eq 0 ] && lines=(4 3.9)
 PYTHON=${PYTHON:-python3}
+# Everything runs offline: no test or notebook may reach a model hub.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 for line in "${lines[@]}"; do
   case "$line" in
@@ -26,9 +29,12 @@ for line in "${lines[@]}"; do
   echo "=== TransformerLens $spec in $venv ==="
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
   # constraints.txt pins torch to the CPU build that this install path expects.
   "$venv/bin/pip" install -q -c constraints.txt -e ".[test]" "$spec"
   "$venv/bin/python" -c "import transformer_lens, importlib.metadata as m; print('transformer-lens', m.version('transformer-lens'), '| torch', m.version('torch'))"
   "$venv/bin/python" -m pytest "$@"
+  # The tutorials run under the newest TransformerLens only.
+  if [ "$line" = 4 ] && compgen -G "tutorials/*.ipynb" > /dev/null; then
+    "$venv/bin/python" -m pytest --nbmake tutorials
+  fi
 done
