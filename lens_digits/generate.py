@@ -11,11 +11,12 @@ own tokens, would count it right).
 
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from lens_digits.models import model_device, model_tokenizer
@@ -40,6 +41,42 @@ def _continues_number(piece: str, so_far: str) -> bool:
 
 
 @torch.inference_mode()
+def greedy_decode(
+    forward: Callable[[Tensor], Tensor],
+    prompts: Sequence[Sequence[int]],
+    steps: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[list[int]]:
+    """Greedy continuations: ``steps[i]`` new token ids after prompt ``i``.
+
+    ``forward`` maps a ``(batch, pos)`` token tensor to ``(batch, pos, vocab)``
+    logits (a TransformerLens model, or a Hugging Face model wrapped in a
+    lambda). Prompts of equal length are batched together, so no padding is
+    needed; a batch runs for its longest ``steps``.
+    """
+    by_len: dict[int, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        by_len[len(p)].append(i)
+    out: list[list[int]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts), desc="greedy answers", unit="problem", disable=not progress)
+    for length in sorted(by_len):
+        idx = by_len[length]
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start : start + batch_size]
+            tokens = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, T)
+            for _ in range(max(steps[i] for i in rows)):
+                nxt = forward(tokens)[:, -1].argmax(-1)  # (B,)
+                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            for r, i in enumerate(rows):
+                out[i] = tokens[r, length : length + steps[i]].tolist()
+            bar.update(len(rows))
+    bar.close()
+    return out
+
+
 def greedy_answers(
     model: Any,
     encoded: Sequence[EncodedProblem],
@@ -55,32 +92,19 @@ def greedy_answers(
     ``model`` target always has a position to read) and their text.
     """
     tokenizer = model_tokenizer(model)
-    device = model_device(model)
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(encoded):
-        by_len[len(e.prompt_ids)].append(i)
-    out: list[GreedyOutput | None] = [None] * len(encoded)
-    bar = tqdm(total=len(encoded), desc="greedy answers", unit="problem", disable=not progress)
-    for length in sorted(by_len):
-        idx = by_len[length]
-        for start in range(0, len(idx), batch_size):
-            rows = idx[start : start + batch_size]
-            steps = max(len(encoded[i].answer_ids) for i in rows) + extra_tokens
-            tokens = torch.tensor([list(encoded[i].prompt_ids) for i in rows], device=device)  # (B, T)
-            for _ in range(steps):
-                nxt = model(tokens)[:, -1].argmax(-1)  # (B,)
-                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            for r, i in enumerate(rows):
-                generated = tokens[r, length:].tolist()
-                kept: list[int] = []
-                text = ""
-                for t in generated[: len(encoded[i].answer_ids) + extra_tokens]:
-                    piece = tokenizer.decode([t])
-                    if not _continues_number(piece, text):
-                        break
-                    kept.append(t)
-                    text += piece
-                out[i] = GreedyOutput(tuple(kept or generated[:1]), text.strip())
-            bar.update(len(rows))
-    bar.close()
-    return [o for o in out if o is not None]
+    steps = [len(e.answer_ids) + extra_tokens for e in encoded]
+    generated = greedy_decode(
+        model, [e.prompt_ids for e in encoded], steps, device=model_device(model), batch_size=batch_size, progress=progress
+    )
+    out = []
+    for gen in generated:
+        kept: list[int] = []
+        text = ""
+        for t in gen:
+            piece = tokenizer.decode([t])
+            if not _continues_number(piece, text):
+                break
+            kept.append(t)
+            text += piece
+        out.append(GreedyOutput(tuple(kept or gen[:1]), text.strip()))
+    return out

@@ -448,31 +448,15 @@ def greedy_answers(
     are batched by equal token length, so no padding is involved.
     """
     tok, bos = _tokenizer_and_bos(model, tokenizer)
-    forward = _forward_fn(model)
+    from lens_digits.generate import greedy_decode
     from lens_digits.models import model_device
 
-    device = model_device(model)
     encoded = [([] if bos is None else [bos]) + list(x) for x in tok(list(prompts), add_special_tokens=False)["input_ids"]]
-    by_len: dict[int, list[int]] = {}
-    for i, e in enumerate(encoded):
-        by_len.setdefault(len(e), []).append(i)
-    out = [""] * len(prompts)
+    generated = greedy_decode(
+        _forward_fn(model), encoded, [max_new_tokens] * len(encoded), device=model_device(model), batch_size=batch_size
+    )
     eos = tok.eos_token_id
-    for length in sorted(by_len):
-        rows = by_len[length]
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s : s + batch_size]
-            tokens = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)  # (B, T)
-            new = []
-            for _ in range(max_new_tokens):
-                nxt = forward(tokens)[:, -1].argmax(-1)  # (B,)
-                new.append(nxt)
-                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            gen = torch.stack(new, dim=1).tolist()  # (B, new)
-            for i, g in zip(chunk, gen, strict=True):
-                g = g[: g.index(eos)] if eos in g else g
-                out[i] = tok.decode(g)
-    return out
+    return [tok.decode(g[: g.index(eos)] if eos in g else g) for g in generated]
 
 
 def greedy_accuracy(
