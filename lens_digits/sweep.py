@@ -146,12 +146,14 @@ def run_sweep(
     if not keep:
         raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
     train, val = data.split("train"), data.split("val")
+    tests = {t: s.select(keep) for t, s in sets.items() if s is not data}
+    tests["first"] = tests["answer"] = data.select(keep)  # one object, so decoders can reuse work across the two targets
     results = []
     for d in decoders:
         torch.manual_seed(seed)
         d.fit(train, val)
         for t in targets:
-            results.append((d.name, t, d.score(sets[t].select(keep), t)))
+            results.append((d.name, t, d.score(tests[t], t)))
     info = {
         "model": describe_model(model),
         "task": config.to_dict(),

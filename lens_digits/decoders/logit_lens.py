@@ -59,6 +59,7 @@ class LogitLens(Decoder):
         """``max_logits`` caps how many logits are held at once (memory knob)."""
         self.readout = readout
         self.max_logits = max_logits
+        self._last: tuple[ResidualSet, Tensor, Tensor, Tensor] | None = None
 
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> "LogitLens":
@@ -93,9 +94,16 @@ class LogitLens(Decoder):
         return top1, rank, logp
 
     def score(self, data: ResidualSet, target: Target) -> Scores:
-        """Correctness, gold rank and gold probability per problem and layer."""
+        """Correctness, gold rank and gold probability per problem and layer.
+
+        All positions of ``data`` are decoded once and kept until another set
+        comes, so scoring ``first`` and then ``answer`` on the same set costs one
+        decode.
+        """
         n_pos = 1 if target == "first" else data.target_ids.shape[1]
-        top1, rank, logp = self.decode(data, n_pos)
+        if self._last is None or self._last[0] is not data:
+            self._last = (data, *self.decode(data))
+        top1, rank, logp = (t[:, :, :n_pos] for t in self._last[1:])
         gold = data.target_ids[:, :n_pos].cpu()
         m = (gold >= 0)[:, None, :]  # (N, 1, pos)
         correct = ((top1 == gold[:, None, :]) | ~m).all(-1)
