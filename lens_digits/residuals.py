@@ -75,6 +75,12 @@ class ResidualSet:
         return self.target_ids >= 0
 
     @property
+    def first_token_digits(self) -> list[int] | None:
+        """Digits of each answer that its first token holds (None if unknown for some problem)."""
+        digits = [e.first_token_digits for e in self.encoded]
+        return None if any(d is None for d in digits) else digits  # type: ignore[return-value]
+
+    @property
     def scales(self) -> Int[Tensor, " problem"]:
         """Digit scale of each problem."""
         return torch.tensor([p.scale for p in self.problems], dtype=torch.long)

@@ -22,6 +22,8 @@ class EncodedProblem:
 
     prompt_ids: tuple[int, ...]
     answer_ids: tuple[int, ...]
+    first_token_digits: int | None = None
+    """How many digits of the answer its first token holds (1 per digit tokenizers, up to 3 Llama-3, more BPE)."""
 
     @property
     def length(self) -> int:
@@ -72,7 +74,9 @@ def encode_problems(
             )
         if len(f) == len(p):
             raise LensDigitsError(f"answer {answer!r} adds no tokens after prompt {prompt!r}; check the tokenizer")
-        out.append(EncodedProblem(tuple(bos + p), tuple(f[len(p) :])))
+        answer_ids = tuple(f[len(p) :])
+        first_digits = sum(c.isdigit() for c in tokenizer.decode([answer_ids[0]]))
+        out.append(EncodedProblem(tuple(bos + p), answer_ids, first_digits))
     return out
 
 

@@ -72,3 +72,10 @@ def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
     model.tokenizer.chat_template = None
     with pytest.raises(ld.LensDigitsError, match="chat template"):
         encode_for_model(model, problems, chat=True)
+
+
+def test_first_token_digits_per_tokenizer(char_tok, chunk_tok, bpe_tok):
+    assert encode_problems(char_tok, ["999+1="], ["1000"])[0].first_token_digits == 1
+    assert encode_problems(chunk_tok, ["9999+1="], ["10000"])[0].first_token_digits == 3
+    (e,) = encode_problems(bpe_tok, ["12 + 34 ="], [" 46"])
+    assert e.first_token_digits == 2
