@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--prepend-bos", action=argparse.BooleanOptionalAction, default=None, help="put BOS before prompts (default: follow the model)"
     )
-    run.add_argument("--methods", type=_csv, default=["logit_lens"], help="comma-separated decoders")
+    run.add_argument("--methods", type=_csv, default=["logit_lens"], help="comma-separated decoders: logit_lens, probe")
+    run.add_argument(
+        "--probe-scope",
+        default="per_scale",
+        choices=["per_scale", "pooled"],
+        help="probe: separate probes per digit scale, or one set fitted on all scales and scored per scale",
+    )
     run.add_argument("--template", default="compact", help="prompt template name (compact, spaced, calculate) or format string")
     run.add_argument(
         "--answer-prefix", default="", help="text before the answer's digits that belongs to the answer (' ' for GPT-2-style BPE)"
@@ -177,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         subset=args.subset,
         prepend_bos=args.prepend_bos,
         chat=args.chat,
+        probe_scope=args.probe_scope,
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )

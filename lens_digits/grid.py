@@ -110,7 +110,7 @@ class AccuracyGrid:
     def breakdown_columns(self) -> list[str]:
         """Columns that split a cell into finer rows (``place``)."""
         known = set(CONTRACT_COLUMNS) | {"ci_low", "ci_high"}
-        return [c for c in self.table.columns if c not in known and self.table[c].dtype == object]
+        return [c for c in self.table.columns if c not in known and not pd.api.types.is_numeric_dtype(self.table[c])]
 
     def to_dataframe(self, breakdown: bool = True) -> pd.DataFrame:
         """The tidy table (a copy). ``breakdown=False`` keeps only the main (``all``) rows."""
@@ -172,15 +172,24 @@ class AccuracyGrid:
         """The "Accuracy Breakdown" heatmap, one panel per method and target.
 
         Keyword arguments pick breakdown rows, e.g. ``figure(place="units")``.
-        A difference grid is drawn on a diverging scale.
+        ``value`` picks the column to colour (``accuracy``; for probes also
+        ``control``, ``chance`` or ``selectivity``). A difference grid and
+        selectivity are drawn on a diverging scale.
         """
         df = self.main() if not breakdown else self.table
         for column, label in breakdown.items():
+            if column not in df.columns:
+                raise LensDigitsError(f"this grid has no {column!r} column; breakdown columns: {self.breakdown_columns}")
             df = df[df[column] == label]
+        if value not in df.columns:
+            raise LensDigitsError(f"this grid has no {value!r} column; columns: {list(df.columns)}")
+        df = df[df[value].notna()]  # e.g. selectivity exists for probes only
         if df.empty:
-            raise LensDigitsError(f"no cells match {breakdown}")
+            raise LensDigitsError(f"no cells with {value!r} match {breakdown or 'the grid'}")
         if all(" - " in m for m in df["method"]):
             return difference_heatmap(df)
+        if value == "selectivity":
+            return difference_heatmap(df, value=value, title="Selectivity (accuracy - control)")
         return heatmap(df, value=value)
 
     def to_text(self, value: str = "accuracy") -> str:

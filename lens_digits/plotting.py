@@ -1,10 +1,13 @@
 """Plotly figures of accuracy grids. Functions return ``go.Figure`` and never show it."""
 
 import math
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from lens_digits.errors import LensDigitsError
 
 TITLE = "Accuracy Breakdown"
 
@@ -41,7 +44,7 @@ def heatmap(
         rows=len(panels),
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.12 / max(1, len(panels)),
+        vertical_spacing=0.18 / max(1, len(panels)),
         subplot_titles=[f"{m} · target={t}" for m, t in panels] if len(panels) > 1 else None,
     )
     for row, (method, target) in enumerate(panels, start=1):
@@ -64,7 +67,8 @@ def heatmap(
             col=1,
         )
         fig.update_yaxes(title_text="Digit Scale", type="category", row=row, col=1)
-        fig.update_xaxes(title_text="layer", dtick=1 if cell["layer"].max() <= 32 else None, row=row, col=1)
+        last = row == len(panels)  # panels share the x axis: title it once, at the bottom
+        fig.update_xaxes(title_text="layer" if last else None, dtick=1 if cell["layer"].max() <= 32 else None, row=row, col=1)
     fig.update_layout(
         title=title,
         coloraxis={"colorscale": colorscale, "cmin": zmin, "cmax": zmax, "colorbar": {"title": {"text": value}}},
@@ -75,8 +79,36 @@ def heatmap(
     return fig
 
 
-def difference_heatmap(df: pd.DataFrame, *, title: str = "Accuracy Difference") -> go.Figure:
-    """Heatmap of a difference grid (accuracy in -1..1), red below zero and blue above."""
-    bound = float(df["accuracy"].abs().max()) if len(df) else 1.0
+def difference_heatmap(df: pd.DataFrame, *, value: str = "accuracy", title: str = "Accuracy Difference") -> go.Figure:
+    """Heatmap of a signed grid (a difference, or selectivity), red below zero and blue above."""
+    bound = float(df[value].abs().max()) if len(df) else 1.0
     bound = 1.0 if not math.isfinite(bound) or bound == 0 else bound
-    return heatmap(df, title=title, zmin=-bound, zmax=bound, colorscale="RdBu")
+    return heatmap(df, value=value, title=title, zmin=-bound, zmax=bound, colorscale="RdBu")
+
+
+def static_image(fig: go.Figure, *, format: str = "png", scale: float = 1.0, **options: Any) -> bytes:
+    """The figure as a static image (PNG by default), rendered by kaleido.
+
+    For places that cannot run plotly.js, such as a notebook shown on GitHub.
+    Needs ``kaleido>=1`` (not a dependency of this package) and a Chrome or
+    Chromium that kaleido finds (or the ``BROWSER_PATH`` environment variable
+    names); a notebook can catch the error and go on without the image.
+
+    Args:
+        fig: The figure.
+        format: ``png``, ``jpeg``, ``webp``, ``svg`` or ``pdf``.
+        scale: Pixels per layout pixel.
+        **options: Passed on to ``fig.to_image`` (``width``, ``height``).
+
+    Raises:
+        LensDigitsError: Static export is unavailable here (no kaleido, no
+            browser, or the export failed); the message says what to install.
+    """
+    try:
+        return fig.to_image(format=format, scale=scale, **options)
+    except Exception as e:  # kaleido missing (ValueError/ImportError), no Chrome (RuntimeError), browser failures
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise LensDigitsError(
+            f"static image export is unavailable ({first}); it needs `pip install 'kaleido>=1'` and Chrome or Chromium "
+            "(run `plotly_get_chrome`, or set BROWSER_PATH to the browser's binary)"
+        ) from e

@@ -62,6 +62,8 @@ def run_sweep(
     subset: str = "all",
     prepend_bos: bool | None = None,
     chat: bool = False,
+    probe_scope: str = "per_scale",
+    decoder_options: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -93,6 +95,10 @@ def run_sweep(
             (greedy answer exactly right) or only the ``unsolved`` ones.
         prepend_bos: Put BOS before prompts; None follows the model's config.
         chat: Wrap prompts in the tokenizer's chat template (instruct models).
+        probe_scope: For ``probe``: ``per_scale`` (separate probes per digit
+            scale) or ``pooled`` (one probe set fitted on all scales, scored per scale).
+        decoder_options: Constructor options of decoders named in ``methods``,
+            by name, e.g. ``{"probe": {"Cs": [0.1, 1.0]}}``.
         batch_size: Problems per forward pass.
         device: Where residuals are kept and decoders run (default: the model's).
         progress: Show progress bars.
@@ -117,7 +123,10 @@ def run_sweep(
         split=split,
         allow_negative=allow_negative,
     )
-    decoders = [make_decoder(m, model) for m in methods]
+    options = {"probe": {"scope": probe_scope, "seed": seed}}
+    for name, extra in (decoder_options or {}).items():
+        options[name] = {**options.get(name, {}), **extra}
+    decoders = [make_decoder(m, model, **options.get(m, {})) if isinstance(m, str) else m for m in methods]
     if not decoders:
         raise LensDigitsError("no methods given; use e.g. methods=['logit_lens']")
     for d in decoders:

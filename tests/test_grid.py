@@ -134,3 +134,15 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
     df = grid.to_dataframe()
     assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()
     assert len(grid.figure().data) == 2
+
+
+def test_breakdown_rows_are_kept_apart_from_whole_cells():
+    rows = []
+    for place in ("all", "units", "tens"):
+        for layer in range(2):
+            rows.append({"method": "m", "target": "answer", "scale": 1, "layer": layer, "accuracy": 0.5, "n": 4, "place": place})
+    grid = AccuracyGrid(pd.DataFrame(rows))
+    assert grid.breakdown_columns == ["place"]
+    assert len(grid.main()) == 2 and set(grid.main()["place"]) == {"all"}
+    assert grid.pivot("m", "answer").shape == (1, 2)
+    assert len(grid.figure(place="tens").data) == 1

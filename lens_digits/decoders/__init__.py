@@ -2,5 +2,20 @@
 
 from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_decoder, register_decoder
 from lens_digits.decoders.logit_lens import LogitLens, Readout
+from lens_digits.decoders.probes import LinearProbe, PlaceScores, ProbeWeights, SolverResult, fit_multinomial
 
-__all__ = ["DECODERS", "TARGETS", "Decoder", "LogitLens", "Readout", "Scores", "make_decoder", "register_decoder"]
+__all__ = [
+    "DECODERS",
+    "TARGETS",
+    "Decoder",
+    "LinearProbe",
+    "LogitLens",
+    "PlaceScores",
+    "ProbeWeights",
+    "Readout",
+    "Scores",
+    "SolverResult",
+    "fit_multinomial",
+    "make_decoder",
+    "register_decoder",
+]

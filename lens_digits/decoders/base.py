@@ -95,10 +95,10 @@ def register_decoder(cls: type[Decoder]) -> type[Decoder]:
     return cls
 
 
-def make_decoder(method: "str | Decoder", model: Any) -> Decoder:
-    """A decoder instance from a registered name, or the instance itself."""
+def make_decoder(method: "str | Decoder", model: Any, **options: Any) -> Decoder:
+    """A decoder instance from a registered name (built with ``options``), or the instance itself."""
     if isinstance(method, Decoder):
         return method
     if method not in DECODERS:
         raise LensDigitsError(f"unknown method {method!r}; registered decoders: {sorted(DECODERS)}")
-    return DECODERS[method].from_model(model)
+    return DECODERS[method].from_model(model, **options)
