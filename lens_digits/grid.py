@@ -51,9 +51,12 @@ def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra:
     rows = []
     correct = scores.correct.float().cpu()
     metrics = {k: v.float().cpu() for k, v in scores.metrics.items()}
+    applies = torch.ones_like(scales, dtype=torch.bool) if scores.applies is None else scores.applies.cpu()
     for scale in sorted(set(scales.tolist())):
-        sel = scales == scale
+        sel = (scales == scale) & applies
         n = int(sel.sum())
+        if n == 0:
+            continue
         acc = correct[sel].mean(0)
         means = {k: v[sel].mean(0) for k, v in metrics.items()}
         for layer in range(correct.shape[1]):

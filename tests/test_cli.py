@@ -30,7 +30,12 @@ def test_cli_and_python_give_the_same_grid(llama_dir, llama_model, tmp_path, cap
     import lens_digits as ld
 
     out = tmp_path / "run"
-    assert run_cli(capsys, "run", "--model", str(llama_dir), "--scales", "2", "--n", "25", "--seed", "4", "--out", str(out), "--no-progress")[0] == 0
+    assert (
+        run_cli(capsys, "run", "--model", str(llama_dir), "--scales", "2", "--n", "25", "--seed", "4", "--out", str(out), "--no-progress")[
+            0
+        ]
+        == 0
+    )
     api = ld.run_sweep(llama_model, scales=[2], n_per_scale=25, seed=4).to_dataframe()
     pd.testing.assert_frame_equal(pd.read_csv(out / "grid.csv"), api, check_dtype=False)
 

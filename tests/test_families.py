@@ -6,14 +6,13 @@ cell equals a plain Hugging Face computation, under the installed TransformerLen
 
 import pytest
 import torch
+from reference import hf_reference_top1, own_prediction
 
 import lens_digits as ld
 from lens_digits.decoders import LogitLens
 from lens_digits.residuals import collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
-
-from reference import hf_reference_top1, own_prediction
 
 FAMILIES = {
     # family: (HF architecture, tokenizer builder, task settings)

@@ -2,14 +2,12 @@
 
 import pytest
 import torch
+from reference import greedy, hf_reference_top1, own_prediction
 
 import lens_digits as ld
 from lens_digits.decoders import LogitLens
 from lens_digits.residuals import collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
-
-from conftest import needs_hooked
-from reference import greedy, hf_reference_top1, own_prediction
 
 
 def problems_for(scales=(1, 2, 3), n=24, **kw):

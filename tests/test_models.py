@@ -1,10 +1,9 @@
 import pytest
 import torch
+from conftest import HAS_HOOKED
 
 import lens_digits as ld
 from lens_digits.models import describe_model, hooked_transformer_class, model_kind, transformer_lens_version
-
-from conftest import HAS_HOOKED
 
 
 def test_feature_detection_matches_installed_version():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.decoders import DECODERS, LinearProbe, PlaceScores, fit_multinomial
+from lens_digits.decoders import DECODERS, LinearProbe, Scores, fit_multinomial
 from lens_digits.decoders.probes import digit_labels, first_token_digits, place_name
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet
@@ -148,7 +148,7 @@ def test_planted_signal_found_only_where_planted(planted):
     places = scores.breakdown["place"]
     assert list(places) == ["units", "tens", "hundreds"]
     for name, sub in places.items():
-        assert isinstance(sub, PlaceScores) and bool(sub.applies.all())
+        assert isinstance(sub, Scores) and bool(sub.applies.all())
         p_acc = sub.correct.float().mean(0)
         p_ctrl = sub.metrics["control"].mean(0)
         p_chance = sub.metrics["chance"].mean(0)

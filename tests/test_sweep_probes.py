@@ -49,3 +49,11 @@ def test_probe_scope_from_api_and_cli(llama_dir, llama_model, tmp_path, capsys):
     probe_rows = csv[csv["method"] == "probe"].reset_index(drop=True)
     pd.testing.assert_frame_equal(probe_rows[api.columns], api, check_dtype=False)
     assert ld.AccuracyGrid.load(out).figure().layout.title.text == "Accuracy Breakdown"
+
+
+def test_places_a_scale_does_not_have_get_no_rows(both):
+    df = both.to_dataframe()
+    probe = df[(df["method"] == "probe") & (df["target"] == "answer")]
+    # 1-digit sums are at most 18: two places; 2-digit sums at most 198: three places
+    assert set(probe.loc[probe["scale"] == 1, "place"]) == {"all", "units", "tens"}
+    assert set(probe.loc[probe["scale"] == 2, "place"]) == {"all", "units", "tens", "hundreds"}

@@ -22,7 +22,7 @@ def test_operands_have_exactly_d_digits_and_answers_are_exact(op):
         if p.scale > 1:
             assert len(str(p.a)) == len(str(p.b)) == p.scale
         assert int(p.answer) == {"add": p.a + p.b, "sub": p.a - p.b, "mul": p.a * p.b}[op]
-        assert p.prompt == f"{p.a}{ {'add': '+', 'sub': '-', 'mul': '*'}[op]}{p.b}="
+        assert p.prompt == f"{p.a}{ {'add': '+', 'sub': '-', 'mul': '*'}[op] }{p.b}="
     if op == "sub":
         assert all(int(p.answer) >= 0 for p in problems)
 

@@ -2,7 +2,7 @@
 
 from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_decoder, register_decoder
 from lens_digits.decoders.logit_lens import LogitLens, Readout
-from lens_digits.decoders.probes import LinearProbe, PlaceScores, ProbeWeights, SolverResult, fit_multinomial
+from lens_digits.decoders.probes import LinearProbe, ProbeWeights, SolverResult, fit_multinomial
 
 __all__ = [
     "DECODERS",
@@ -10,7 +10,6 @@ __all__ = [
     "Decoder",
     "LinearProbe",
     "LogitLens",
-    "PlaceScores",
     "ProbeWeights",
     "Readout",
     "Scores",

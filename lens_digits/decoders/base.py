@@ -46,11 +46,15 @@ class Scores:
         breakdown: Finer scores, as ``{column: {label: Scores}}``; each label
             becomes rows of the grid with ``column`` set to ``label`` (the
             probes' digit ``place``). The main rows have ``column`` = ``"all"``.
+        applies: Problems these scores are about (None: all). Cells count only
+            those, and a scale with none gets no rows (a 2-digit sum has no
+            thousands place).
     """
 
     correct: Bool[Tensor, "problem layer"]
     metrics: dict[str, Float[Tensor, "problem layer"]] = field(default_factory=dict)
     breakdown: dict[str, dict[str, "Scores"]] = field(default_factory=dict)
+    applies: Bool[Tensor, " problem"] | None = None
 
 
 class Decoder(abc.ABC):

@@ -522,19 +522,6 @@ class ProbeWeights:
         return ProbeWeights(*(t.to(device) for t in (self.W, self.b, self.mean, self.std, self.classes, self.C)))
 
 
-@dataclass
-class PlaceScores(Scores):
-    """Scores of one digit place.
-
-    Attributes:
-        applies: Problems whose group has a probe for this place. In ``per_scale``
-            scope a 1-digit sum has no hundreds place: its ``hundreds`` rows are
-            the trivial "predict 0" and can be dropped with this mask.
-    """
-
-    applies: Bool[Tensor, " problem"] | None = None
-
-
 @register_decoder
 class LinearProbe(Decoder):
     """10-way linear probes per digit place, for every layer, chosen on validation problems.
@@ -819,7 +806,7 @@ class LinearProbe(Decoder):
             covered = (place < length[:, None]) & (place >= (length - k)[:, None])
         scales = [p.scale for p in data.problems]
 
-        def scores(cover: Tensor, cls: type[Scores] = Scores, **extra: Any) -> Scores:
+        def scores(cover: Tensor, applies: Tensor | None = None) -> Scores:
             ok = ((pred == labels[:, None]) | ~cover[:, None]).all(-1)  # (n, L)
             keys = [tuple(row[c].tolist()) for row, c in zip(labels, cover, strict=True)]
             majority = {s: Counter(k for k, t in zip(keys, scales, strict=True) if t == s).most_common(1)[0][0] for s in set(scales)}
@@ -829,7 +816,7 @@ class LinearProbe(Decoder):
                 c_ok = ((ctrl == labels[:, None]) | ~cover[:, None]).all(-1)
                 metrics["control"] = c_ok.float()
                 metrics["selectivity"] = ok.float() - c_ok.float()
-            return cls(ok, metrics, **extra)
+            return Scores(ok, metrics, applies=applies)
 
         main = scores(covered)
         groups = torch.tensor(self.group_of(data.problems), dtype=torch.long)
@@ -838,7 +825,7 @@ class LinearProbe(Decoder):
         for p in range(n_places):
             cover = torch.zeros(n, width, dtype=torch.bool)
             cover[:, p] = True
-            places[place_name(p)] = scores(cover, PlaceScores, applies=group_places > p)
+            places[place_name(p)] = scores(cover, applies=group_places > p)
         main.breakdown = {"place": places}
         return main
 
