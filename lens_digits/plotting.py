@@ -107,7 +107,9 @@ def static_image(fig: go.Figure, *, format: str = "png", scale: float = 1.0, **o
     try:
         return fig.to_image(format=format, scale=scale, **options)
     except Exception as e:  # kaleido missing (ValueError/ImportError), no Chrome (RuntimeError), browser failures
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        text = " ".join(str(e).split()) or type(e).__name__
+        first = text.split(". ")[0].rstrip(".")
+        first = first if len(first) <= 100 else first[:97] + "..."
         raise LensDigitsError(
             f"static image export is unavailable ({first}); it needs `pip install 'kaleido>=1'` and Chrome or Chromium "
             "(run `plotly_get_chrome`, or set BROWSER_PATH to the browser's binary)"

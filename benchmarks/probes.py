@@ -1,0 +1,300 @@
+"""Batched probe solver vs a scikit-learn loop, on synthetic residuals of a realistic shape.
+
+Both sides run the same recipe on the same data: standardise with train
+statistics, fit a 10-way L2 logistic regression per (layer, place) for each C of
+the grid, keep the C with the best validation accuracy (ties: lower validation
+cross-entropy, then smaller C), report test accuracy. scikit-learn runs
+``LogisticRegression(C=C, solver="lbfgs", max_iter, tol)`` one fit at a time;
+``lens_digits`` runs ``LinearProbe(control=False)`` (one batched solve). Each
+side runs in its own process so peak memory is its own.
+
+    python benchmarks/probes.py                  # 29 layers x 4 places x 2,000 train problems x d_model 1,536
+    python benchmarks/probes.py --small          # a quick run
+    python benchmarks/probes.py --sk-layers 8    # scikit-learn on 8 evenly spaced layers only (time extrapolated)
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+CS = (0.01, 0.1, 1.0, 10.0)
+
+
+def make_data(n_layers, d_model, n_train, n_val, n_test, places, seed=0):
+    """Residuals where digit information grows with depth, over anisotropic noise with outlier dimensions."""
+    from lens_digits.decoders.probes import digit_labels
+    from lens_digits.residuals import ResidualSet
+    from lens_digits.targets import EncodedProblem
+    from lens_digits.tasks import Problem
+
+    gen = torch.Generator().manual_seed(seed)
+    n = n_train + n_val + n_test
+    answers = [str(v) for v in torch.randint(0, 10**places, (n,), generator=gen).tolist()]
+    labels = digit_labels(answers, places)  # (n, place)
+    codes = torch.randn(places, 10, d_model, generator=gen) / math.sqrt(d_model)
+    signal = sum(codes[p][labels[:, p]] for p in range(places)) * math.sqrt(d_model)  # (n, d), unit-ish per dim
+    rank = 64
+    basis = torch.randn(rank, d_model, generator=gen) / math.sqrt(rank)
+    spectrum = torch.logspace(1, -1, rank)
+    outliers = torch.randperm(d_model, generator=gen)[:4]
+    resid = torch.empty(n, n_layers, 1, d_model)
+    for layer in range(n_layers):
+        depth = layer / max(1, n_layers - 1)
+        strength = 0.35 / (1 + math.exp(-8 * (depth - 0.55)))  # ~0 early, rising after the middle
+        noise = torch.randn(n, rank, generator=gen) * spectrum @ basis + torch.randn(n, d_model, generator=gen)
+        x = noise + strength * signal
+        x[:, outliers] = x[:, outliers] * 20 + 50 * (1 + depth)
+        resid[:, layer, 0] = x
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    problems = [Problem(places, "add", i, 0, f"{i}=", a, s) for i, (a, s) in enumerate(zip(answers, splits, strict=True))]
+    encoded = [EncodedProblem((1,), (2,)) for _ in answers]
+    return ResidualSet(resid, torch.zeros(n, 1, dtype=torch.long), problems, encoded, {})
+
+
+def rss_mb():
+    """Current resident set size in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours(args, data):
+    from lens_digits.decoders.probes import LinearProbe, digit_labels
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        data.resid = data.resid.to(device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    train, val, test = data.split("train"), data.split("val"), data.split("test")
+    base = rss_mb()
+    walls, cpus = [], []
+    for _ in range(args.repeat):
+        probe = LinearProbe(Cs=CS, control=args.control, max_iter=args.max_iter, tol=args.tol, device=device)
+        start, cpu = time.perf_counter(), time.process_time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe.fit(train, val)
+        pred = probe.predict(test)  # (n, layer, place)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    seconds = min(walls)
+    labels = digit_labels([p.answer for p in test.problems], args.places)
+    acc = (pred == labels[:, None]).float().mean(0)  # (layer, place)
+    out = {
+        "seconds": seconds,
+        "all_seconds": walls,
+        "cpu_seconds": min(cpus),
+        "acc": acc.tolist(),
+        "answer_acc": (pred == labels[:, None]).all(-1).float().mean(0).tolist(),
+        "chosen_C": probe.weights.C[0].tolist(),
+        "fit_info": probe.fit_info,
+        "peak_rss_mb": peak_mb(),
+        "working_mb": peak_mb() - base,
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_sklearn(args, data):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from lens_digits.decoders.probes import digit_labels
+
+    train, val, test = data.split("train"), data.split("val"), data.split("test")
+    y = {
+        name: digit_labels([p.answer for p in s.problems], args.places).numpy()
+        for name, s in (("train", train), ("val", val), ("test", test))
+    }
+    layers = (
+        np.unique(np.linspace(0, data.n_layers - 1, args.sk_layers).round().astype(int)).tolist()
+        if args.sk_layers
+        else list(range(data.n_layers))
+    )
+    base = rss_mb()
+    acc = {}
+    chosen = {}
+    answer_ok = {}
+    iters, not_converged = [], 0
+    start, cpu = time.perf_counter(), time.process_time()
+    for layer in layers:
+        scaler = StandardScaler().fit(train.resid[:, layer, 0].numpy())
+        xs = {name: scaler.transform(s.resid[:, layer, 0].numpy()) for name, s in (("train", train), ("val", val), ("test", test))}
+        preds = []
+        for place in range(args.places):
+            best = None
+            for c in CS:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ConvergenceWarning)
+                    model = LogisticRegression(C=c, max_iter=args.max_iter, tol=args.tol).fit(xs["train"], y["train"][:, place])
+                not_converged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
+                iters.append(int(model.n_iter_.max()))
+                proba = model.predict_proba(xs["val"])
+                val_acc = float((model.classes_[proba.argmax(1)] == y["val"][:, place]).mean())
+                col = np.searchsorted(model.classes_, y["val"][:, place])
+                ok = (col < len(model.classes_)) & (model.classes_[np.minimum(col, len(model.classes_) - 1)] == y["val"][:, place])
+                p_gold = np.where(ok, proba[np.arange(len(col)), np.minimum(col, len(model.classes_) - 1)], 0.0)
+                val_ce = float(np.minimum(-np.log(np.maximum(p_gold, 1e-300)), 50).mean())
+                key = (-val_acc, val_ce)
+                if best is None or key < best[0]:
+                    best = (key, model, c)
+            chosen[f"{layer},{place}"] = best[2]
+            pred = best[1].predict(xs["test"])
+            preds.append(pred)
+            acc[(layer, place)] = float((pred == y["test"][:, place]).mean())
+        answer_ok[layer] = float((np.stack(preds, 1) == y["test"]).all(1).mean())
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu,
+        "layers": layers,
+        "acc": {f"{k[0]},{k[1]}": v for k, v in acc.items()},
+        "chosen_C": chosen,
+        "answer_acc": answer_ok,
+        "n_fits": len(iters),
+        "mean_iter": float(np.mean(iters)),
+        "max_iter_hit": not_converged,
+        "peak_rss_mb": peak_mb(),
+        "working_mb": peak_mb() - base,
+    }
+
+
+def child(args):
+    torch.manual_seed(0)
+    data = make_data(args.layers, args.d_model, args.n_train, args.n_val, args.n_test, args.places)
+    out = run_ours(args, data) if args.side == "ours" else run_sklearn(args, data)
+    print("RESULT " + json.dumps(out))
+
+
+def spawn(args, side):
+    cmd = [sys.executable, __file__, "--side", side] + [a for a in sys.argv[1:] if a not in ("--side",)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"{side} side failed")
+    return json.loads(line[-1][7:])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="5 layers x 4 places x 400 train problems x d_model 128")
+    p.add_argument("--layers", type=int, default=29)
+    p.add_argument("--places", type=int, default=4)
+    p.add_argument("--n-train", type=int, default=2000)
+    p.add_argument("--n-val", type=int, default=500)
+    p.add_argument("--n-test", type=int, default=500)
+    p.add_argument("--d-model", type=int, default=1536)
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--sk-layers", type=int, default=0, help="run scikit-learn on this many evenly spaced layers (0: all)")
+    p.add_argument("--repeat", type=int, default=1, help="fit our side this many times and keep the fastest")
+    p.add_argument("--sklearn-json", help="cache of the scikit-learn side: read it if it exists, else run and write it")
+    p.add_argument("--control", action="store_true", help="also fit the shuffled-label control on our side")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--side", choices=["ours", "sklearn"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.small:
+        args.layers, args.n_train, args.n_val, args.n_test, args.d_model = 5, 400, 100, 100, 128
+        sys.argv += ["--layers", "5", "--n-train", "400", "--n-val", "100", "--n-test", "100", "--d-model", "128"]
+    if args.side:
+        return child(args)
+
+    ours = spawn(args, "ours")
+    print(f"ours: {ours['seconds']:.1f} s, working memory {ours['working_mb']:.0f} MiB, fit {ours['fit_info']}", flush=True)
+    if args.sklearn_json and os.path.exists(args.sklearn_json):
+        with open(args.sklearn_json) as f:
+            sk = json.load(f)
+        print(f"scikit-learn side read from {args.sklearn_json} (measured {sk['date']})", flush=True)
+    else:
+        sk = spawn(args, "sklearn") | {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        if args.sklearn_json:
+            with open(args.sklearn_json, "w") as f:
+                json.dump(sk, f)
+    n_layers = args.layers
+    sk_full = sk["seconds"] * n_layers / len(sk["layers"])
+    sk_cpu_full = sk["cpu_seconds"] * n_layers / len(sk["layers"])
+    diffs = [abs(ours["acc"][layer][place] - sk["acc"][f"{layer},{place}"]) for layer in sk["layers"] for place in range(args.places)]
+    ans = [abs(ours["answer_acc"][layer] - sk["answer_acc"][str(layer)]) for layer in sk["layers"]]
+    cells = [(layer, place) for layer in sk["layers"] for place in range(args.places)]
+    same_c = [ours["chosen_C"][layer][place] == sk["chosen_C"][f"{layer},{place}"] for layer, place in cells]
+    over = [
+        {
+            "layer": layer,
+            "place": place,
+            "ours": round(ours["acc"][layer][place], 4),
+            "sklearn": round(sk["acc"][f"{layer},{place}"], 4),
+            "C_ours": ours["chosen_C"][layer][place],
+            "C_sklearn": sk["chosen_C"][f"{layer},{place}"],
+        }
+        for layer, place in cells
+        if abs(ours["acc"][layer][place] - sk["acc"][f"{layer},{place}"]) > 0.01 + 1e-9
+    ]
+    import sklearn
+
+    report = {
+        "shape": f"{n_layers} layer columns x {args.places} places x {args.n_train} train / {args.n_val} val / {args.n_test} test"
+        f" x d_model {args.d_model}",
+        "Cs": list(CS),
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "control": args.control,
+        "device": args.device,
+        "ours_seconds": round(ours["seconds"], 2),
+        "ours_seconds_all_repeats": [round(x, 2) for x in ours["all_seconds"]],
+        "ours_cpu_seconds": round(ours["cpu_seconds"], 2),
+        "ours_working_mb": round(ours["working_mb"]),
+        "ours_cuda_peak_mb": round(ours.get("cuda_peak_mb", 0)),
+        "ours_fit": ours["fit_info"],
+        "sklearn_layers": sk["layers"],
+        "sklearn_seconds_measured": round(sk["seconds"], 2),
+        "sklearn_seconds_all_layers": round(sk_full, 2),
+        "sklearn_cpu_seconds_all_layers": round(sk_cpu_full, 2),
+        "sklearn_measured_at": sk["date"],
+        "sklearn_extrapolated": len(sk["layers"]) != n_layers,
+        "sklearn_working_mb": round(sk["working_mb"]),
+        "sklearn_fits": sk["n_fits"],
+        "sklearn_mean_iter": round(sk["mean_iter"], 1),
+        "sklearn_max_iter_hit": sk["max_iter_hit"],
+        "speedup": round(sk_full / ours["seconds"], 1),
+        "speedup_cpu_time": round(sk_cpu_full / ours["cpu_seconds"], 1),
+        "max_place_acc_diff": round(max(diffs), 4),
+        "mean_place_acc_diff": round(float(np.mean(diffs)), 4),
+        "max_answer_acc_diff": round(max(ans), 4),
+        "cells_compared": len(cells),
+        "same_C_chosen": sum(same_c),
+        "cells_over_1_point": over,
+        "test_acc_ours_by_layer_place": [[round(a, 3) for a in row] for row in ours["acc"]],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {ours['threads']}",
+        "load_average_at_end": os.getloadavg(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sklearn": sklearn.__version__,
+            "numpy": np.__version__,
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
