@@ -182,7 +182,8 @@ def load_model(
         where = f"the checkpoint folder {name!r}" if is_local else f"{name!r} from the Hugging Face hub"
         raise ModelLoadError(
             f"could not load {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. Without network, "
-            "pass a local checkpoint folder"
+            "pass a local checkpoint folder, or use the built-in model (lens-digits run without --model; "
+            "lens_digits.load_builtin_model())"
         ) from e
     model.eval()
     return model

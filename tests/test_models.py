@@ -32,7 +32,7 @@ def test_missing_checkpoint_errors(name, message):
 
 def test_unreachable_hub_fails_fast_with_offline_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ld.ModelLoadError, match="local checkpoint folder"):
+    with pytest.raises(ld.ModelLoadError, match="local checkpoint folder, or use the built-in model"):
         ld.load_model("someone/not-a-cached-model")
 
 
