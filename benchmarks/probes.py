@@ -113,7 +113,14 @@ def run_ours(args, data):
     return out
 
 
+def config_key(args):
+    """What a cached scikit-learn layer result depends on."""
+    keys = ("layers", "places", "n_train", "n_val", "n_test", "d_model", "max_iter", "tol")
+    return {k: getattr(args, k) for k in keys} | {"Cs": list(CS)}
+
+
 def run_sklearn(args, data):
+    """One LogisticRegression per (layer, place, C); with --sklearn-cache, layers already measured are read back."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -130,16 +137,21 @@ def run_sklearn(args, data):
         if args.sk_layers
         else list(range(data.n_layers))
     )
+    cached = {}
+    if args.sklearn_cache and os.path.exists(args.sklearn_cache):
+        with open(args.sklearn_cache) as f:
+            for line in f:
+                row = json.loads(line)
+                if row["config"] == config_key(args):
+                    cached[row["layer"]] = row
     base = rss_mb()
-    acc = {}
-    chosen = {}
-    answer_ok = {}
-    iters, not_converged = [], 0
-    start, cpu = time.perf_counter(), time.process_time()
     for layer in layers:
+        if layer in cached:
+            continue
+        start, cpu = time.perf_counter(), time.process_time()
         scaler = StandardScaler().fit(train.resid[:, layer, 0].numpy())
         xs = {name: scaler.transform(s.resid[:, layer, 0].numpy()) for name, s in (("train", train), ("val", val), ("test", test))}
-        preds = []
+        preds, accs, chosen, iters, not_converged = [], [], [], [], 0
         for place in range(args.places):
             best = None
             for c in CS:
@@ -150,31 +162,50 @@ def run_sklearn(args, data):
                 iters.append(int(model.n_iter_.max()))
                 proba = model.predict_proba(xs["val"])
                 val_acc = float((model.classes_[proba.argmax(1)] == y["val"][:, place]).mean())
-                col = np.searchsorted(model.classes_, y["val"][:, place])
-                ok = (col < len(model.classes_)) & (model.classes_[np.minimum(col, len(model.classes_) - 1)] == y["val"][:, place])
-                p_gold = np.where(ok, proba[np.arange(len(col)), np.minimum(col, len(model.classes_) - 1)], 0.0)
+                col = np.minimum(np.searchsorted(model.classes_, y["val"][:, place]), len(model.classes_) - 1)
+                p_gold = np.where(model.classes_[col] == y["val"][:, place], proba[np.arange(len(col)), col], 0.0)
                 val_ce = float(np.minimum(-np.log(np.maximum(p_gold, 1e-300)), 50).mean())
                 key = (-val_acc, val_ce)
                 if best is None or key < best[0]:
                     best = (key, model, c)
-            chosen[f"{layer},{place}"] = best[2]
+            chosen.append(best[2])
             pred = best[1].predict(xs["test"])
             preds.append(pred)
-            acc[(layer, place)] = float((pred == y["test"][:, place]).mean())
-        answer_ok[layer] = float((np.stack(preds, 1) == y["test"]).all(1).mean())
-    seconds = time.perf_counter() - start
+            accs.append(float((pred == y["test"][:, place]).mean()))
+        row = {
+            "config": config_key(args),
+            "layer": layer,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu,
+            "acc": accs,
+            "chosen_C": chosen,
+            "answer_acc": float((np.stack(preds, 1) == y["test"]).all(1).mean()),
+            "iters": iters,
+            "not_converged": not_converged,
+            "working_mb": peak_mb() - base,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": os.getloadavg(),
+        }
+        cached[layer] = row
+        print(f"sklearn layer {layer}: {row['seconds']:.1f} s", file=sys.stderr, flush=True)
+        if args.sklearn_cache:
+            with open(args.sklearn_cache, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    rows = [cached[layer] for layer in layers]
+    iters = [i for r in rows for i in r["iters"]]
     return {
-        "seconds": seconds,
-        "cpu_seconds": time.process_time() - cpu,
+        "seconds": sum(r["seconds"] for r in rows),
+        "cpu_seconds": sum(r["cpu_seconds"] for r in rows),
         "layers": layers,
-        "acc": {f"{k[0]},{k[1]}": v for k, v in acc.items()},
-        "chosen_C": chosen,
-        "answer_acc": answer_ok,
+        "acc": {f"{r['layer']},{p}": a for r in rows for p, a in enumerate(r["acc"])},
+        "chosen_C": {f"{r['layer']},{p}": c for r in rows for p, c in enumerate(r["chosen_C"])},
+        "answer_acc": {str(r["layer"]): r["answer_acc"] for r in rows},
         "n_fits": len(iters),
         "mean_iter": float(np.mean(iters)),
-        "max_iter_hit": not_converged,
-        "peak_rss_mb": peak_mb(),
-        "working_mb": peak_mb() - base,
+        "max_iter_hit": sum(r["not_converged"] for r in rows),
+        "working_mb": max(r["working_mb"] for r in rows),
+        "date": f"{min(r['date'] for r in rows)} .. {max(r['date'] for r in rows)}",
+        "load_average_range": [min(r["load_average"][0] for r in rows), max(r["load_average"][0] for r in rows)],
     }
 
 
@@ -187,10 +218,9 @@ def child(args):
 
 def spawn(args, side):
     cmd = [sys.executable, __file__, "--side", side] + [a for a in sys.argv[1:] if a not in ("--side",)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # stderr: progress, passed through
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not line:
-        sys.stderr.write(proc.stderr)
         raise SystemExit(f"{side} side failed")
     return json.loads(line[-1][7:])
 
@@ -208,7 +238,9 @@ def main():
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--sk-layers", type=int, default=0, help="run scikit-learn on this many evenly spaced layers (0: all)")
     p.add_argument("--repeat", type=int, default=1, help="fit our side this many times and keep the fastest")
-    p.add_argument("--sklearn-json", help="cache of the scikit-learn side: read it if it exists, else run and write it")
+    p.add_argument(
+        "--sklearn-cache", help="JSON-lines file of per-layer scikit-learn results: layers found there are not re-run, new ones are added"
+    )
     p.add_argument("--control", action="store_true", help="also fit the shuffled-label control on our side")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--side", choices=["ours", "sklearn"], help=argparse.SUPPRESS)
@@ -221,15 +253,7 @@ def main():
 
     ours = spawn(args, "ours")
     print(f"ours: {ours['seconds']:.1f} s, working memory {ours['working_mb']:.0f} MiB, fit {ours['fit_info']}", flush=True)
-    if args.sklearn_json and os.path.exists(args.sklearn_json):
-        with open(args.sklearn_json) as f:
-            sk = json.load(f)
-        print(f"scikit-learn side read from {args.sklearn_json} (measured {sk['date']})", flush=True)
-    else:
-        sk = spawn(args, "sklearn") | {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        if args.sklearn_json:
-            with open(args.sklearn_json, "w") as f:
-                json.dump(sk, f)
+    sk = spawn(args, "sklearn")
     n_layers = args.layers
     sk_full = sk["seconds"] * n_layers / len(sk["layers"])
     sk_cpu_full = sk["cpu_seconds"] * n_layers / len(sk["layers"])
@@ -270,6 +294,7 @@ def main():
         "sklearn_seconds_all_layers": round(sk_full, 2),
         "sklearn_cpu_seconds_all_layers": round(sk_cpu_full, 2),
         "sklearn_measured_at": sk["date"],
+        "sklearn_load_average_range": sk["load_average_range"],
         "sklearn_extrapolated": len(sk["layers"]) != n_layers,
         "sklearn_working_mb": round(sk["working_mb"]),
         "sklearn_fits": sk["n_fits"],
