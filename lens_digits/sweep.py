@@ -141,7 +141,7 @@ def run_sweep(
         data = collect_residuals(model, problems, teacher_forcing="answer" in targets, prepend_bos=prepend_bos, chat=chat, **common)
     except BoundaryMergeError as e:
         raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
-    sets = {"first": data, "answer": data}
+    own_data = None
     if "model" in targets or subset != "all":
         outputs = greedy_answers(model, data.encoded, batch_size=batch_size, progress=progress)
         problems = [
@@ -150,13 +150,13 @@ def run_sweep(
         data.problems = problems
         if "model" in targets:
             own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(data.encoded, outputs, strict=True)]
-            sets["model"] = collect_residuals(model, problems, encoded=own, **common)
+            own_data = collect_residuals(model, problems, encoded=own, **common)
     keep = [i for i, p in enumerate(problems) if p.split == "test" and (subset == "all" or p.model_correct == (subset == "solved"))]
     if not keep:
         raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
     train, val = data.split("train"), data.split("val")
-    tests = {t: s.select(keep) for t, s in sets.items() if s is not data}
-    tests["first"] = tests["answer"] = data.select(keep)  # one object, so decoders can reuse work across the two targets
+    test = data.select(keep)  # one object for both targets, so decoders can reuse work across them
+    tests = {"first": test, "answer": test, "model": own_data.select(keep) if own_data is not None else None}
     results = []
     for d in decoders:
         torch.manual_seed(seed)
