@@ -241,6 +241,7 @@ def main():
     p.add_argument(
         "--sklearn-cache", help="JSON-lines file of per-layer scikit-learn results: layers found there are not re-run, new ones are added"
     )
+    p.add_argument("--sklearn-only", action="store_true", help="only fill --sklearn-cache (resumable), report nothing")
     p.add_argument("--control", action="store_true", help="also fit the shuffled-label control on our side")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--side", choices=["ours", "sklearn"], help=argparse.SUPPRESS)
@@ -251,6 +252,9 @@ def main():
     if args.side:
         return child(args)
 
+    if args.sklearn_only:
+        spawn(args, "sklearn")
+        return None
     ours = spawn(args, "ours")
     print(f"ours: {ours['seconds']:.1f} s, working memory {ours['working_mb']:.0f} MiB, fit {ours['fit_info']}", flush=True)
     sk = spawn(args, "sklearn")
