@@ -209,6 +209,34 @@ def run_sklearn(args, data):
     }
 
 
+def tolerance_check(args, data, layer, place, c=1.0):
+    """One cell, four fits: scikit-learn at tol 1e-4 and 1e-6, ours at tol 1e-4 and 1e-5; test accuracy and agreement."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from lens_digits.decoders.probes import digit_labels, fit_multinomial
+
+    train, test = data.split("train"), data.split("test")
+    y_train = digit_labels([p.answer for p in train.problems], args.places)[:, place].numpy()
+    y_test = digit_labels([p.answer for p in test.problems], args.places)[:, place].numpy()
+    scaler = StandardScaler().fit(train.resid[:, layer, 0].numpy())
+    x_train, x_test = scaler.transform(train.resid[:, layer, 0].numpy()), scaler.transform(test.resid[:, layer, 0].numpy())
+    preds = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for tol in (1e-4, 1e-6):
+            preds[f"sklearn tol={tol:g}"] = LogisticRegression(C=c, tol=tol, max_iter=5000).fit(x_train, y_train).predict(x_test)
+        for tol in (1e-4, 1e-5):
+            res = fit_multinomial(
+                torch.from_numpy(x_train).float()[None], torch.from_numpy(y_train)[None, :, None], [c], max_iter=5000, tol=tol
+            )
+            preds[f"ours tol={tol:g}"] = (torch.from_numpy(x_test).float() @ res.W[0, 0, 0] + res.b[0, 0, 0]).argmax(-1).numpy()
+    out = {"cell": [layer, place], "C": c, "test_acc": {k: float((v == y_test).mean()) for k, v in preds.items()}}
+    names = list(preds)
+    out["agreement"] = {f"{a} | {b}": float((preds[a] == preds[b]).mean()) for i, a in enumerate(names) for b in names[i + 1 :]}
+    return out
+
+
 def child(args):
     torch.manual_seed(0)
     data = make_data(args.layers, args.d_model, args.n_train, args.n_val, args.n_test, args.places)
@@ -241,6 +269,7 @@ def main():
     p.add_argument(
         "--sklearn-cache", help="JSON-lines file of per-layer scikit-learn results: layers found there are not re-run, new ones are added"
     )
+    p.add_argument("--tol-check", metavar="LAYER,PLACE", help="compare both solvers at two tolerances on one cell (C=1) and exit")
     p.add_argument("--sklearn-only", action="store_true", help="only fill --sklearn-cache (resumable), report nothing")
     p.add_argument("--control", action="store_true", help="also fit the shuffled-label control on our side")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -251,6 +280,11 @@ def main():
         sys.argv += ["--layers", "5", "--n-train", "400", "--n-val", "100", "--n-test", "100", "--d-model", "128"]
     if args.side:
         return child(args)
+    if args.tol_check:
+        layer, place = (int(v) for v in args.tol_check.split(","))
+        data = make_data(args.layers, args.d_model, args.n_train, args.n_val, args.n_test, args.places)
+        print(json.dumps(tolerance_check(args, data, layer, place), indent=2))
+        return None
 
     if args.sklearn_only:
         spawn(args, "sklearn")

@@ -90,9 +90,7 @@ def test_solver_matches_sklearn_objective():
 
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, 10, (2, 300, 1), generator=gen)
-    x = torch.randn(2, 300, 12, generator=gen) + 0.8 * torch.randn(2, 10, 12, generator=gen).gather(
-        1, y.expand(-1, -1, 12)
-    )
+    x = torch.randn(2, 300, 12, generator=gen) + 0.8 * torch.randn(2, 10, 12, generator=gen).gather(1, y.expand(-1, -1, 12))
     x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=0)
     res = fit_multinomial(x, y, [0.1, 1.0], max_iter=300, tol=1e-5)
     for block in range(2):
@@ -262,9 +260,7 @@ def test_negative_answers_probe_magnitude():
 
 
 def test_run_sweep_with_logit_lens_and_probe():
-    grid = ld.run_sweep(
-        ld.testing.tiny_model(), scales=[1, 2], n_per_scale=40, methods=["logit_lens", "probe"], target="both", seed=0
-    )
+    grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1, 2], n_per_scale=40, methods=["logit_lens", "probe"], target="both", seed=0)
     df = grid.to_dataframe()
     assert {"place", "chance", "control", "selectivity"} <= set(df.columns)
     probe_rows = df[df["method"] == "probe"]

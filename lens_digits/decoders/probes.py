@@ -141,7 +141,12 @@ class SolverResult:
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-cell inner product of two parameter tensors ``(blocks, d+1, cells, digits)`` -> ``(blocks, cells)``."""
-    return (a * b).sum((1, 3))
+    return (a * b).sum(1).sum(-1)  # reducing the long axis first is several times faster than sum((1, 3))
+
+
+def _norm(a: Tensor) -> Tensor:
+    """Per-cell 2-norm of a parameter tensor ``(blocks, d+1, cells, digits)`` -> ``(blocks, cells)``."""
+    return torch.linalg.vector_norm(torch.linalg.vector_norm(a, dim=1), dim=-1)
 
 
 def _cell(v: Tensor) -> Tensor:
@@ -153,7 +158,8 @@ def _data_loss(z: Tensor, y: Tensor, w: Tensor, mask: Tensor | None) -> Tensor:
     """Weighted mean cross-entropy (float64) of every cell from its logits ``z`` ``(b, n, m, k)``; ``z`` is overwritten."""
     if mask is not None:
         z.masked_fill_(~mask[:, None], _NEG)
-    lse = torch.logsumexp(z, -1)  # (b, n, m)
+    z.sub_(z.amax(-1, keepdim=True))  # (faster than logsumexp over a last axis of 10)
+    lse = z.exp().sum(-1).log_()  # (b, n, m)
     return ((lse - z.gather(-1, y[..., None])[..., 0]) * w[:, :, None]).sum(1, dtype=torch.float64)
 
 
@@ -163,7 +169,8 @@ def _gradient(x: Tensor, z: Tensor, theta: Tensor, y: Tensor, w: Tensor, lam: Te
     m, k = theta.shape[2], theta.shape[3]
     if mask is not None:
         z = z.masked_fill(~mask[:, None], _NEG)
-    r = torch.softmax(z, -1)  # (b, n, m, k)
+    r = (z - z.amax(-1, keepdim=True)).exp_()  # softmax, (b, n, m, k); faster than torch.softmax over 10
+    r.div_(r.sum(-1, keepdim=True))
     idx = y[..., None]
     r.scatter_(-1, idx, r.gather(-1, idx) - 1)
     r.mul_(w[:, :, None, None])
@@ -174,7 +181,7 @@ def _gradient(x: Tensor, z: Tensor, theta: Tensor, y: Tensor, w: Tensor, lam: Te
 
 def _sq_norm(theta: Tensor) -> Tensor:
     """``||W||^2`` per cell (float64), intercept row excluded."""
-    return torch.linalg.vector_norm(theta[:, :-1], dim=(1, 3)).double().square()
+    return _norm(theta[:, :-1]).double().square()
 
 
 class _Box:
@@ -230,9 +237,9 @@ def _solve_chunk(
     wsq = torch.zeros(nb, m, dtype=torch.float64, device=dev)
     f = box.loss(z.clone(), wsq)
     g = box.gradient(z, theta)
-    conv = torch.linalg.vector_norm(g, ord=math.inf, dim=(1, 3)) <= tol
+    conv = g.abs().amax(1).amax(-1) <= tol
     done = conv.clone()
-    gamma = 1.0 / torch.linalg.vector_norm(g, dim=(1, 3)).clamp(min=1e-12)  # first step has unit length, as in L-BFGS-B
+    gamma = 1.0 / _norm(g).clamp(min=1e-12)  # first step has unit length, as in L-BFGS-B
     iters = torch.zeros_like(n_iter)
     flat = torch.zeros_like(n_iter)  # consecutive steps with a decrease within rounding noise
     s_hist: list[Tensor] = []
@@ -281,7 +288,7 @@ def _solve_chunk(
         gd = _dot(g, direction)
         bad = active & ~(gd < 0)  # not a descent direction (rounding): fall back to steepest descent
         if bad.any():
-            steep = -g / _cell(torch.linalg.vector_norm(g, dim=(1, 3)).clamp(min=1e-12))
+            steep = -g / _cell(_norm(g).clamp(min=1e-12))
             direction = torch.where(_cell(bad), steep, direction)
             gd = _dot(g, direction)
         dz = box.logits(direction)  # logits move by t * dz along the direction
@@ -338,7 +345,7 @@ def _solve_chunk(
         theta, f, g = theta_new, f_new, g_new
         wsq = _sq_norm(theta)
         iters += moved
-        conv = conv | (moved & (torch.linalg.vector_norm(g, ord=math.inf, dim=(1, 3)) <= tol))
+        conv = conv | (moved & (g.abs().amax(1).amax(-1) <= tol))
         done = done | conv | failed | (flat >= 3)
     write_back()
     return theta_out, n_iter, converged
