@@ -1,40 +1,71 @@
 """lens_digits: where in a transformer an arithmetic answer becomes readable, by digit scale.
 
+Names are imported on first use, so ``lens-digits --help`` and light modules
+(``lens_digits.rundir``) start without loading torch.
+
 >>> import lens_digits as ld
 >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales="1-2", n_per_scale=20, target="first")
 >>> grid.figure().layout.title.text
 'Accuracy Breakdown'
 """
 
-from lens_digits import testing
-from lens_digits.builtin import load_builtin_model, train_model
-from lens_digits.decoders import DECODERS, Decoder, LogitLens, Readout, Scores, register_decoder
-from lens_digits.errors import BoundaryMergeError, ContextLengthError, LensDigitsError, ModelLoadError
-from lens_digits.grid import AccuracyGrid
-from lens_digits.models import build_model, load_model
-from lens_digits.residuals import ResidualSet, collect_residuals
-from lens_digits.sweep import run_sweep
-from lens_digits.targets import encode_problems
-from lens_digits.tasks import OPERATIONS, TEMPLATES, Operation, Problem, TaskConfig, generate_problems, register_operation
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "DECODERS": "lens_digits.decoders",
+    "Decoder": "lens_digits.decoders",
+    "LogitLens": "lens_digits.decoders",
+    "Readout": "lens_digits.decoders",
+    "Scores": "lens_digits.decoders",
+    "register_decoder": "lens_digits.decoders",
+    "BoundaryMergeError": "lens_digits.errors",
+    "ContextLengthError": "lens_digits.errors",
+    "LensDigitsError": "lens_digits.errors",
+    "ModelLoadError": "lens_digits.errors",
+    "OutputError": "lens_digits.errors",
+    "RunDirectoryError": "lens_digits.errors",
+    "AccuracyGrid": "lens_digits.grid",
+    "build_model": "lens_digits.models",
+    "load_model": "lens_digits.models",
+    "ResidualSet": "lens_digits.residuals",
+    "collect_residuals": "lens_digits.residuals",
+    "SweepConfig": "lens_digits.config",
+    "run_sweep": "lens_digits.sweep",
+    "encode_problems": "lens_digits.targets",
+    "OPERATIONS": "lens_digits.tasks",
+    "TEMPLATES": "lens_digits.tasks",
+    "Operation": "lens_digits.tasks",
+    "Problem": "lens_digits.tasks",
+    "TaskConfig": "lens_digits.tasks",
+    "generate_problems": "lens_digits.tasks",
+    "register_operation": "lens_digits.tasks",
+    "load_builtin_model": "lens_digits.builtin",
+    "train_model": "lens_digits.builtin",
+}
+_SUBMODULES = ("testing", "decoders", "builtin", "models", "tasks", "grid", "residuals", "plotting", "rundir", "sweep")
+
 __all__ = [
-    "DECODERS",
-    "OPERATIONS",
-    "TEMPLATES",
     "AccuracyGrid",
     "BoundaryMergeError",
     "ContextLengthError",
+    "DECODERS",
     "Decoder",
     "LensDigitsError",
     "LogitLens",
     "ModelLoadError",
+    "OPERATIONS",
     "Operation",
+    "OutputError",
     "Problem",
     "Readout",
     "ResidualSet",
+    "RunDirectoryError",
     "Scores",
+    "SweepConfig",
+    "TEMPLATES",
     "TaskConfig",
     "__version__",
     "build_model",
@@ -49,3 +80,40 @@ __all__ = [
     "testing",
     "train_model",
 ]
+
+if TYPE_CHECKING:
+    from lens_digits import testing
+    from lens_digits.builtin import load_builtin_model, train_model
+    from lens_digits.config import SweepConfig
+    from lens_digits.decoders import DECODERS, Decoder, LogitLens, Readout, Scores, register_decoder
+    from lens_digits.errors import (
+        BoundaryMergeError,
+        ContextLengthError,
+        LensDigitsError,
+        ModelLoadError,
+        OutputError,
+        RunDirectoryError,
+    )
+    from lens_digits.grid import AccuracyGrid
+    from lens_digits.models import build_model, load_model
+    from lens_digits.residuals import ResidualSet, collect_residuals
+    from lens_digits.sweep import run_sweep
+    from lens_digits.targets import encode_problems
+    from lens_digits.tasks import OPERATIONS, TEMPLATES, Operation, Problem, TaskConfig, generate_problems, register_operation
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or submodule) on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"lens_digits.{name}")
+    else:
+        raise AttributeError(f"module 'lens_digits' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Public names, for tab completion."""
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -8,6 +8,7 @@ and a one-line message, and leaves no output behind.
 
 import argparse
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,18 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from lens_digits.grid import check_output_dir
-    from lens_digits.models import load_model, parse_dtype, peek_checkpoint
+    from lens_digits.config import SweepConfig
+    from lens_digits.decoders import DECODERS
+    from lens_digits.models import load_model, parse_dtype, peek_checkpoint, resolve_device
     from lens_digits.residuals import encode_checked
-    from lens_digits.sweep import parse_targets, run_sweep
+    from lens_digits.rundir import Reservation
+    from lens_digits.sweep import run_sweep
     from lens_digits.tasks import TaskConfig, generate_problems
 
     if getattr(args, "model", None) is None:
         from lens_digits.builtin import builtin_model_path
 
         args.model = str(builtin_model_path())
-    if args.batch_size < 1:
-        raise LensDigitsError(f"--batch-size must be at least 1, got {args.batch_size}")
     # Check every setting before the (slow) model load.
     config = TaskConfig(
         scales=args.scales,
@@ -147,56 +148,76 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         allow_negative=args.allow_negative,
     )
-    parse_targets(args.target)
-    parse_dtype(args.dtype)
-    check_output_dir(args.out, args.overwrite)
-    from lens_digits.decoders import DECODERS
-
-    for m in args.methods:
-        if m not in DECODERS:
-            raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
-
-    if Path(args.model).expanduser().is_dir() and (Path(args.model).expanduser() / "config.json").is_file():
-        # Tokenizer-level problems are reported before the (slow) weight load.
-        tokenizer, n_ctx = peek_checkpoint(args.model)
-        try:
-            bos = None if args.prepend_bos is False else tokenizer.bos_token_id
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # run_sweep repeats any warning about the problems
-                problems = generate_problems(config)
-            encode_checked(tokenizer, problems, bos, n_ctx, chat=args.chat)
-        except BoundaryMergeError as e:
-            raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
-    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
-    grid = run_sweep(
-        model,
-        scales=args.scales,
-        n_per_scale=args.n,
-        op=args.op,
+    SweepConfig(
         methods=args.methods,
-        target=args.target,
-        seed=args.seed,
-        template=args.template,
-        answer_prefix=args.answer_prefix,
-        few_shot=args.few_shot,
-        allow_negative=args.allow_negative,
+        targets=args.target,
         subset=args.subset,
         prepend_bos=args.prepend_bos,
         chat=args.chat,
         probe_scope=args.probe_scope,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
     )
-    grid.info["command"] = "lens-digits " + " ".join(sys.argv[1:])
-    out = grid.save(args.out, overwrite=args.overwrite)
+    parse_dtype(args.dtype)
+    resolve_device(args.device)
+    for m in args.methods:
+        if m not in DECODERS:
+            raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
+
+    # Reserve the output folder before any compute: a second run into it fails now, not after its sweep.
+    with Reservation(args.out, args.overwrite) as reservation:
+        if Path(args.model).expanduser().is_dir():
+            # Tokenizer-level problems are reported before the (slow) weight load.
+            tokenizer, n_ctx = peek_checkpoint(args.model)
+            try:
+                bos = None if args.prepend_bos is False else tokenizer.bos_token_id
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # run_sweep repeats any warning about the problems
+                    problems = generate_problems(config)
+                encode_checked(tokenizer, problems, bos, n_ctx, chat=args.chat)
+            except BoundaryMergeError as e:
+                raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
+        model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
+        grid = run_sweep(
+            model,
+            scales=args.scales,
+            n_per_scale=args.n,
+            op=args.op,
+            methods=args.methods,
+            target=args.target,
+            seed=args.seed,
+            template=args.template,
+            answer_prefix=args.answer_prefix,
+            few_shot=args.few_shot,
+            allow_negative=args.allow_negative,
+            subset=args.subset,
+            prepend_bos=args.prepend_bos,
+            chat=args.chat,
+            probe_scope=args.probe_scope,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+        )
+        grid.info["command"] = _command_line(args.argv)
+        try:
+            out = grid.save(args.out, overwrite=args.overwrite, reservation=reservation)
+        except KeyboardInterrupt as e:  # a signal held back during the final move arrives after it
+            if reservation.written:
+                e.written = reservation.target  # type: ignore[attr-defined]
+            raise
     print(grid.to_text())
     print(f"wrote {out}/{{grid.csv, prompts.jsonl, heatmap.html, run.json}}")
     return 0
 
 
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as typed, shell-quoted so that it can be pasted back into a shell."""
+    import shlex
+
+    return shlex.join(["lens-digits", *argv])
+
+
 def _train_model(args: argparse.Namespace) -> int:
-    from lens_digits.builtin.train import TrainConfig, card_table, save_trained, train, write_card
-    from lens_digits.grid import check_output_dir
+    from lens_digits.builtin.train import TrainConfig, card_table, is_checkpoint_dir, train, write_card, write_checkpoint
+    from lens_digits.rundir import Reservation
 
     config = TrainConfig(
         n_layers=args.layers,
@@ -215,18 +236,38 @@ def _train_model(args: argparse.Namespace) -> int:
         raise LensDigitsError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
     if args.eval_n < 0:
         raise LensDigitsError(f"--eval-n must be 0 (no card) or more, got {args.eval_n}")
-    check_output_dir(args.out, args.overwrite)
-    if args.no_progress:
-        import transformers
+    with Reservation(args.out, args.overwrite, is_ours=is_checkpoint_dir) as reservation:
+        result = train(config, threads=args.threads or None, progress=not args.no_progress)
+        cards = []
 
-        transformers.utils.logging.disable_progress_bar()
-    out = save_trained(train(config, threads=args.threads or None, progress=not args.no_progress), args.out, overwrite=args.overwrite)
-    print(f"wrote {out}")
-    if args.eval_n:
-        card = write_card(out, n_per_scale=args.eval_n)
-        print(card_table(card))
-        print(f"wrote {out}/{{card.json, README.md}}")
+        def fill(folder: Path) -> None:
+            write_checkpoint(result, folder)
+            if args.eval_n:  # measured before the folder moves into place, so an interrupt leaves no card-less checkpoint
+                cards.append(write_card(folder, n_per_scale=args.eval_n, name=reservation.target.name))
+
+        try:
+            out = reservation.write(fill)
+        except KeyboardInterrupt as e:
+            if reservation.written:
+                e.written = reservation.target  # type: ignore[attr-defined]
+            raise
+    if cards:
+        print(card_table(cards[0]))
+    print(f"wrote {out}" + (" with card.json and README.md" if cards else ""))
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so that temporary output is removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        """Remember which signal."""
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
 
 
 def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
@@ -235,7 +276,15 @@ def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> No
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lens-digits``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    import signal
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (timeout, Slurm, docker stop) is handled like Ctrl-C
+            handlers[sig] = signal.signal(sig, _raise_interrupted)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -248,9 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LensDigitsError as e:
         print(f"lens-digits: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("lens-digits: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        written = getattr(e, "written", None)
+        what = f"after writing {written}" if written else "nothing was written"
+        print(f"lens-digits: stopped by {name}; {what}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -20,3 +20,11 @@ class ContextLengthError(LensDigitsError):
 
 class ModelLoadError(LensDigitsError):
     """A model or checkpoint could not be found or loaded."""
+
+
+class OutputError(LensDigitsError):
+    """An output folder cannot be used: taken by another run, not ours to replace, or not writable."""
+
+
+class RunDirectoryError(LensDigitsError):
+    """A run directory's files are missing, damaged or not what this package writes."""

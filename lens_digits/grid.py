@@ -5,15 +5,12 @@ ci_low, ci_high`` (a 95% Wilson interval), then any breakdown columns (such as
 ``place``, ``"all"`` on the main rows) and the decoders' metric columns.
 
 A run directory holds ``grid.csv``, ``prompts.jsonl``, ``heatmap.html`` and
-``run.json``; it is written to a temporary folder beside the target and moved
-into place whole, so a failure leaves no half-written run.
+``run.json``; :mod:`lens_digits.rundir` writes it whole or not at all.
 """
 
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,15 @@ import plotly.graph_objects as go
 import torch
 
 from lens_digits.decoders.base import Scores
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, RunDirectoryError
 from lens_digits.plotting import difference_heatmap, heatmap
+from lens_digits.rundir import RUN_FILES, RUN_FORMAT, Reservation, check_output, write_run_directory
+from lens_digits.runfiles import CONTRACT_COLUMNS, read_grid_csv, read_prompts, read_run_json
 from lens_digits.tasks import Problem
 
-KEY_COLUMNS = ["method", "target", "scale", "layer"]
-CONTRACT_COLUMNS = ["method", "target", "scale", "layer", "accuracy", "n"]
-FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
+FILES = RUN_FILES
+RUN_SCHEMA = 2
+"""Version of ``run.json``'s layout (1: releases before the ``format`` key)."""
 
 
 def wilson_interval(k: int | float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -72,6 +71,18 @@ def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra:
     return rows
 
 
+SIGNIFICANT_DIGITS = 6
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """Floats to 6 significant digits, so that float noise (batch size, threads) does not reach ``grid.csv``."""
+    table = table.copy()
+    for column in table.columns:
+        if pd.api.types.is_float_dtype(table[column]):
+            table[column] = table[column].map(lambda x: float(f"{x:.{SIGNIFICANT_DIGITS}g}") if math.isfinite(x) else x)
+    return table
+
+
 class AccuracyGrid:
     """Accuracy per digit scale and layer, for one or more decoders and targets.
 
@@ -86,7 +97,7 @@ class AccuracyGrid:
         missing = [c for c in CONTRACT_COLUMNS if c not in table.columns]
         if missing:
             raise LensDigitsError(f"a grid table needs columns {CONTRACT_COLUMNS}; missing {missing}")
-        self.table = table.reset_index(drop=True)
+        self.table = _rounded(table.reset_index(drop=True))
         self.problems = list(problems)
         self.info = dict(info or {})
 
@@ -214,66 +225,44 @@ class AccuracyGrid:
 
     # ---- run directory ---------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False, *, reservation: "Reservation | None" = None) -> Path:
         """Write the run directory (``grid.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
 
-        The files are written to a temporary folder beside ``path`` and moved in
-        at the end, so a failure leaves nothing behind.
+        The files are written to a temporary folder beside ``path``, flushed to
+        disk and moved into place in one atomic step, so a failure or an
+        interrupt leaves nothing half-written. ``overwrite`` replaces only a run
+        directory this package wrote (see :mod:`lens_digits.rundir`); a
+        ``reservation`` taken before a long computation is used if given.
         """
-        target = check_output_dir(path, overwrite)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
+
+        def fill(tmp: Path) -> None:
             self.table.to_csv(tmp / "grid.csv", index=False)
             with open(tmp / "prompts.jsonl", "w") as f:
                 for p in self.problems:
                     f.write(json.dumps(p.to_dict()) + "\n")
             self.figure().write_html(tmp / "heatmap.html", include_plotlyjs=True, full_html=True)
-            (tmp / "run.json").write_text(json.dumps(self.info, indent=2, sort_keys=True, default=str) + "\n")
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+            info = {"format": RUN_FORMAT, "schema": RUN_SCHEMA} | self.info
+            (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+        return write_run_directory(path, fill, overwrite, reservation)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "AccuracyGrid":
-        """Read a run directory written by :meth:`save`."""
-        path = Path(path)
+        """Read a run directory written by :meth:`save`, checking every file.
+
+        Raises:
+            RunDirectoryError: A file is missing, damaged or edited into something
+                this package would not write; the message names the file and line.
+        """
+        path = Path(path).expanduser()
         if not (path / "grid.csv").is_file():
-            raise LensDigitsError(f"{str(path)!r} is not a run directory: it has no grid.csv")
-        table = pd.read_csv(path / "grid.csv", keep_default_na=False, na_values=[""])
-        problems = []
-        if (path / "prompts.jsonl").is_file():
-            with open(path / "prompts.jsonl") as f:
-                problems = [Problem(**json.loads(line)) for line in f if line.strip()]
-        info = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+            raise RunDirectoryError(f"{str(path)!r} is not a run directory: it has no grid.csv")
+        table = read_grid_csv(path / "grid.csv")
+        problems = read_prompts(path / "prompts.jsonl") if (path / "prompts.jsonl").is_file() else []
+        info = read_run_json(path / "run.json") if (path / "run.json").is_file() else {}
         return cls(table, problems, info)
 
 
 def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Check that a run directory can be written at ``path``, creating nothing.
-
-    Raises:
-        LensDigitsError: It exists and is not empty (and ``overwrite`` is False),
-            it is a file, or the nearest existing folder above it is not writable.
-    """
-    target = Path(path).expanduser().absolute()
-    if target.exists():
-        if not target.is_dir():
-            raise LensDigitsError(f"output {str(path)!r} is a file, not a folder; choose another --out")
-        if any(target.iterdir()) and not overwrite:
-            raise LensDigitsError(f"output folder {str(path)!r} is not empty; choose a new one or pass overwrite (--overwrite)")
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise LensDigitsError(f"cannot write output folder {str(path)!r}: {str(parent)!r} is not writable; choose another --out")
-    return target
+    """Check that a run directory can be written at ``path``, creating nothing (see :func:`lens_digits.rundir.check_output`)."""
+    return check_output(path, overwrite)

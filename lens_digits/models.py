@@ -7,6 +7,7 @@ through the small accessors below.
 """
 
 import importlib.metadata
+import json
 import os
 import warnings
 from pathlib import Path
@@ -53,6 +54,35 @@ def model_kind(model: Any) -> Literal["HookedTransformer", "TransformerBridge"]:
         f"expected a TransformerLens HookedTransformer or TransformerBridge, got {type(model).__name__}; "
         "load one with lens_digits.load_model(...)"
     )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to load onto: ``None`` means cuda when available, else cpu.
+
+    Raises:
+        LensDigitsError: The name is not a device, or names one this machine lacks.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LensDigitsError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise LensDigitsError(f"device {str(device)!r} asked for, but {why}; use --device cpu (or leave it out)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LensDigitsError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise LensDigitsError(f"device {str(device)!r} asked for, but MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise LensDigitsError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -145,14 +175,12 @@ def load_model(
     """
     name = os.fspath(name_or_path)
     torch_dtype = parse_dtype(dtype) or torch.float32
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device) if device_map is None else device
     path = Path(name).expanduser()
     is_local = path.exists()
     if is_local:
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"{name!r} is not a Hugging Face checkpoint folder (no config.json in it); pass the folder that save_pretrained wrote"
-            )
+        inspect_checkpoint(path)
+        load_tokenizer(path)
         name = str(path)
     elif _looks_like_path(name):
         raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
@@ -178,15 +206,92 @@ def load_model(
             model = bridge_class().boot_transformers(name, device=None if device_map else device, dtype=torch_dtype, **extra)
     except LensDigitsError:
         raise
-    except (OSError, ValueError) as e:
-        where = f"the checkpoint folder {name!r}" if is_local else f"{name!r} from the Hugging Face hub"
+    except torch.OutOfMemoryError:
+        raise ModelLoadError(f"out of memory loading {name!r} on {device}; use --dtype bfloat16, a smaller model or more devices") from None
+    except Exception as e:  # transformers and TransformerLens raise many kinds; the user needs one line
+        if is_local:
+            raise ModelLoadError(f"could not load the checkpoint folder {name!r}: {_first_line(e)}") from e
         raise ModelLoadError(
-            f"could not load {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. Without network, "
+            f"could not load {name!r} from the Hugging Face hub: {_first_line(e)}. Without network, "
             "pass a local checkpoint folder, or use the built-in model (lens-digits run without --model; "
             "lens_digits.load_builtin_model())"
         ) from e
     model.eval()
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:200] + "...") if len(text) > 200 else (text or type(e).__name__)
+
+
+def _check_safetensors(file: Path) -> None:
+    """Check that a safetensors file is whole: its header parses and covers the file exactly."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(n))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ModelLoadError(f"{file} is damaged or truncated ({_first_line(e)}); save or download it again") from None
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        raise ModelLoadError(
+            f"{file} is truncated or damaged: {size:,} bytes where its header says {expected:,}; save or download it again"
+        )
+
+
+def inspect_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check a local checkpoint folder without loading its weights; return its ``config.json``.
+
+    Raises:
+        ModelLoadError: No folder, a ``config.json`` that is not valid JSON or
+            names a ``model_type`` transformers does not know, no tokenizer, or
+            weight files that are missing or truncated. The message names the file.
+    """
+    path = Path(folder).expanduser()
+    config_file = path / "config.json"
+    if not path.is_dir() or not config_file.is_file():
+        raise ModelLoadError(
+            f"{str(folder)!r} is not a Hugging Face checkpoint folder (no config.json in it); pass the folder that save_pretrained wrote"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{config_file} is not valid JSON ({_first_line(e)}); save the model again with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} must hold a JSON object, not {type(config).__name__}")
+    model_type = config.get("model_type")
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        import transformers
+
+        raise ModelLoadError(
+            f"{config_file} names model_type {model_type!r}, which transformers {transformers.__version__} does not know; "
+            "check the file, or upgrade transformers if the architecture is newer"
+        )
+    index = path / "model.safetensors.index.json"
+    shards: list[Path] = []
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = [path / name for name in sorted(set(weight_map.values()))]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelLoadError(f"{index} is damaged ({_first_line(e)}); save or download the checkpoint again") from None
+        for shard in shards:
+            if not shard.is_file():
+                raise ModelLoadError(f"{path} lacks weight shard {shard.name} listed in {index.name}; download it again")
+    elif (path / "model.safetensors").is_file():
+        shards = [path / "model.safetensors"]
+    elif not any(path.glob("pytorch_model*.bin")):
+        raise ModelLoadError(f"{path} has no weights (model.safetensors or pytorch_model.bin); save the model with save_pretrained")
+    for shard in shards:
+        _check_safetensors(shard)
+    return config
 
 
 def peek_checkpoint(folder: str | os.PathLike[str]) -> tuple[Any, int | None]:
@@ -195,13 +300,27 @@ def peek_checkpoint(folder: str | os.PathLike[str]) -> tuple[Any, int | None]:
     Lets bad settings (a template the tokenizer merges, prompts that do not fit)
     be reported before a slow model load.
     """
+    path = Path(folder).expanduser()
+    config = inspect_checkpoint(path)
+    tokenizer = load_tokenizer(path)
+    n_ctx = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(config.get(k), int)), None)
+    return tokenizer, n_ctx
+
+
+def load_tokenizer(folder: str | os.PathLike[str]) -> Any:
+    """The tokenizer saved in a checkpoint folder.
+
+    Raises:
+        ModelLoadError: The folder has no tokenizer files, or they do not load.
+    """
     import transformers
 
-    path = Path(folder).expanduser()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    config = transformers.AutoConfig.from_pretrained(path)
-    n_ctx = next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx") if getattr(config, k, None)), None)
-    return tokenizer, n_ctx
+    try:
+        return transformers.AutoTokenizer.from_pretrained(Path(folder).expanduser())
+    except Exception as e:  # transformers raises ValueError, OSError, TypeError, JSON errors...
+        raise ModelLoadError(
+            f"{str(folder)!r} has no usable tokenizer ({_first_line(e)}); save one into it with tokenizer.save_pretrained(folder)"
+        ) from None
 
 
 def build_model(

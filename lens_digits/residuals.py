@@ -141,9 +141,7 @@ def encode_checked(
     return encoded
 
 
-def encode_for_model(
-    model: Any, problems: Sequence[Problem], prepend_bos: bool | None = None, chat: bool = False
-) -> list[EncodedProblem]:
+def encode_for_model(model: Any, problems: Sequence[Problem], prepend_bos: bool | None = None, chat: bool = False) -> list[EncodedProblem]:
     """Encode problems with the model's tokenizer and BOS policy; check the context length.
 
     ``prepend_bos`` None follows the model's ``cfg.default_prepend_bos``.

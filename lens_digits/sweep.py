@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from lens_digits.decoders.base import TARGETS, Decoder, make_decoder
+from lens_digits.config import SweepConfig, parse_methods
+from lens_digits.decoders.base import Decoder, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
@@ -17,21 +18,6 @@ from lens_digits.models import describe_model, model_kind
 from lens_digits.residuals import collect_residuals
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import TaskConfig, generate_problems
-
-SUBSETS = ("all", "solved", "unsolved")
-
-
-def parse_targets(target: str | Sequence[str]) -> list[str]:
-    """``"first"``, ``"answer"``, ``"model"``, ``"both"`` (first and answer), ``"all"``, or a list."""
-    if isinstance(target, str):
-        target = {"both": ["first", "answer"], "all": list(TARGETS)}.get(target, target.split(","))
-    targets = list(dict.fromkeys(target))
-    for t in targets:
-        if t not in TARGETS:
-            raise LensDigitsError(f"unknown target {t!r}; choose {', '.join(TARGETS)}, both or all")
-    if not targets:
-        raise LensDigitsError("no target given; choose first, answer or both")
-    return targets
 
 
 def versions() -> dict[str, str]:
@@ -111,7 +97,19 @@ def run_sweep(
     """
     started = time.perf_counter()
     model_kind(model)
-    targets = parse_targets(target)
+    method_list = parse_methods(methods)
+    settings = SweepConfig(
+        methods=[m if isinstance(m, str) else m.name for m in method_list],
+        targets=target,
+        subset=subset,
+        prepend_bos=prepend_bos,
+        chat=chat,
+        probe_scope=probe_scope,
+        batch_size=batch_size,
+        device=None if device is None else str(device),
+        progress=progress,
+    )
+    targets = list(settings.targets)
     config = TaskConfig(
         scales=scales,  # type: ignore[arg-type]
         n_per_scale=n_per_scale,
@@ -126,15 +124,11 @@ def run_sweep(
     options = {"probe": {"scope": probe_scope, "seed": seed}}
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
-    decoders = [make_decoder(m, model, **options.get(m, {})) if isinstance(m, str) else m for m in methods]
-    if not decoders:
-        raise LensDigitsError("no methods given; use e.g. methods=['logit_lens']")
+    decoders = [make_decoder(m, model, **options.get(m, {})) if isinstance(m, str) else m for m in method_list]
     for d in decoders:
         unsupported = [t for t in targets if t not in d.targets]
         if unsupported:
             raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
-    if subset not in SUBSETS:
-        raise LensDigitsError(f"unknown subset {subset!r}; choose {', '.join(SUBSETS)}")
     problems = generate_problems(config)
     common = dict(batch_size=batch_size, store_device=device, progress=progress)
     try:

@@ -11,6 +11,7 @@ scale 2 was asked for too.
 """
 
 import dataclasses
+import re
 import string
 import warnings
 import zlib
@@ -24,6 +25,12 @@ from lens_digits.errors import LensDigitsError
 
 MAX_SCALE = 18
 """Largest digit scale: operands and results stay exact in 64-bit integers."""
+
+MAX_PER_SCALE = 100_000
+"""Most problems per scale a task may ask for (bounds memory before anything is drawn)."""
+
+MAX_TEMPLATE_WIDTH = 64
+"""Largest width or precision a template's format spec may ask for (``{a:>8}``)."""
 
 SPLITS = ("train", "val", "test")
 
@@ -138,13 +145,19 @@ class TaskConfig:
     def __post_init__(self) -> None:
         """Validate every field."""
         self.scales = tuple(parse_scales(self.scales))
-        if not isinstance(self.n_per_scale, int) or self.n_per_scale < 1:
+        if isinstance(self.n_per_scale, bool) or not isinstance(self.n_per_scale, int) or self.n_per_scale < 1:
             raise LensDigitsError(f"n_per_scale must be a positive integer, got {self.n_per_scale!r}")
+        if self.n_per_scale > MAX_PER_SCALE:
+            raise LensDigitsError(f"n_per_scale is {self.n_per_scale:,}, above the limit of {MAX_PER_SCALE:,} problems per scale")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise LensDigitsError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.op not in OPERATIONS:
             raise LensDigitsError(f"unknown op {self.op!r}; choose one of {sorted(OPERATIONS)}")
         self.template = resolve_template(self.template)
-        if not isinstance(self.few_shot, int) or self.few_shot < 0:
+        if isinstance(self.few_shot, bool) or not isinstance(self.few_shot, int) or self.few_shot < 0:
             raise LensDigitsError(f"few_shot must be a non-negative integer, got {self.few_shot!r}")
+        if self.few_shot > 1000:
+            raise LensDigitsError(f"few_shot is {self.few_shot}, above the limit of 1000 examples per prompt")
         self.split = tuple(float(x) for x in self.split)  # type: ignore[assignment]
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
             raise LensDigitsError(f"split must be three non-negative fractions (train, val, test) summing to 1, got {self.split}")
@@ -174,12 +187,14 @@ def parse_scales(scales: Any) -> list[int]:
                 continue
             lo, sep, hi = part.partition("-")
             try:
-                if sep:
-                    out.extend(range(int(lo), int(hi) + 1))
-                else:
-                    out.append(int(part))
+                bounds = [int(lo), int(hi)] if sep else [int(part)]
             except ValueError:
                 raise LensDigitsError(f"cannot read digit scales {scales!r}; write them like '1-4' or '1,2,5'") from None
+            for s in bounds:
+                _check_scale(s)
+            if sep and bounds[0] > bounds[1]:
+                raise LensDigitsError(f"digit scale range {part!r} runs backwards; write it low to high, e.g. '{hi}-{lo}'")
+            out.extend(range(bounds[0], bounds[-1] + 1))
         scales = out
     elif isinstance(scales, int):
         scales = [scales]
@@ -190,22 +205,48 @@ def parse_scales(scales: Any) -> list[int]:
     if not result:
         raise LensDigitsError("no digit scales given; ask for at least one, e.g. '1-4'")
     for s in result:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= MAX_SCALE:
-            raise LensDigitsError(
-                f"impossible digit scale {s!r}: a scale is the number of digits of each operand, an integer from 1 to {MAX_SCALE}"
-            )
+        _check_scale(s)
     return [int(s) for s in result]
 
 
+def _check_scale(s: Any) -> None:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= MAX_SCALE:
+        raise LensDigitsError(
+            f"impossible digit scale {s!r}: a scale is the number of digits of each operand, an integer from 1 to {MAX_SCALE}"
+        )
+
+
 def resolve_template(template: str) -> str:
-    """Return the format string for a template name or check a custom one."""
+    """Return the format string for a template name or check a custom one.
+
+    >>> resolve_template("spaced")
+    '{a} {op} {b} = '
+    """
+    if not isinstance(template, str):
+        raise LensDigitsError(f"template must be a string, got {type(template).__name__}")
     template = TEMPLATES.get(template, template)
-    names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise LensDigitsError(f"template {template!r} is not a valid format string ({e}); write fields as {{a}}, {{b}}, {{op}}") from None
+    names = {f for f, _, _ in fields}
     if not {"a", "b"} <= names or not names <= {"a", "b", "op"}:
         raise LensDigitsError(
             f"template {template!r} must contain {{a}} and {{b}} (and may contain {{op}}) and no other "
             f"fields; or use a named one: {sorted(TEMPLATES)}"
         )
+    for f, spec, _ in fields:
+        if "{" in (spec or ""):
+            raise LensDigitsError(f"template {template!r}: field {{{f}}} has a nested field in its format spec, which is not supported")
+        widths = [int(w) for w in re.findall(r"\d+", spec or "")]
+        if any(w > MAX_TEMPLATE_WIDTH for w in widths):
+            raise LensDigitsError(
+                f"template {template!r}: the format spec of {{{f}}} asks for width {max(widths):,}; the limit is {MAX_TEMPLATE_WIDTH}"
+            )
+    try:
+        template.format(a=12, b=34, op="+")
+    except (ValueError, TypeError, IndexError, KeyError) as e:
+        raise LensDigitsError(f"template {template!r} cannot be filled in: {e}; check the format specs after ':'") from None
     return template
 
 

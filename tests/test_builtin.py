@@ -188,6 +188,24 @@ def test_cli_train_model_writes_a_checkpoint_with_a_card(tmp_path, capsys):
     assert ld.load_model(out, device="cpu").cfg.d_model == 16
 
 
+def test_cli_train_model_overwrite_replaces_only_a_trained_checkpoint(tmp_path, capsys):
+    args = ["train-model", "--layers", "1", "--d-model", "16", "--heads", "2", "--steps", "2", "--eval-n", "0", "--no-progress"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "notes.txt").chmod(0o600)
+    assert main(args + ["--out", str(mine), "--overwrite"]) == 2
+    assert "not written by lens-digits" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep" and (mine / "notes.txt").stat().st_mode & 0o777 == 0o600
+    out = tmp_path / "ckpt"
+    assert main(args + ["--out", str(out)]) == 0
+    first = (out / "model.safetensors").read_bytes()
+    assert main(args + ["--out", str(out)]) == 2, "no overwrite without --overwrite"
+    assert main(args + ["--out", str(out), "--overwrite", "--seed", "5"]) == 0
+    assert (out / "model.safetensors").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "mine"]
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--heads", "5"], ["--ops", "div"], ["--scales", "0"], ["--steps", "0"], ["--eval-n", "-1"], ["--layers", "x"]],

@@ -1,8 +1,15 @@
+import json
+import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 
 import pandas as pd
 import pytest
+import torch
 
 from lens_digits.cli import main
 from lens_digits.grid import FILES
@@ -68,6 +75,192 @@ def test_missing_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", "--model", str(tmp_path), "--out", str(tmp_path / "o"))
     assert code == 2 and "no config.json" in err
     assert not (tmp_path / "o").exists()
+
+
+def one_line_error(code, err, message):
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("lens-digits: error: "), err
+
+
+def _truncate(folder, keep):
+    with open(folder / "model.safetensors", "r+b") as f:
+        size = os.path.getsize(folder / "model.safetensors")
+        f.truncate(keep if keep > 0 else size + keep)
+
+
+def _set_model_type(folder, value):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": value}))
+
+
+BROKEN = {
+    "garbage config.json": (lambda d: (d / "config.json").write_text("{not json"), "config.json is not valid JSON"),
+    "no tokenizer files": (
+        lambda d: [f.unlink() for f in d.iterdir() if f.name.startswith(("tokenizer", "special_tokens"))],
+        "no usable tokenizer",
+    ),
+    "truncated weights": (lambda d: _truncate(d, -100), "model.safetensors is truncated or damaged"),
+    "truncated weight header": (lambda d: _truncate(d, 1000), "model.safetensors is damaged or truncated"),
+    "unknown model_type": (lambda d: _set_model_type(d, "zzz"), "names model_type 'zzz'"),
+    "no weights": (lambda d: (d / "model.safetensors").unlink(), "has no weights"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_checkpoint_is_one_line_exit_2_and_nothing_written(case, llama_dir, tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(llama_dir, folder)
+    damage, message = BROKEN[case]
+    damage(folder)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--model", str(folder), "--scales", "1", "--n", "10", "--out", str(out), "--no-progress")
+    one_line_error(code, err, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+BAD_SETTINGS = [
+    (["--device", "tpu0"], "unknown device 'tpu0'"),
+    (["--device", "cuda:99"], "cuda:99"),
+    (["--seed", "-1"], "seed must be a non-negative integer"),
+    (["--template", "{a:q}+{b}="], "cannot be filled in"),
+    (["--template", "{a:>1000000000}+{b}="], "asks for width 1,000,000,000; the limit is 64"),
+    (["--template", "{a}+{b}={"], "not a valid format string"),
+    (["--n", "10000000"], "above the limit of 100,000 problems per scale"),
+    (["--scales", "1-1000000000"], "impossible digit scale 1000000000"),
+    (["--scales", "4-1"], "runs backwards"),
+    (["--batch-size", "-1"], "batch_size must be at least 1"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--few-shot", "-2"], "few_shot must be a non-negative integer"),
+]
+if not torch.cuda.is_available():
+    BAD_SETTINGS.append((["--device", "cuda"], "use --device cpu"))
+
+
+@pytest.mark.parametrize("args,message", BAD_SETTINGS, ids=[" ".join(a) for a, _ in BAD_SETTINGS])
+def test_bad_settings_are_one_line_exit_2_and_nothing_written(args, message, llama_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(out), "--no-progress", *args)
+    one_line_error(code, err, message)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", [".", "", "~", ".."])
+def test_cli_overwrite_refuses_the_working_directory_and_home(out, tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    project = home / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("x = 1")
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id").write_text("secret")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project)
+    code, _, err = run_cli(capsys, "run", "--out", out, "--overwrite", "--scales", "1", "--n", "10", "--no-progress")
+    one_line_error(code, err, "refusing to write a run into" if out else "name is empty")
+    assert (project / "src" / "main.py").read_text() == "x = 1" and (home / ".ssh" / "id").read_text() == "secret"
+    assert sorted(p.name for p in home.iterdir()) == [".ssh", "project"]
+
+
+def test_run_json_command_replays_the_run(llama_dir, tmp_path, capsys):
+    out = tmp_path / "run with space"
+    args = [
+        "run",
+        "--model",
+        str(llama_dir),
+        "--scales",
+        "2",
+        "--n",
+        "20",
+        "--template",
+        "{a} + {b} = ",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert run_cli(capsys, *args)[0] == 0
+    command = json.loads((out / "run.json").read_text())["command"]
+    assert shlex.split(command) == ["lens-digits", *args]
+    replay = tmp_path / "replay"
+    argv = shlex.split(command)[1:]
+    argv[argv.index("--out") + 1] = str(replay)
+    assert main(argv) == 0
+    assert (replay / "grid.csv").read_bytes() == (out / "grid.csv").read_bytes()
+
+
+def test_same_settings_give_byte_identical_files(llama_dir, tmp_path, capsys):
+    args = ["--model", str(llama_dir), "--scales", "1-3", "--n", "40", "--target", "all", "--no-progress"]
+    for name in ("a", "b"):
+        assert run_cli(capsys, "run", *args, "--out", str(tmp_path / name))[0] == 0
+    for file in ("grid.csv", "prompts.jsonl"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_batch_size_and_threads_change_no_count_and_no_problem(llama_dir, tmp_path, capsys):
+    """Counts and problems are identical; float metrics agree to float32 precision (kernels differ by batch shape)."""
+    args = ["--model", str(llama_dir), "--scales", "1-3", "--n", "40", "--target", "both", "--no-progress"]
+    threads = torch.get_num_threads()
+    runs = {}
+    try:
+        for name, batch, n_threads in (("b64t2", "64", 2), ("b1t1", "1", 1), ("b8t1", "8", 1)):
+            torch.set_num_threads(n_threads)
+            assert run_cli(capsys, "run", *args, "--batch-size", batch, "--out", str(tmp_path / name))[0] == 0
+            runs[name] = pd.read_csv(tmp_path / name / "grid.csv")
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("b1t1", "b8t1"):
+        assert (tmp_path / name / "prompts.jsonl").read_bytes() == (tmp_path / "b64t2" / "prompts.jsonl").read_bytes()
+        exact = ["method", "target", "scale", "layer", "accuracy", "n", "ci_low", "ci_high"]
+        pd.testing.assert_frame_equal(runs[name][exact], runs["b64t2"][exact])
+        pd.testing.assert_frame_equal(runs[name], runs["b64t2"], rtol=1e-4)
+
+
+SLOW_SAVE = textwrap.dedent(
+    """
+    import sys, time
+    from lens_digits.grid import AccuracyGrid
+    def slow_figure(self, *args, **kwargs):  # called while the run directory is being written
+        print("SAVING", flush=True)
+        time.sleep(120)
+    AccuracyGrid.figure = slow_figure
+    from lens_digits.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def start_cli_that_stops_in_the_save(args):
+    p = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.strip() == "SAVING", p.stderr.read()
+    return p
+
+
+@pytest.mark.slow
+def test_cli_sigterm_in_the_save_exits_143_and_leaves_nothing(llama_dir, tmp_path):
+    out = tmp_path / "run"
+    p = start_cli_that_stops_in_the_save(
+        ["run", "--model", str(llama_dir), "--scales", "1", "--n", "10", "--out", str(out), "--no-progress"]
+    )
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "stopped by SIGTERM; nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_sigkill_in_an_overwrite_keeps_the_old_run_and_a_rerun_cleans_up(llama_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--model", str(llama_dir), "--scales", "1", "--n", "10", "--out", str(out), "--no-progress"]
+    assert run_cli(capsys, *args)[0] == 0
+    before = (out / "grid.csv").read_bytes()
+    p = start_cli_that_stops_in_the_save([*args, "--seed", "1", "--overwrite"])
+    p.kill()
+    p.wait(timeout=60)
+    assert (out / "grid.csv").read_bytes() == before
+    assert len(list(tmp_path.iterdir())) == 3  # the run, the dead run's temporary folder and its lock file
+    assert run_cli(capsys, *args, "--seed", "1", "--overwrite")[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert json.loads((out / "run.json").read_text())["seed"] == 1
 
 
 def test_unwritable_or_non_empty_out(llama_dir, tmp_path, capsys):

@@ -18,7 +18,7 @@ def test_both_methods_scored_on_the_same_problems(both):
     assert (n["probe"] == n["logit_lens"]).all()
     assert {"chance", "control", "selectivity"} <= set(df.columns)
     probe = df[df["method"] == "probe"]
-    assert ((probe["selectivity"] - (probe["accuracy"] - probe["control"])).abs() < 1e-6).all()
+    assert ((probe["selectivity"] - (probe["accuracy"] - probe["control"])).abs() <= 2e-6).all()  # six significant digits each
     places = set(both.to_dataframe()["place"])
     assert {"all", "units", "tens"} <= places
 

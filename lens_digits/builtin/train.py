@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lens_digits.errors import LensDigitsError
-from lens_digits.grid import check_output_dir
+from lens_digits.rundir import Reservation
 from lens_digits.tasks import OPERATIONS, TEMPLATES, TaskConfig, format_answer, generate_problems, operand_range, parse_scales
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -329,21 +329,59 @@ def _train(config: TrainConfig, progress: bool, callback: Callable[[int, float],
     return TrainResult(model, tokenizer, info)
 
 
-def save_trained(result: TrainResult, out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Write a trained model as a Hugging Face checkpoint folder, with ``train.json``."""
-    out = check_output_dir(out_dir, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(out)
-    result.tokenizer.save_pretrained(out)
+CHECKPOINT_MARKER = "train.json"
+"""The file that marks a checkpoint folder written by :func:`save_trained`."""
+
+
+def is_checkpoint_dir(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint folder this package trained (so ``overwrite`` may replace it)."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+        info = json.loads((folder / CHECKPOINT_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    known = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    known |= {"special_tokens_map.json", "chat_template.jinja", CHECKPOINT_MARKER, "card.json", "README.md"}
+    return isinstance(info, dict) and "recipe" in info and names <= known
+
+
+def save_trained(
+    result: TrainResult, out_dir: str | os.PathLike[str], overwrite: bool = False, *, reservation: Reservation | None = None
+) -> Path:
+    """Write a trained model as a Hugging Face checkpoint folder, with ``train.json``.
+
+    Written whole or not at all (:mod:`lens_digits.rundir`); ``overwrite``
+    replaces only a folder this function wrote earlier.
+    """
+
+    def fill(tmp: Path) -> None:
+        write_checkpoint(result, tmp)
+
+    if reservation is not None:
+        return reservation.write(fill)
+    with Reservation(out_dir, overwrite, is_ours=is_checkpoint_dir) as r:
+        return r.write(fill)
+
+
+def write_checkpoint(result: TrainResult, folder: Path) -> None:
+    """Write the checkpoint files into an existing, empty ``folder``."""
+    result.model.save_pretrained(folder)
+    result.tokenizer.save_pretrained(folder)
     # Name a tokenizer class that transformers 4.x knows too (5.x writes "TokenizersBackend").
-    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (out / "train.json").write_text(json.dumps(result.info, indent=1) + "\n")
-    for file in out.iterdir():
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (folder / CHECKPOINT_MARKER).write_text(json.dumps(result.info, indent=1) + "\n")
+    mode = 0o666 & ~_umask()
+    for file in folder.iterdir():
         if file.is_file():
-            file.chmod(0o644)  # safetensors writes 0600; a shipped checkpoint must be readable by all
-    return out
+            file.chmod(mode)  # safetensors writes 0600; the checkpoint gets the permissions of any file the user makes
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def train_model(
@@ -413,8 +451,8 @@ def train_model(
         warmup=warmup,
         seed=seed,
     )
-    check_output_dir(out_dir, overwrite)
-    return save_trained(train(config, threads=threads, progress=progress), out_dir, overwrite=overwrite)
+    with Reservation(out_dir, overwrite, is_ours=is_checkpoint_dir) as reservation:
+        return save_trained(train(config, threads=threads, progress=progress), out_dir, overwrite=overwrite, reservation=reservation)
 
 
 # ---- evaluation -------------------------------------------------------------

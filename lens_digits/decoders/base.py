@@ -25,14 +25,12 @@ from typing import Any, ClassVar, Literal
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from lens_digits.config import TARGETS
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet
 
 Target = Literal["first", "answer", "model"]
-TARGETS: tuple[str, ...] = ("first", "answer", "model")
-"""``first``: first answer token at the last prompt position. ``answer``: every
-answer token, teacher-forced. ``model``: every token of the model's own greedy
-answer, teacher-forced (where each layer agrees with what the model will say)."""
+__all__ = ["DECODERS", "TARGETS", "Decoder", "Scores", "Target", "make_decoder", "register_decoder"]
 
 
 @dataclass
