@@ -22,13 +22,12 @@ import torch
 from lens_digits.decoders.base import Scores
 from lens_digits.errors import LensDigitsError, RunDirectoryError
 from lens_digits.plotting import difference_heatmap, heatmap
-from lens_digits.rundir import RUN_FILES, RUN_FORMAT, Reservation, check_output, write_run_directory
+from lens_digits.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
+from lens_digits.rundir import RUN_FILES, Reservation, check_output, write_run_directory
 from lens_digits.runfiles import CONTRACT_COLUMNS, read_grid_csv, read_prompts, read_run_json
 from lens_digits.tasks import Problem
 
 FILES = RUN_FILES
-RUN_SCHEMA = 2
-"""Version of ``run.json``'s layout (1: releases before the ``format`` key)."""
 
 
 def wilson_interval(k: int | float, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -260,7 +259,12 @@ class AccuracyGrid:
         table = read_grid_csv(path / "grid.csv")
         problems = read_prompts(path / "prompts.jsonl") if (path / "prompts.jsonl").is_file() else []
         info = read_run_json(path / "run.json") if (path / "run.json").is_file() else {}
-        return cls(table, problems, info)
+        return cls(table, problems, RunRecord.from_dict(info, str(path / "run.json")).to_dict())
+
+    @property
+    def record(self) -> RunRecord:
+        """``info`` as a :class:`~lens_digits.record.RunRecord` (what ``run.json`` holds)."""
+        return RunRecord.from_dict(self.info)
 
 
 def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Path:

@@ -14,8 +14,7 @@ Problems are batched by equal token length, so no padding is ever needed and
 every batch gives exactly what the same problems would give one at a time.
 """
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -25,6 +24,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_digits.batching import length_batches
 from lens_digits.errors import ContextLengthError, LensDigitsError
 from lens_digits.models import model_bos_token_id, model_context_length, model_device, model_dtype, model_tokenizer
 from lens_digits.targets import EncodedProblem, encode_problems
@@ -102,17 +102,6 @@ class ResidualSet:
         return self.select([i for i, p in enumerate(self.problems) if p.split == name])
 
 
-def _batches(encoded: Sequence[EncodedProblem], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped by equal total length, in chunks of ``batch_size``; deterministic order."""
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, e in enumerate(encoded):
-        by_len[e.length].append(i)
-    for length in sorted(by_len):
-        idx = by_len[length]
-        for start in range(0, len(idx), batch_size):
-            yield idx[start : start + batch_size]
-
-
 def chat_prompt(tokenizer: Any, prompt: str) -> str:
     """``prompt`` as the user turn of the tokenizer's chat template, ready for the assistant's answer."""
     if not getattr(tokenizer, "chat_template", None):
@@ -147,10 +136,16 @@ def encode_for_model(model: Any, problems: Sequence[Problem], prepend_bos: bool 
     ``prepend_bos`` None follows the model's ``cfg.default_prepend_bos``.
     """
     tokenizer = model_tokenizer(model)
+    return encode_checked(tokenizer, problems, resolve_bos(model, prepend_bos), model_context_length(model), chat=chat)
+
+
+def resolve_bos(model: Any, prepend_bos: bool | None = None) -> int | None:
+    """The BOS id put before each prompt (None: no BOS); ``prepend_bos`` None follows the model's config."""
+    tokenizer = model_tokenizer(model)
     bos = model_bos_token_id(model) if prepend_bos is None else (tokenizer.bos_token_id if prepend_bos else None)
     if prepend_bos and bos is None:
         raise LensDigitsError("prepend_bos=True but the tokenizer has no BOS token")
-    return encode_checked(tokenizer, problems, bos, model_context_length(model), chat=chat)
+    return bos
 
 
 @torch.inference_mode()
@@ -204,10 +199,10 @@ def collect_residuals(
         target_ids[i, : len(answer)] = torch.tensor(answer)
 
     names = resid_hook_names(n_layers)
+    seqs = [list(e.prompt_ids) + (list(e.answer_ids) if teacher_forcing else []) for e in encoded]  # what is fed
     bar = tqdm(total=len(problems), desc="residuals", unit="problem", disable=not progress)
-    for rows in _batches(encoded, batch_size):
-        seqs = [list(encoded[i].prompt_ids) + (list(encoded[i].answer_ids) if teacher_forcing else []) for i in rows]
-        tokens = torch.tensor(seqs, dtype=torch.long, device=device)  # (B, T)
+    for rows in length_batches([len(s) for s in seqs], batch_size):
+        tokens = torch.tensor([seqs[i] for i in rows], dtype=torch.long, device=device)  # (B, T)
         # position predicting answer token j is len(prompt) - 1 + j
         starts = torch.tensor([len(encoded[i].prompt_ids) - 1 for i in rows], device=device)
         gather = (starts[:, None] + torch.arange(n_pos, device=device)).clamp(max=tokens.shape[1] - 1)  # (B, pos)
@@ -239,6 +234,11 @@ def _keep(
     gather: Int[Tensor, "batch pos"],
     valid: Bool[Tensor, "batch pos"],
 ) -> None:
-    """Forward hook: copy the kept positions of one layer into ``out``; change nothing."""
-    picked = x.gather(1, gather[:, :, None].expand(-1, -1, x.shape[-1]))  # (B, pos, d)
-    out[rows, layer] = picked.to(out.device, torch.float32) * valid[:, :, None]
+    """Forward hook: copy the kept positions of one layer into ``out``; change nothing.
+
+    The activation may live on any device (a model split over GPUs runs later
+    layers elsewhere): the index follows the activation, the copy goes to ``out``.
+    """
+    index = gather.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1])  # (B, pos, d)
+    picked = x.gather(1, index).to(out.device, torch.float32)  # (B, pos, d)
+    out[rows.to(out.device), layer] = picked * valid.to(out.device)[:, :, None]

@@ -45,12 +45,11 @@ from types import TracebackType
 from typing import Any
 
 from lens_digits.errors import OutputError
+from lens_digits.record import RUN_FORMAT
 
 RUN_FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
 """The files of a run directory."""
 
-RUN_FORMAT = "lens_digits.run"
-"""Value of ``run.json``'s ``format`` key, which marks a run directory this package wrote."""
 
 TAG = "lens-digits"
 PARTIAL_MARKER = ".lens-digits-partial"

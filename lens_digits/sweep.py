@@ -14,8 +14,9 @@ from lens_digits.decoders.base import Decoder, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
-from lens_digits.models import describe_model, model_kind
-from lens_digits.residuals import collect_residuals
+from lens_digits.models import describe_model, model_kind, model_tokenizer
+from lens_digits.record import RunRecord
+from lens_digits.residuals import ResidualSet, collect_residuals, resolve_bos
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import TaskConfig, generate_problems
 
@@ -153,22 +154,51 @@ def run_sweep(
     tests = {"first": test, "answer": test, "model": own_data.select(keep) if own_data is not None else None}
     results = []
     for d in decoders:
-        torch.manual_seed(seed)
-        d.fit(train, val)
-        for t in targets:
-            results.append((d.name, t, d.score(tests[t], t)))
-    info = {
-        "model": describe_model(model),
-        "task": config.to_dict(),
-        "methods": {d.name: d.settings() for d in decoders},
-        "targets": targets,
-        "subset": subset,
-        "prepend_bos": prepend_bos,
-        "chat": chat,
-        "seed": seed,
-        "batch_size": batch_size,
-        "n_problems": {s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
-        "versions": versions(),
-        "seconds": round(time.perf_counter() - started, 2),
+        # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
+        # and the caller's generator is left as it was.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+            torch.manual_seed(seed)
+            d.fit(train, val)
+            for t in targets:
+                results.append((d.name, t, d.score(tests[t], t)))
+    record = RunRecord(
+        model=describe_model(model),
+        task=config.to_dict(),
+        sweep=settings.to_dict(),
+        methods={d.name: d.settings() for d in decoders},
+        targets=targets,
+        encoding=describe_encoding(model, data, prepend_bos, chat),
+        n_problems={s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
+        versions=versions(),
+        seconds=round(time.perf_counter() - started, 2),
+        subset=subset,
+        prepend_bos=prepend_bos,
+        chat=chat,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    return AccuracyGrid.from_scores(results, [problems[i] for i in keep], problems, record.to_dict())
+
+
+def describe_encoding(model: Any, data: ResidualSet, prepend_bos: bool | None, chat: bool) -> dict[str, Any]:
+    """What was fed, for ``run.json``: the BOS actually used and, per digit scale, one test problem's tokens."""
+    tokenizer = model_tokenizer(model)
+    bos = None if chat else resolve_bos(model, prepend_bos)
+    examples = {}
+    for p, e in zip(data.problems, data.encoded, strict=True):
+        if p.split != "test" or str(p.scale) in examples:
+            continue
+        examples[str(p.scale)] = {
+            "prompt": p.prompt,
+            "answer": p.answer_prefix + p.answer,
+            "prompt_ids": list(e.prompt_ids),
+            "answer_ids": list(e.answer_ids),
+            "prompt_tokens": [tokenizer.decode([t]) for t in e.prompt_ids],
+            "answer_tokens": [tokenizer.decode([t]) for t in e.answer_ids],
+        }
+    token = tokenizer.convert_ids_to_tokens(bos) if bos is not None else None
+    return {
+        "bos": {"prepended": bos is not None, "id": bos, "token": token, "requested": prepend_bos},
+        "chat_template": chat,
+        "examples": examples,
     }
-    return AccuracyGrid.from_scores(results, [problems[i] for i in keep], problems, info)

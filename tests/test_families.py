@@ -1,65 +1,103 @@
-"""Architecture families with tokenizers that behave like theirs, all built offline.
+"""Every architecture family, with a digit-per-token and a BPE tokenizer, against plain Hugging Face.
 
-For each: the last logit-lens column is the model's own prediction and every
-cell equals a plain Hugging Face computation, under the installed TransformerLens.
+For each family and tokenizer, targets first, answer and model at scales 1-4:
+every cell's top-1 (so its correctness), gold rank and gold log-probability
+equal a computation with transformers alone (output_hidden_states, the model's
+own final norm, head and output transforms), and the last column's
+log-probabilities equal the model's own log_softmax.
 """
 
 import pytest
 import torch
-from reference import hf_reference_top1, own_prediction
+from reference import hf_lens_reference
 
 import lens_digits as ld
 from lens_digits.decoders import LogitLens
+from lens_digits.generate import greedy_answers
 from lens_digits.residuals import collect_residuals
+from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import TaskConfig, generate_problems
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
 
-FAMILIES = {
-    # family: (HF architecture, tokenizer builder, task settings)
-    "gpt2": ("gpt2", bpe_tokenizer, {"template": "{a} {op} {b} =", "answer_prefix": " "}),
-    "pythia": ("gpt_neox", bpe_tokenizer, {"template": "compact"}),
-    "llama2": ("llama", char_tokenizer, {}),
-    "llama3": ("llama", chunk_tokenizer, {}),
-    "qwen2": ("qwen2", char_tokenizer, {"template": "calculate"}),
-    "mistral": ("mistral", char_tokenizer, {}),
-    "gemma2": ("gemma2", char_tokenizer, {}),
+ARCHS = {"gpt2": "gpt2", "pythia": "gpt_neox", "llama2": "llama", "qwen2": "qwen2", "mistral": "mistral", "gemma2": "gemma2"}
+TOKENIZERS = {
+    # name: (builder, task settings that put the prompt's end where a token ends)
+    "digits": (char_tokenizer, {"template": "compact"}),
+    "bpe": (bpe_tokenizer, {"template": "{a} {op} {b} =", "answer_prefix": " "}),
 }
+CASES = [(family, tok) for family in ARCHS for tok in TOKENIZERS] + [("llama3", "chunks")]
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
+@pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{t}" for f, t in CASES])
 def family(request, tmp_path_factory):
-    arch, make_tok, settings = FAMILIES[request.param]
-    folder = save_checkpoint(tmp_path_factory.mktemp(request.param) / arch, arch, make_tok(), n_layers=2, d_model=32)
-    return request.param, folder, ld.load_model(folder, device="cpu", progress=False), settings
+    name, tok_name = request.param
+    arch = ARCHS.get(name, "llama")
+    make_tok, settings = (chunk_tokenizer, {}) if tok_name == "chunks" else TOKENIZERS[tok_name]
+    folder = save_checkpoint(tmp_path_factory.mktemp(name) / arch, arch, make_tok(), n_layers=2, d_model=32)
+    return f"{name}-{tok_name}", folder, ld.load_model(folder, device="cpu", progress=False), settings
 
 
-def test_last_column_is_own_prediction_and_cells_equal_hugging_face(family):
+def residual_sets(model, settings):
+    problems = generate_problems(TaskConfig(scales=[1, 2, 3, 4], n_per_scale=10, seed=0, **settings))
+    answer = collect_residuals(model, problems, batch_size=8)
+    first = collect_residuals(model, problems, batch_size=8, teacher_forcing=False)
+    outputs = greedy_answers(model, answer.encoded, batch_size=8)
+    own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(answer.encoded, outputs, strict=True)]
+    model_target = collect_residuals(model, problems, encoded=own, batch_size=8)
+    return {"first": first, "answer": answer, "model": model_target}
+
+
+def test_every_cell_equals_plain_hugging_face(family):
     name, folder, model, settings = family
-    problems = generate_problems(TaskConfig(scales=[1, 2, 3], n_per_scale=12, seed=0, **settings))
-    rs = collect_residuals(model, problems, batch_size=8)
-    top1, _, _ = LogitLens.from_model(model).decode(rs)
-    mask = rs.target_ids >= 0
-    assert torch.equal(top1[:, -1][mask], own_prediction(model, rs)[mask]), name
-    ref = hf_reference_top1(folder, rs)
-    full = mask[:, None, :].expand_as(top1)
-    assert torch.equal(top1[full], ref[full]), name
+    lens = LogitLens.from_model(model)
+    for target, rs in residual_sets(model, settings).items():
+        top1, rank, logp = lens.decode(rs)
+        ref_top1, ref_rank, ref_logp = hf_lens_reference(folder, rs)
+        mask = (rs.target_ids >= 0)[:, None, :].expand_as(top1)
+        assert torch.equal(top1[mask], ref_top1[mask]), (name, target)
+        assert torch.equal(rank[mask], ref_rank[mask]), (name, target)
+        torch.testing.assert_close(logp[mask], ref_logp[mask], rtol=1e-4, atol=1e-4, msg=f"{name} {target}")
+        # the last column is the model's own distribution
+        own = []
+        with torch.inference_mode():
+            for i, e in enumerate(rs.encoded):
+                logits = model(torch.tensor([list(e.prompt_ids) + list(e.answer_ids)]))[0].float()
+                n_pos = int((rs.target_ids[i] >= 0).sum())
+                pos = torch.arange(n_pos) + len(e.prompt_ids) - 1
+                own.append(logits[pos].log_softmax(-1).gather(-1, rs.target_ids[i, :n_pos, None])[:, 0])
+        torch.testing.assert_close(logp[:, -1][rs.target_ids >= 0], torch.cat(own), rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_with_every_target_runs_and_scores_the_reference(family):
+    name, folder, model, settings = family
+    grid = ld.run_sweep(model, scales="1-4", n_per_scale=10, seed=0, target="all", batch_size=8, **settings)
+    df = grid.to_dataframe()
+    assert set(df["target"]) == {"first", "answer", "model"} and set(df["scale"]) == {1, 2, 3, 4}
+    last = df[df["layer"] == model.cfg.n_layers]
+    assert (last.loc[last["target"] == "model", "accuracy"] == 1).all(), "the model agrees with itself at the last layer"
 
 
 def test_first_token_per_family(family):
     name, _, model, settings = family
     problems = [p for p in generate_problems(TaskConfig(scales=[4], n_per_scale=30, seed=0, **settings)) if len(p.answer) == 5]
     rs = collect_residuals(model, problems[:1], teacher_forcing=False)
-    tok = model.tokenizer
-    first = tok.decode([int(rs.target_ids[0, 0])])
+    first = model.tokenizer.decode([int(rs.target_ids[0, 0])])
     answer = problems[0].answer
-    expected = {
-        "llama2": answer[0],
-        "qwen2": answer[0],
-        "mistral": answer[0],
-        "gemma2": answer[0],
-        "llama3": answer[:3],
-    }
-    if name in expected:
-        assert first == expected[name]
-    else:  # BPE: a run of leading digits, with the glued space where the template leaves it to the answer
-        assert (settings.get("answer_prefix", "") + answer).startswith(first) and len(first.strip()) >= 1
+    if name.endswith("-digits"):
+        assert first == answer[0]
+    elif name.endswith("-chunks"):
+        assert first == answer[:3]
+    else:  # BPE: the space the template leaves to the answer, glued to leading digits or (Qwen2's pre-tokenizer) alone
+        assert (" " + answer).startswith(first) and first
+
+
+def test_gemma2_soft_cap_is_applied(tmp_path):
+    folder = save_checkpoint(tmp_path / "gemma2", "gemma2", char_tokenizer(), n_layers=2, d_model=32)
+    model = ld.load_model(folder, device="cpu", progress=False)
+    readout = ld.Readout(model)
+    assert any("soft-cap 30" in s for s in readout.steps), readout.steps
+    rs = residual_sets(model, {})["first"]
+    capped = readout(rs.resid[:, -1, 0]).log_softmax(-1)
+    readout.transform = None  # what the lens read before: the gap is what was missing
+    uncapped = readout(rs.resid[:, -1, 0]).log_softmax(-1)
+    assert (capped - uncapped).abs().max() > 1e-3

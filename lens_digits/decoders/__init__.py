@@ -1,8 +1,9 @@
 """Decoders that read the answer from each layer's residual stream."""
 
 from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_decoder, register_decoder
-from lens_digits.decoders.logit_lens import LogitLens, Readout
+from lens_digits.decoders.logit_lens import LogitLens
 from lens_digits.decoders.probes import LinearProbe, ProbeWeights, SolverResult, fit_multinomial
+from lens_digits.readout import Readout
 
 __all__ = [
     "DECODERS",

@@ -12,31 +12,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target, register_decoder
-from lens_digits.models import model_dtype
+from lens_digits.readout import Readout
 from lens_digits.residuals import ResidualSet
-
-
-class Readout:
-    """The model's final norm and unembedding, applied to any residual.
-
-    Runs in the model's dtype and on its device, as the model's own forward
-    does, and returns float32 logits.
-    """
-
-    def __init__(self, model: Any) -> None:
-        """Take ``ln_final`` and ``unembed`` from a HookedTransformer or TransformerBridge."""
-        self.ln_final = model.ln_final
-        self.unembed = model.unembed
-        # With a model split over devices the unembedding sits on the last one.
-        self.device = next(model.unembed.parameters()).device
-        self.dtype = model_dtype(model)
-        self.d_vocab = int(model.cfg.d_vocab)
-
-    @torch.inference_mode()
-    def __call__(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        """Logits of the residual as if it were the final one."""
-        x = resid.to(self.device, self.dtype)
-        return self.unembed(self.ln_final(x)).float()
 
 
 @register_decoder
@@ -112,5 +89,5 @@ class LogitLens(Decoder):
         return Scores(correct, {"gold_rank": mean_rank, "gold_prob": prob})
 
     def settings(self) -> dict[str, Any]:
-        """Nothing to record but the name."""
-        return {}
+        """The readout it applies (norm and output transforms)."""
+        return {"readout": self.readout.describe()}

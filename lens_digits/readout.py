@@ -1,0 +1,105 @@
+"""The model's own readout, applied to any residual: final norm, unembedding, output transforms.
+
+Every lens reads through one :class:`Readout`, so that at the final residual
+it gives exactly the model's own logits, including what some families do after
+the unembedding (Gemma-2's ``final_logit_softcapping``, Cohere's logit scale,
+Granite's logit division): under TransformerLens 4.x those come from the
+architecture adapter's ``apply_output_logits_transform``; elsewhere from the
+config's ``output_logits_soft_cap``.
+
+It runs in the model's dtype on the unembedding's device, as the model's
+forward does, and returns float32 logits.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+def _softcap(cap: float) -> Callable[[Tensor], Tensor]:
+    def transform(logits: Tensor) -> Tensor:
+        return cap * torch.tanh(logits / cap)
+
+    return transform
+
+
+def output_transform(model: Any) -> tuple[Callable[[Tensor], Tensor] | None, list[str]]:
+    """What the model does to its logits after the unembedding, and a description of it.
+
+    Returns ``(transform or None, descriptions)``.
+    """
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    cap = float(cap) if cap is not None and float(cap) > 0 else None
+    adapter = getattr(model, "adapter", None)
+    method = getattr(type(adapter), "apply_output_logits_transform", None) if adapter is not None else None
+    if method is not None:
+        from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+        described = [f"soft-cap {cap:g} (cap * tanh(logits / cap))"] if cap else []
+        if method is not ArchitectureAdapter.apply_output_logits_transform:
+            described.insert(0, f"{type(adapter).__name__}.apply_output_logits_transform")
+        return (adapter.apply_output_logits_transform if described else None), described
+    if cap:
+        return _softcap(cap), [f"soft-cap {cap:g} (cap * tanh(logits / cap))"]
+    return None, []
+
+
+def _norm_name(module: Any) -> str:
+    name = type(module).__name__
+    inner = getattr(module, "original_component", None)
+    return f"{name} ({type(inner).__name__})" if inner is not None else name
+
+
+class Readout:
+    """The model's final norm, unembedding and output transforms, as one function of a residual.
+
+    >>> import torch, lens_digits as ld
+    >>> model = ld.testing.tiny_model()
+    >>> readout = Readout(model)
+    >>> tokens = torch.tensor([[1, 5, 6, 67, 7, 70]])
+    >>> _, cache = model.run_with_cache(tokens)
+    >>> final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    >>> torch.equal(readout(final).argmax(-1), model(tokens).argmax(-1))
+    True
+    """
+
+    def __init__(self, model: Any, norm: str = "final") -> None:
+        """Take ``ln_final``, ``unembed`` and the output transforms from a HookedTransformer or TransformerBridge.
+
+        Args:
+            model: The model.
+            norm: ``"final"``: the model's final norm with each residual's own
+                statistics (the logit lens); ``"none"``: the unembedding alone.
+        """
+        if norm not in ("final", "none"):
+            from lens_digits.errors import LensDigitsError
+
+            raise LensDigitsError(f"unknown norm {norm!r}; choose 'final' (the model's final norm) or 'none'")
+        self.norm = norm
+        self.ln_final = model.ln_final
+        self.unembed = model.unembed
+        # With a model split over devices the unembedding sits on the last one.
+        self.device = next(model.unembed.parameters()).device
+        self.dtype = next(p for p in model.unembed.parameters() if p.is_floating_point()).dtype
+        self.d_vocab = int(model.cfg.d_vocab)
+        self.transform, transforms = output_transform(model)
+        steps = [f"final norm ({_norm_name(self.ln_final)}), the residual's own statistics"] if norm == "final" else []
+        self.steps = [*steps, "unembedding", *transforms]
+
+    @torch.inference_mode()
+    def __call__(self, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
+        """Logits of the residual as if it were the final one."""
+        x = resid.to(self.device, self.dtype)
+        if self.norm == "final":
+            x = self.ln_final(x)
+        logits = self.unembed(x)
+        if self.transform is not None:
+            logits = self.transform(logits)
+        return logits.float()
+
+    def describe(self) -> dict[str, Any]:
+        """What the readout applies, for ``run.json``."""
+        return {"norm": self.norm, "steps": list(self.steps)}
