@@ -240,7 +240,7 @@ class AccuracyGrid:
                 for p in self.problems:
                     f.write(json.dumps(p.to_dict()) + "\n")
             self.figure().write_html(tmp / "heatmap.html", include_plotlyjs=True, full_html=True)
-            info = {"format": RUN_FORMAT, "schema": RUN_SCHEMA} | self.info
+            info = self.info | {"format": RUN_FORMAT, "schema": RUN_SCHEMA}
             (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
         return write_run_directory(path, fill, overwrite, reservation)

@@ -21,9 +21,15 @@ Recipe, per group:
 - Every C of the grid is fitted; for each (group, layer, place) the C with the
   best validation accuracy is kept (ties: lower validation cross-entropy, then
   smaller C). Test problems are only ever scored.
-- A control probe follows the same recipe on shuffled labels (train and
-  validation labels permuted among the group's problems with the seed): it can
-  only memorise, so accuracy above it is information the residual carries.
+- Control task (Hewitt and Liang 2019): each answer place gets a random but
+  fixed label for each pair of operand digits at that place (a lookup table
+  drawn with the seed from the train labels' own distribution). Like the real
+  digit, it is a function of the operands that test problems share with train
+  problems; unlike it, the model has no reason to compute it. A probe scores on
+  it only by reading operand identity from the residual, so accuracy above the
+  control (selectivity) is the answer itself, not the operands it comes from.
+- Chance: the accuracy of always answering the train problems' most common
+  label (per scale; per place for the place rows).
 
 All cells (groups x C x layers x places, control included) are solved together
 by :func:`fit_multinomial`, a batched L-BFGS with per-cell curvature history,
@@ -53,7 +59,7 @@ N_DIGITS = 10
 PLACE_NAMES = ("units", "tens", "hundreds", "thousands")
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 _NEG = -1e30  # logit of a digit a probe may not predict
-_FORMAT = "lens_digits.probe/1"
+_FORMAT = "lens_digits.probe/2"
 
 
 def place_name(place: int) -> str:
@@ -116,6 +122,49 @@ def first_token_digits(data: ResidualSet) -> list[int]:
             "it must be aligned with the problems of the set being scored"
         )
     return [min(max(k, 1), n) for k, n in zip(given, lengths, strict=True)]
+
+
+def operand_keys(problems: Sequence[Problem], places: int) -> Int[Tensor, "problem place"]:
+    """The pair of operand digits each answer place is keyed on by the control task: ``10 * a_q + b_q``.
+
+    ``q`` is the place itself, or the operands' highest place for answer places
+    beyond the operands (a sum's carry-out digit). Signs are dropped.
+
+    >>> operand_keys([Problem(2, "add", 47, 85, "47+85=", "132", "test")], 3).tolist()
+    [[75, 48, 48]]
+    """
+    out = torch.zeros(len(problems), places, dtype=torch.long)
+    for i, p in enumerate(problems):
+        a, b = abs(int(p.a)), abs(int(p.b))
+        width = max(len(str(a)), len(str(b)))
+        for place in range(places):
+            q = min(place, width - 1)
+            out[i, place] = (a // 10**q % 10) * 10 + (b // 10**q % 10)
+    return out
+
+
+def control_tables(labels: Int[Tensor, "problem place"], groups: Int[Tensor, " problem"], n_groups: int, seed: int) -> Tensor:
+    """A random but fixed label for each (group, place, operand-digit pair): the control task's lookup tables.
+
+    Each table entry is drawn from the train labels' own distribution at that
+    place, so the control task has the task's label frequencies (and chance).
+    Returns ``(group, place, 100)`` labels.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    places = labels.shape[1]
+    tables = torch.zeros(n_groups, places, 100, dtype=torch.long)
+    for g in range(n_groups):
+        for place in range(places):
+            counts = torch.bincount(labels[groups == g, place], minlength=N_DIGITS).double()
+            tables[g, place] = torch.multinomial(counts / counts.sum(), 100, replacement=True, generator=gen)
+    return tables
+
+
+def control_labels(problems: Sequence[Problem], groups: Sequence[int], tables: Tensor) -> Int[Tensor, "problem place"]:
+    """Control-task labels: each place's label is its table's entry for the operand digits at that place."""
+    keys = operand_keys(problems, tables.shape[1])
+    g = torch.as_tensor(list(groups), dtype=torch.long)
+    return tables.to(keys.device)[g[:, None], torch.arange(tables.shape[1])[None, :], keys]
 
 
 # ---- the batched solver -------------------------------------------------------------------------
@@ -536,10 +585,10 @@ class LinearProbe(Decoder):
     ``correct`` for target ``answer`` is "every place right" (the whole number,
     leading zeros included); for target ``first`` it is "every place the first
     answer token covers right" (see :func:`first_token_digits`). Metrics per
-    cell: ``chance`` (rate of the most common label among the cell's test
-    problems), ``control`` (accuracy of the same recipe fitted on shuffled
-    labels) and ``selectivity`` (accuracy minus control). The ``place``
-    breakdown gives the same per digit place.
+    cell: ``chance`` (accuracy of always answering the most common label of the
+    scale's train problems), ``control`` (accuracy of the same recipe on the
+    control task, see the module docstring) and ``selectivity`` (accuracy
+    minus control). The ``place`` breakdown gives the same per digit place.
 
     After :meth:`fit`, :attr:`weights` holds the probes (:class:`ProbeWeights`),
     :attr:`control_weights` the control probes and :attr:`group_scales` the
@@ -559,7 +608,7 @@ class LinearProbe(Decoder):
         scope: Literal["per_scale", "pooled"] = "per_scale",
         Cs: Sequence[float] = DEFAULT_CS,
         seed: int = 0,
-        max_iter: int = 100,
+        max_iter: int = 300,
         tol: float = 1e-4,
         device: str | torch.device | None = None,
         *,
@@ -573,11 +622,11 @@ class LinearProbe(Decoder):
             scope: ``per_scale``: separate probes for each digit scale; ``pooled``:
                 one probe set fitted on all scales (evaluated per scale).
             Cs: Inverse L2 strengths to choose from (scikit-learn's ``C``).
-            seed: Seed of the label shuffle of the control.
+            seed: Seed of the control task's lookup tables.
             max_iter: L-BFGS iteration cap per probe.
             tol: Stop a probe when the max-abs gradient of its mean objective is below this.
             device: Where to fit and score (default: where the train residuals are).
-            control: Also fit the shuffled-label control (doubles the work).
+            control: Also fit probes on the control task (doubles the work).
             history: L-BFGS memory.
             max_bytes: Working-memory budget of the solver; layers are solved in chunks that fit it.
         """
@@ -606,6 +655,8 @@ class LinearProbe(Decoder):
         self.group_scales: list[list[int]] = []
         self.n_places: list[int] = []
         self.fit_info: dict[str, Any] = {}
+        self.control_tables: Tensor | None = None
+        self.train_labels: list[tuple[int, str, int]] = []
 
     # ---- fitted state ------------------------------------------------------------------------
 
@@ -618,7 +669,7 @@ class LinearProbe(Decoder):
 
     @property
     def control_weights(self) -> ProbeWeights | None:
-        """The shuffled-label control probes (None when ``control=False``)."""
+        """The control-task probes (None when ``control=False``)."""
         self.weights  # noqa: B018 - raise if unfitted
         return self._control
 
@@ -658,7 +709,6 @@ class LinearProbe(Decoder):
             self.n_places.append(max(len(answer_digits(a)) for a in answers))
         n_places = max(self.n_places)
         n_tasks = 2 if self.control else 1
-        gen = torch.Generator().manual_seed(self.seed)
 
         # Standardised train features, groups padded to the largest with zero-weight rows.
         rows = [torch.nonzero(tr_group == g)[:, 0] for g in range(n_groups)]
@@ -670,6 +720,9 @@ class LinearProbe(Decoder):
         mean = torch.zeros(n_groups, n_layers, dim, device=device)
         std = torch.ones(n_groups, n_layers, dim, device=device)
         tr_labels = digit_labels([p.answer for p in train.problems], n_places)
+        self.control_tables = control_tables(tr_labels, tr_group, n_groups, self.seed) if self.control else None
+        tr_control = control_labels(train.problems, tr_group.tolist(), self.control_tables) if self.control_tables is not None else None
+        self.train_labels = [(p.scale, p.answer, k) for p, k in zip(train.problems, first_token_digits(train), strict=True)]
         for g, r in enumerate(rows):
             feats = train.resid[r.to(train.resid.device), :, 0, :].to(device).transpose(0, 1)  # (L, n_g, d)
             stats = [torch.var_mean(layer.double(), dim=0, correction=0) for layer in feats]  # float64, a layer at a time
@@ -679,8 +732,8 @@ class LinearProbe(Decoder):
             x[g, :, : len(r), :dim] = (feats - mean[g][:, None]) / std[g][:, None]
             sw[g, : len(r)] = 1
             labels[g, : len(r), :n_places] = tr_labels[r]
-            if self.control:
-                labels[g, : len(r), n_places:] = tr_labels[r][torch.randperm(len(r), generator=gen)]
+            if tr_control is not None:
+                labels[g, : len(r), n_places:] = tr_control[r]
             del feats
         classes = torch.zeros(n_groups, n_tasks * n_places, N_DIGITS, dtype=torch.bool)
         for g, r in enumerate(rows):
@@ -715,8 +768,8 @@ class LinearProbe(Decoder):
                 no_val.append(self.group_scales[g])
                 continue
             lab = va_labels[r]
-            if self.control:
-                lab = torch.cat([lab, lab[torch.randperm(len(r), generator=gen)]], 1)
+            if self.control_tables is not None:
+                lab = torch.cat([lab, control_labels([val.problems[i] for i in r.tolist()], [g] * len(r), self.control_tables)], 1)
             feats = val.resid[r.to(val.resid.device), :, 0, :].to(device)  # (n, L, d)
             xs = ((feats - mean[g]) / std[g]).transpose(0, 1)  # (L, n, d)
             w_all = W[g].permute(0, 3, 1, 2, 4).reshape(n_layers, dim, -1)  # (L, d, C*J*k)
@@ -790,49 +843,59 @@ class LinearProbe(Decoder):
         return out
 
     def score(self, data: ResidualSet, target: Target) -> Scores:
-        """Per-problem, per-layer correctness with chance, control and a per-place breakdown."""
+        """Per-problem, per-layer correctness with chance, control and a per-place breakdown.
+
+        ``chance`` is 1 where the problem's label is the most common label among
+        the train problems of its scale (so a cell's mean is the accuracy of always
+        answering that label); ``control`` is the control probes' accuracy on the
+        control task's test labels; ``selectivity`` is accuracy minus control.
+        """
         if target not in self.targets:
             raise LensDigitsError(f"unknown target {target!r}; probes support {list(self.targets)}")
         n, n_layers = len(data), data.n_layers
         n_places = self.weights.W.shape[2]
         lengths = [len(answer_digits(p.answer)) for p in data.problems]
-        width = max([n_places, *lengths])
+        train_answers = [a for _, a, _ in self.train_labels]
+        width = max([n_places, *lengths, *(len(answer_digits(a)) for a in train_answers)])
         labels = digit_labels([p.answer for p in data.problems], width)  # (n, width)
         pred = torch.zeros(n, n_layers, width, dtype=torch.long)
         pred[..., :n_places] = self.predict(data)
-        ctrl = None
-        if self._control is not None:
+        groups = self.group_of(data.problems)
+        ctrl_ok = None
+        if self._control is not None and self.control_tables is not None:
             ctrl = torch.zeros_like(pred)
             ctrl[..., :n_places] = self.predict(data, control=True)
-        if target == "answer":
-            covered = torch.ones(n, width, dtype=torch.bool)
-        else:
-            k = torch.tensor(first_token_digits(data))
-            length = torch.tensor(lengths)
-            place = torch.arange(width)[None]
-            covered = (place < length[:, None]) & (place >= (length - k)[:, None])
+            ctrl_labels = labels.clone()
+            ctrl_labels[:, :n_places] = control_labels(data.problems, groups, self.control_tables)
+            ctrl_ok = ctrl == ctrl_labels[:, None]  # (n, L, width)
+        covered = _covered(target, lengths, first_token_digits(data) if target == "first" else None, width)
         scales = [p.scale for p in data.problems]
+        tr_scales = [s for s, _, _ in self.train_labels]
+        tr_labels = digit_labels(train_answers, width)
+        tr_lengths = [len(answer_digits(a)) for a in train_answers]
+        tr_covered = _covered(target, tr_lengths, [k for _, _, k in self.train_labels] if target == "first" else None, width)
 
-        def scores(cover: Tensor, applies: Tensor | None = None) -> Scores:
+        def scores(cover: Tensor, tr_cover: Tensor, applies: Tensor | None = None) -> Scores:
             ok = ((pred == labels[:, None]) | ~cover[:, None]).all(-1)  # (n, L)
+            majority = _majority(tr_labels, tr_cover, tr_scales)
             keys = [tuple(row[c].tolist()) for row, c in zip(labels, cover, strict=True)]
-            majority = {s: Counter(k for k, t in zip(keys, scales, strict=True) if t == s).most_common(1)[0][0] for s in set(scales)}
-            chance = torch.tensor([float(k == majority[s]) for k, s in zip(keys, scales, strict=True)])
+            chance = torch.tensor([float(majority.get(s) == k) for k, s in zip(keys, scales, strict=True)])
             metrics = {"chance": chance[:, None].expand(n, n_layers).clone()}
-            if ctrl is not None:
-                c_ok = ((ctrl == labels[:, None]) | ~cover[:, None]).all(-1)
+            if ctrl_ok is not None:
+                c_ok = (ctrl_ok | ~cover[:, None]).all(-1)
                 metrics["control"] = c_ok.float()
                 metrics["selectivity"] = ok.float() - c_ok.float()
             return Scores(ok, metrics, applies=applies)
 
-        main = scores(covered)
-        groups = torch.tensor(self.group_of(data.problems), dtype=torch.long)
-        group_places = torch.tensor(self.n_places)[groups]  # (n,)
+        main = scores(covered, tr_covered)
+        group_places = torch.tensor(self.n_places)[torch.tensor(groups, dtype=torch.long)]  # (n,)
         places = {}
         for p in range(n_places):
             cover = torch.zeros(n, width, dtype=torch.bool)
             cover[:, p] = True
-            places[place_name(p)] = scores(cover, applies=group_places > p)
+            tr_cover = torch.zeros(len(train_answers), width, dtype=torch.bool)
+            tr_cover[:, p] = True
+            places[place_name(p)] = scores(cover, tr_cover, applies=group_places > p)
         main.breakdown = {"place": places}
         return main
 
@@ -867,11 +930,12 @@ class LinearProbe(Decoder):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(weights, name).detach().cpu().contiguous() for name in ("W", "b", "mean", "std", "classes", "C")}
-        if self._control is not None:
+        if self._control is not None and self.control_tables is not None:
             for name in ("W", "b", "classes", "C"):
                 tensors[f"control.{name}"] = getattr(self._control, name).detach().cpu().contiguous()
+            tensors["control.tables"] = self.control_tables.cpu().contiguous()
         save_file(tensors, str(folder / "probe.safetensors"))
-        meta = {"format": _FORMAT} | self.settings()
+        meta = {"format": _FORMAT} | self.settings() | {"train_labels": [list(t) for t in self.train_labels]}
         (folder / "probe.json").write_text(json.dumps(meta, indent=2) + "\n")
         return folder
 
@@ -885,7 +949,12 @@ class LinearProbe(Decoder):
             raise LensDigitsError(f"{str(path)!r} is not a saved probe: it needs probe.json and probe.safetensors")
         meta = json.loads((folder / "probe.json").read_text())
         if meta.get("format") != _FORMAT:
-            raise LensDigitsError(f"{str(path)!r} holds format {meta.get('format')!r}, not {_FORMAT!r}")
+            hint = (
+                "; it was saved with the earlier shuffled-label control: fit the probe again"
+                if meta.get("format") == "lens_digits.probe/1"
+                else ""
+            )
+            raise LensDigitsError(f"{str(path)!r} holds format {meta.get('format')!r}, not {_FORMAT!r}{hint}")
         probe = cls(
             meta["scope"],
             meta["Cs"],
@@ -900,6 +969,8 @@ class LinearProbe(Decoder):
         probe._weights = ProbeWeights(t["W"], t["b"], t["mean"], t["std"], t["classes"], t["C"])
         if "control.W" in t:
             probe._control = ProbeWeights(t["control.W"], t["control.b"], t["mean"], t["std"], t["control.classes"], t["control.C"])
+            probe.control_tables = t["control.tables"].cpu()
+        probe.train_labels = [(int(s), str(a), int(k)) for s, a, k in meta["train_labels"]]
         probe.group_scales = [list(s) for s in meta["group_scales"]]
         probe.n_places = list(meta["n_places"])
         probe.fit_info = dict(meta.get("fit", {}))
@@ -909,6 +980,24 @@ class LinearProbe(Decoder):
         """Recipe and fitted state."""
         fitted = f", groups={self.group_scales}, places={self.n_places}" if self._weights is not None else ", unfitted"
         return f"LinearProbe(scope={self.scope!r}, Cs={self.Cs}{fitted})"
+
+
+def _covered(target: str, lengths: Sequence[int], first_digits: Sequence[int] | None, width: int) -> Bool[Tensor, "problem place"]:
+    """Places a target reads: all (``answer``), or the leading digits the first token holds (``first``)."""
+    n = len(lengths)
+    if first_digits is None:
+        return torch.ones(n, width, dtype=torch.bool)
+    k, length = torch.tensor(list(first_digits), dtype=torch.long), torch.tensor(list(lengths), dtype=torch.long)
+    place = torch.arange(width)[None]
+    return (place < length[:, None]) & (place >= (length - k)[:, None])
+
+
+def _majority(labels: Tensor, cover: Tensor, scales: Sequence[int]) -> dict[int, tuple[int, ...]]:
+    """The most common covered label of each scale's train problems (ties: the smallest)."""
+    counts: dict[int, Counter[tuple[int, ...]]] = {}
+    for row, c, s in zip(labels, cover, scales, strict=True):
+        counts.setdefault(s, Counter())[tuple(row[c].tolist())] += 1
+    return {s: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for s, c in counts.items()}
 
 
 def _default_c_index(cs: Sequence[float]) -> int:
