@@ -236,7 +236,9 @@ def _train_model(args: argparse.Namespace) -> int:
         raise LensDigitsError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
     if args.eval_n < 0:
         raise LensDigitsError(f"--eval-n must be 0 (no card) or more, got {args.eval_n}")
-    with Reservation(args.out, args.overwrite, is_ours=is_checkpoint_dir) as reservation:
+    from lens_digits.models import progress_bars
+
+    with Reservation(args.out, args.overwrite, is_ours=is_checkpoint_dir) as reservation, progress_bars(not args.no_progress):
         result = train(config, threads=args.threads or None, progress=not args.no_progress)
         cards = []
 

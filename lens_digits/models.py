@@ -6,10 +6,12 @@ TransformerLens 4.x has only ``TransformerBridge``; 3.x has it beside
 through the small accessors below.
 """
 
+import contextlib
 import importlib.metadata
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ def transformer_lens_version() -> str:
     return importlib.metadata.version("transformer-lens")
 
 
-def hooked_transformer_class() -> type | None:
+def hooked_transformer_class() -> Any:
     """``HookedTransformer`` where the installed TransformerLens has it (3.x), else None."""
     try:
         with warnings.catch_warnings():
@@ -36,7 +38,7 @@ def hooked_transformer_class() -> type | None:
     return HookedTransformer
 
 
-def bridge_class() -> type:
+def bridge_class() -> Any:
     """``TransformerBridge`` (TransformerLens 3.x and 4.x)."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -179,45 +181,98 @@ def load_model(
     path = Path(name).expanduser()
     is_local = path.exists()
     if is_local:
-        inspect_checkpoint(path)
+        config = inspect_checkpoint(path)
         load_tokenizer(path)
         name = str(path)
+        if kind != "hooked":
+            check_supported(config, name)
     elif _looks_like_path(name):
         raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
     if kind not in ("auto", "bridge", "hooked"):
         raise LensDigitsError(f"unknown model kind {kind!r}; choose auto, bridge or hooked")
-    if not progress:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
     try:
-        if kind == "hooked":
-            ht = hooked_transformer_class()
-            if ht is None:
-                raise LensDigitsError(
-                    f"kind='hooked' needs HookedTransformer, which TransformerLens {transformer_lens_version()} removed; use kind='bridge'"
-                )
-            if is_local:
-                raise LensDigitsError("kind='hooked' loads hub names only; use kind='bridge' for a local folder")
-            extra = {"n_devices": n_devices} if n_devices else {}
-            model = ht.from_pretrained(name, device=device, dtype=torch_dtype, **extra)
-        else:
-            extra = {k: v for k, v in (("n_devices", n_devices), ("device_map", device_map)) if v is not None}
-            model = bridge_class().boot_transformers(name, device=None if device_map else device, dtype=torch_dtype, **extra)
+        with progress_bars(progress):
+            model = _load(name, kind, is_local, device, torch_dtype, n_devices, device_map)
     except LensDigitsError:
         raise
     except torch.OutOfMemoryError:
         raise ModelLoadError(f"out of memory loading {name!r} on {device}; use --dtype bfloat16, a smaller model or more devices") from None
     except Exception as e:  # transformers and TransformerLens raise many kinds; the user needs one line
+        if "supported architecture" in str(e).lower():
+            raise ModelLoadError(
+                f"TransformerLens {transformer_lens_version()} does not support the architecture of {name!r} "
+                f"({_first_line(e)}); use a model of a supported family (GPT-2, Pythia, Llama, Mistral, Qwen2, Gemma, ...) "
+                "or upgrade transformer-lens"
+            ) from e
         if is_local:
             raise ModelLoadError(f"could not load the checkpoint folder {name!r}: {_first_line(e)}") from e
-        raise ModelLoadError(
-            f"could not load {name!r} from the Hugging Face hub: {_first_line(e)}. Without network, "
-            "pass a local checkpoint folder, or use the built-in model (lens-digits run without --model; "
-            "lens_digits.load_builtin_model())"
-        ) from e
+        if _is_hub_failure(e):
+            raise ModelLoadError(
+                f"could not get {name!r} from the Hugging Face hub ({_first_line(e)}). Without network, "
+                "pass a local checkpoint folder, or use the built-in model (lens-digits run without --model; "
+                "lens_digits.load_builtin_model())"
+            ) from e
+        raise ModelLoadError(f"could not load {name!r}: {_first_line(e)}") from e
     model.eval()
     return model
+
+
+def _load(name: str, kind: str, is_local: bool, device: Any, torch_dtype: torch.dtype, n_devices: int | None, device_map: Any) -> Any:
+    if kind == "hooked":
+        ht = hooked_transformer_class()
+        if ht is None:
+            raise LensDigitsError(
+                f"kind='hooked' needs HookedTransformer, which TransformerLens {transformer_lens_version()} removed; use kind='bridge'"
+            )
+        if is_local:
+            raise LensDigitsError("kind='hooked' loads hub names only; use kind='bridge' for a local folder")
+        extra = {"n_devices": n_devices} if n_devices else {}
+        return ht.from_pretrained(name, device=device, dtype=torch_dtype, **extra)
+    extra = {k: v for k, v in (("n_devices", n_devices), ("device_map", device_map)) if v is not None}
+    return bridge_class().boot_transformers(name, device=None if device_map else device, dtype=torch_dtype, **extra)
+
+
+@contextlib.contextmanager
+def progress_bars(show: bool) -> Iterator[None]:
+    """Hide transformers' and huggingface_hub's progress bars inside the block (``show=False``), then restore them."""
+    if show:
+        yield
+        return
+    import transformers
+    from huggingface_hub import utils as hub_utils
+
+    was_on = transformers.utils.logging.is_progress_bar_enabled()
+    hub_was_off = hub_utils.are_progress_bars_disabled()
+    transformers.utils.logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers.utils.logging.enable_progress_bar()
+        if not hub_was_off:
+            hub_utils.enable_progress_bars()
+
+
+def supported_architectures() -> set[str] | None:
+    """Hugging Face architecture names the installed TransformerBridge can run (None if it does not say)."""
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return None
+    return set(SUPPORTED_ARCHITECTURES)
+
+
+def check_supported(config: dict[str, Any], name: str) -> None:
+    """Refuse, before loading weights, a checkpoint whose architecture TransformerLens cannot run."""
+    supported = supported_architectures()
+    architectures = config.get("architectures") or []
+    if supported is None or not architectures or any(a in supported for a in architectures):
+        return
+    raise ModelLoadError(
+        f"TransformerLens {transformer_lens_version()} does not support the architecture of {name!r} ({', '.join(architectures)}); "
+        "use a model of a supported family (GPT-2, Pythia, Llama, Mistral, Qwen2, Gemma, ...) or upgrade transformer-lens"
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -294,6 +349,18 @@ def inspect_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
+def _is_hub_failure(e: BaseException) -> bool:
+    """Whether an exception (or its cause) is a failure to reach or find something on the hub."""
+    while e is not None:
+        module = type(e).__module__ or ""
+        if isinstance(e, (OSError, ConnectionError, TimeoutError)) or module.startswith(
+            ("huggingface_hub", "requests", "httpx", "urllib3")
+        ):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
+
+
 def peek_checkpoint(folder: str | os.PathLike[str]) -> tuple[Any, int | None]:
     """Tokenizer and context length of a local checkpoint folder, without loading its weights.
 
@@ -347,7 +414,7 @@ def build_model(
         if tokenizer is None:
             raise LensDigitsError("build_model needs d_vocab or a tokenizer")
         d_vocab = len(tokenizer)
-    common = dict(
+    common: dict[str, Any] = dict(
         n_layers=n_layers,
         d_model=d_model,
         d_head=d_model // n_heads,

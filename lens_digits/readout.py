@@ -35,7 +35,7 @@ def output_transform(model: Any) -> tuple[Callable[[Tensor], Tensor] | None, lis
     cap = float(cap) if cap is not None and float(cap) > 0 else None
     adapter = getattr(model, "adapter", None)
     method = getattr(type(adapter), "apply_output_logits_transform", None) if adapter is not None else None
-    if method is not None:
+    if adapter is not None and method is not None:
         from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
 
         described = [f"soft-cap {cap:g} (cap * tanh(logits / cap))"] if cap else []

@@ -254,8 +254,8 @@ def signals_held() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        for s in dict.fromkeys(caught):
-            os.kill(os.getpid(), s)
+        for signum in dict.fromkeys(caught):
+            os.kill(os.getpid(), signum)
 
 
 # ---- the reservation ---------------------------------------------------------------------------

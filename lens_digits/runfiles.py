@@ -92,10 +92,10 @@ def read_grid_csv(path: Path) -> pd.DataFrame:
     keys = KEY_COLUMNS + breakdown
     dup = table.duplicated(keys, keep="first")
     if dup.any():
-        i = int(dup.idxmax())
-        cell = table.loc[i, keys].to_dict()
-        first = int(table.index[(table[keys] == table.loc[i, keys]).all(axis=1)][0])
-        fail(i, f"repeats the cell {cell} of line {first + 2}")
+        row = int(dup.idxmax())
+        cell = table.loc[row, keys].to_dict()
+        first_row = int(table.index[(table[keys] == table.loc[row, keys]).all(axis=1)][0])
+        fail(row, f"repeats the cell {cell} of line {first_row + 2}")
     top = int(table["layer"].max())
     for group, rows in table.groupby(["method", "target", "scale", *breakdown], sort=False):
         layers = sorted(rows["layer"].tolist())
@@ -157,7 +157,7 @@ def read_prompts(path: Path) -> list[Problem]:
                 continue
             try:
                 d = json.loads(line)
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 raise RunDirectoryError(f"{_where(path, line_no)}: not valid JSON ({e.msg}); the file is damaged") from None
             if not isinstance(d, dict):
                 raise RunDirectoryError(f"{_where(path, line_no)}: expected a JSON object, got {type(d).__name__}")
@@ -176,10 +176,10 @@ def read_run_json(path: Path) -> dict[str, Any]:
     """The record of ``run.json`` as a dict (checked to be a JSON object)."""
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        line = getattr(e, "lineno", None)
-        msg = getattr(e, "msg", str(e))
-        raise RunDirectoryError(f"{_where(path, line)}: not valid JSON ({msg}); the file is damaged") from None
+    except json.JSONDecodeError as e:
+        raise RunDirectoryError(f"{_where(path, e.lineno)}: not valid JSON ({e.msg}); the file is damaged") from None
+    except UnicodeDecodeError as e:
+        raise RunDirectoryError(f"{path}: not UTF-8 text ({e.reason}); the file is damaged") from None
     if not isinstance(info, dict):
         raise RunDirectoryError(f"{path}: expected a JSON object, got {type(info).__name__}")
     return info

@@ -5,12 +5,12 @@ import importlib.metadata
 import platform
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from lens_digits.config import SweepConfig, parse_methods
-from lens_digits.decoders.base import Decoder, make_decoder
+from lens_digits.decoders.base import Decoder, Target, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
@@ -131,7 +131,7 @@ def run_sweep(
         if unsupported:
             raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
     problems = generate_problems(config)
-    common = dict(batch_size=batch_size, store_device=device, progress=progress)
+    common: dict[str, Any] = dict(batch_size=batch_size, store_device=device, progress=progress)
     try:
         data = collect_residuals(model, problems, teacher_forcing="answer" in targets, prepend_bos=prepend_bos, chat=chat, **common)
     except BoundaryMergeError as e:
@@ -151,7 +151,9 @@ def run_sweep(
         raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
     train, val = data.split("train"), data.split("val")
     test = data.select(keep)  # one object for both targets, so decoders can reuse work across them
-    tests = {"first": test, "answer": test, "model": own_data.select(keep) if own_data is not None else None}
+    tests = {"first": test, "answer": test}
+    if own_data is not None:
+        tests["model"] = own_data.select(keep)
     results = []
     for d in decoders:
         # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
@@ -160,7 +162,7 @@ def run_sweep(
             torch.manual_seed(seed)
             d.fit(train, val)
             for t in targets:
-                results.append((d.name, t, d.score(tests[t], t)))
+                results.append((d.name, t, d.score(tests[t], cast(Target, t))))
     record = RunRecord(
         model=describe_model(model),
         task=config.to_dict(),

@@ -167,11 +167,22 @@ class TaskConfig:
         if self.on_short not in ("warn", "error"):
             raise LensDigitsError(f"on_short must be 'warn' or 'error', got {self.on_short!r}")
 
+    @property
+    def scale_list(self) -> list[int]:
+        """The digit scales, validated and sorted."""
+        return parse_scales(self.scales)
+
+    @property
+    def split_fractions(self) -> tuple[float, float, float]:
+        """The (train, val, test) fractions."""
+        train, val, test = (float(x) for x in self.split)
+        return train, val, test
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
         d = dataclasses.asdict(self)
-        d["scales"] = list(self.scales)
-        d["split"] = list(self.split)
+        d["scales"] = self.scale_list
+        d["split"] = list(self.split_fractions)
         return d
 
 
@@ -370,7 +381,7 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
     operation = OPERATIONS[config.op]
     keep = _pair_filter(config.op, config.allow_negative)
     problems: list[Problem] = []
-    for scale in config.scales:
+    for scale in config.scale_list:
         available = n_distinct(scale, config.op, config.allow_negative)
         wanted = config.n_per_scale + config.few_shot
         if available is not None and wanted > available:
@@ -397,9 +408,9 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
             + config.few_shot_separator
             for a, b in shots
         )
-        n_train, n_val, _ = _split_counts(len(pairs), config.split)
+        n_train, n_val, _ = _split_counts(len(pairs), config.split_fractions)
         for i, (a, b) in enumerate(pairs):
-            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            split: Literal["train", "val", "test"] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             prompt = prefix + config.template.format(a=a, b=b, op=operation.symbol)
             answer = format_answer(operation.fn(a, b))
             problems.append(Problem(scale, config.op, a, b, prompt, answer, split, config.answer_prefix))

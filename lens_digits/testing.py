@@ -135,7 +135,7 @@ def _hf_config(arch: str, vocab: int, n_layers: int, d_model: int, n_heads: int,
     if arch == "gpt2":
         return transformers.GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, **ids)
     if arch == "gpt_neox":
-        return transformers.GPTNeoXConfig(
+        neox: dict[str, Any] = dict(
             vocab_size=vocab,
             hidden_size=d_model,
             num_hidden_layers=n_layers,
@@ -145,6 +145,7 @@ def _hf_config(arch: str, vocab: int, n_layers: int, d_model: int, n_heads: int,
             rotary_pct=0.25,
             **ids,
         )
+        return transformers.GPTNeoXConfig(**neox)
     raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHITECTURES}")
 
 

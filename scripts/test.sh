@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Run the whole test suite in fresh virtual environments, one per TransformerLens line:
-# the newest 4.x (TransformerBridge only) and 3.9 (HookedTransformer beside the bridge).
+# The test command: the whole suite in fresh virtual environments, one per TransformerLens line
+# (the newest 4.x, TransformerBridge only; 3.9, HookedTransformer beside the bridge), plus the
+# tutorials (pytest --nbmake), the type checker (mypy) and the linter (ruff) under the 4.x line.
 #
-#   bash scripts/test.sh          # both
+#   bash scripts/test.sh          # both lines
 #   bash scripts/test.sh 4        # only the newest 4.x
 #   bash scripts/test.sh 3.9      # only 3.9
 #
 # Extra pytest arguments go after `--`:  bash scripts/test.sh 4 -- -m "not slow" -x
-# Under the 4.x line the tutorials in tutorials/ are executed too (pytest --nbmake).
-set -euo pipefail
+# Every step runs even when an earlier one fails; a summary at the end names each step's result,
+# and the exit status is non-zero if any failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 lines=()
@@ -19,6 +21,20 @@ PYTHON=${PYTHON:-python3}
 # Everything runs offline: no test or notebook may reach a model hub.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+results=()
+failed=0
+step() {  # step NAME COMMAND...: run it, remember how it went
+  local name=$1; shift
+  local started=$SECONDS
+  echo "=== $name ==="
+  if "$@"; then
+    results+=("passed  $name ($((SECONDS - started)) s)")
+  else
+    results+=("FAILED  $name ($((SECONDS - started)) s)")
+    failed=1
+  fi
+}
+
 for line in "${lines[@]}"; do
   case "$line" in
     4) spec="transformer-lens>=4,<5" ;;
@@ -26,15 +42,22 @@ for line in "${lines[@]}"; do
     *) echo "unknown TransformerLens line '$line' (use 4 or 3.9)" >&2; exit 2 ;;
   esac
   venv=".venv-tl$line"
-  echo "=== TransformerLens $spec in $venv ==="
   rm -rf "$venv"
-  "$PYTHON" -m venv "$venv"
-  # constraints.txt pins torch to the CPU build that this install path expects.
-  "$venv/bin/pip" install -q -c constraints.txt -e ".[test]" "$spec"
-  "$venv/bin/python" -c "import transformer_lens, importlib.metadata as m; print('transformer-lens', m.version('transformer-lens'), '| torch', m.version('torch'))"
-  "$venv/bin/python" -m pytest "$@"
-  # The tutorials run under the newest TransformerLens only.
-  if [ "$line" = 4 ] && compgen -G "tutorials/*.ipynb" > /dev/null; then
-    "$venv/bin/python" -m pytest --nbmake tutorials
+  # constraints.txt pins torch==2.13.0 so that this install takes the same torch everywhere.
+  if ! step "install TransformerLens $spec into $venv" \
+      bash -c "'$PYTHON' -m venv '$venv' && '$venv/bin/pip' install -q -c constraints.txt -e '.[test]' '$spec'"; then
+    continue  # nothing else can run in this line
+  fi
+  "$venv/bin/python" -c "import importlib.metadata as m; print('transformer-lens', m.version('transformer-lens'), '| torch', m.version('torch'), '| transformers', m.version('transformers'))"
+  step "tests, TransformerLens $line" "$venv/bin/python" -m pytest "$@"
+  if [ "$line" = 4 ]; then
+    step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake tutorials
+    step "type check (mypy lens_digits)" "$venv/bin/python" -m mypy
+    step "lint (ruff)" "$venv/bin/ruff" check lens_digits tests benchmarks tutorials
   fi
 done
+
+echo
+echo "=== summary ==="
+printf '%s\n' "${results[@]}"
+exit $failed

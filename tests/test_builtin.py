@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 import lens_digits as ld
 from lens_digits.builtin import BUILTIN_MODEL_NAME, builtin_card, builtin_model_path, load_builtin_model
-from lens_digits.builtin.train import TrainConfig, builtin_tokenizer, greedy_accuracy, save_trained, train
+from lens_digits.builtin.train import TrainConfig, builtin_tokenizer, greedy_accuracy, greedy_answers, save_trained, train
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
 from lens_digits.models import hooked_transformer_class
@@ -47,6 +47,24 @@ def test_tokenizer_is_one_token_per_character(builtin):
     assert ids == builtin_tokenizer()(text, add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in ids] == list(text)
     assert tok.unk_token_id not in ids
+
+
+def test_plain_transformers_users_get_the_bos_the_model_was_trained_with(builtin):
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(builtin_model_path())
+    hf = transformers.AutoModelForCausalLM.from_pretrained(builtin_model_path()).eval()
+    prompts = ["12+34="] + [p.prompt for p in generate_problems(TaskConfig(scales=[2, 3], n_per_scale=8, seed=3))]
+    answers = []
+    for prompt in prompts:
+        enc = tok(prompt, return_tensors="pt")
+        assert enc["input_ids"][0, 0] == tok.bos_token_id
+        out = hf.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+        answers.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    assert answers[0] == "46"  # without the BOS: "35"
+    assert answers == greedy_answers(hf, prompts, tokenizer=tok, max_new_tokens=5)  # lens_digits' own decoding, BOS explicit
+    # TransformerLens sees a tokenizer that prepends BOS and does not add a second one
+    assert builtin.to_str_tokens("12+34=") == ["<s>", "1", "2", "+", "3", "4", "="]
 
 
 def test_shipped_model_matches_its_card(builtin, card):
@@ -228,10 +246,16 @@ def test_cli_train_model_bad_input_exits_2_with_one_line(tmp_path, capsys, extra
     hooked_transformer_class() is not None,
     reason="training uses no TransformerLens; the ~8 min retrain runs once, under TransformerLens 4.x",
 )
-def test_default_recipe_reproduces_the_shipped_model(tmp_path, card):
+def test_default_recipe_keeps_the_cards_promises_on_any_machine(tmp_path, card):
+    """Retraining gives the same weights only on the machine that made them; elsewhere, what the card promises.
+
+    The card's bounds come from retraining with other seeds and thread counts (the same kind of
+    difference another CPU makes): benchmarks/retrain_spread.py, numbers in the card.
+    """
     out = tmp_path / "retrained"
     assert main(["train-model", "--out", str(out), "--no-progress", "--eval-n", str(card["evaluation"]["n_per_scale"])]) == 0
     again = json.loads((out / "card.json").read_text())
-    for op, by_scale in card["accuracy"].items():
-        for s, cell in by_scale.items():
-            assert abs(again["accuracy"][op][s]["accuracy"] - cell["accuracy"]) <= 0.03, (op, s)
+    for op, by_scale in card["promises"].items():
+        for s, (low, high) in by_scale.items():
+            got = again["accuracy"][op][s]["accuracy"]
+            assert low <= got <= high, (op, s, got, (low, high))

@@ -85,3 +85,58 @@ def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
     monkeypatch.setattr(models.bridge_class(), "boot_transformers", spy)
     ld.load_model(llama_dir, device_map="auto", n_devices=2)
     assert seen["device_map"] == "auto" and seen["n_devices"] == 2 and seen["device"] is None
+
+
+def test_an_architecture_transformer_lens_lacks_says_so(tmp_path):
+    import transformers
+
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:
+        SUPPORTED_ARCHITECTURES = {}
+    if "BioGptForCausalLM" in SUPPORTED_ARCHITECTURES:
+        pytest.skip("this TransformerLens supports BioGPT")
+    tok = ld.testing.char_tokenizer()
+    cfg = transformers.BioGptConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "biogpt")
+    tok.save_pretrained(tmp_path / "biogpt")
+    with pytest.raises(ld.ModelLoadError, match="does not support the architecture") as e:
+        ld.load_model(tmp_path / "biogpt", device="cpu")
+    assert "network" not in str(e.value) and "hub" not in str(e.value)
+
+
+def test_a_bad_value_from_the_loader_is_not_called_a_network_failure(monkeypatch):
+    from lens_digits import models
+
+    def bad(*args, **kwargs):
+        raise ValueError("rope_scaling must have a 'type' field")
+
+    monkeypatch.setattr(models.bridge_class(), "boot_transformers", bad)
+    with pytest.raises(ld.ModelLoadError, match="could not load 'someone/model': rope_scaling") as e:
+        ld.load_model("someone/model", device="cpu")
+    assert "Without network" not in str(e.value)
+
+
+def test_progress_false_hides_bars_only_while_loading(llama_dir):
+    import transformers
+
+    assert transformers.utils.logging.is_progress_bar_enabled()
+    seen = []
+    real = ld.models.bridge_class().boot_transformers
+
+    def spy(*args, **kwargs):
+        seen.append(transformers.utils.logging.is_progress_bar_enabled())
+        return real(*args, **kwargs)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(ld.models.bridge_class(), "boot_transformers", spy):
+        ld.load_model(llama_dir, device="cpu", progress=False)
+    assert seen == [False] and transformers.utils.logging.is_progress_bar_enabled()
+
+
+def test_run_sweep_leaves_the_global_random_state_alone(native_model):
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    ld.run_sweep(native_model, scales=[1, 2], n_per_scale=30, methods=["logit_lens", "probe"], target="first")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -6,7 +6,7 @@ import torch
 
 import lens_digits as ld
 from lens_digits.decoders import DECODERS, LinearProbe, Scores, fit_multinomial
-from lens_digits.decoders.probes import control_labels, digit_labels, first_token_digits, operand_keys, place_name
+from lens_digits.decoders.probes import control_labels, digit_labels, first_token_digits, place_name, relabel
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet
 from lens_digits.targets import EncodedProblem
@@ -148,7 +148,7 @@ def test_planted_signal_found_only_where_planted(planted):
             assert acc[layer] < chance[layer] + 0.02, (layer, acc, chance)
     places = scores.breakdown["place"]
     assert list(places) == ["units", "tens", "hundreds"]
-    ctrl_labels = control_labels(test.problems, [0] * len(test), probe.control_tables)
+    ctrl_labels = control_labels(test.problems, probe.control_perm, 3)
     control_majority = {name: torch.bincount(ctrl_labels[:, p]).max().item() / len(test) for p, name in enumerate(places)}
     for name, sub in places.items():
         assert isinstance(sub, Scores) and bool(sub.applies.all())
@@ -289,21 +289,22 @@ def digitwise(a, b, width=3):
     return "".join(str((a // 10**q % 10 + b // 10**q % 10) % 10) for q in reversed(range(width)))
 
 
-def test_control_task_measures_reading_the_operands(tmp_path):
+def test_control_task_measures_reading_the_operands():
     """Residuals that hold operand identity (one-hot of each place's digit pair), not the answer.
 
-    Both the task (here a function of each place's digit pair) and the control task are then equally
-    readable by memorising operand digits: selectivity is about 0, the control's point. The planted-signal
-    test above has the opposite case (the answer written, the operands not): selectivity about 1.
+    The task (here an operation each of whose answer digits depends only on the operand digits at its
+    place) and the control task (the same operation on relabelled digits) are then equally readable by
+    memorising operand digits: selectivity is about 0, the control's point. The planted-signal test
+    above has the opposite case (the answer written, the operands not): selectivity about 1.
     """
+    if "digitwise_test" not in ld.OPERATIONS:
+        ld.register_operation(ld.Operation("digitwise_test", "#", lambda a, b: int(digitwise(a, b))))
     rng = np.random.default_rng(3)
-    a, b = rng.integers(100, 1000, 900), rng.integers(100, 1000, 900)
-    answers = [digitwise(x, y) for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+    a, b = rng.integers(100, 1000, 900).tolist(), rng.integers(100, 1000, 900).tolist()
     problems = [
-        Problem(3, "digitwise", x, y, f"{x}#{y}=", ans, sp)
-        for x, y, ans, sp in zip(a.tolist(), b.tolist(), answers, splits(600, 100, 200), strict=True)
+        Problem(3, "digitwise_test", x, y, f"{x}#{y}=", digitwise(x, y), sp) for x, y, sp in zip(a, b, splits(600, 100, 200), strict=True)
     ]
-    keys = operand_keys(problems, 3)  # (n, place): 10 * a_q + b_q
+    keys = torch.tensor([[(x // 10**q % 10) * 10 + y // 10**q % 10 for q in range(3)] for x, y in zip(a, b, strict=True)])
     features = torch.nn.functional.one_hot(keys, 100).float().reshape(len(problems), 300)
     resid = features[:, None, None, :].repeat(1, 2, 1, 1) + 0.05 * torch.randn(len(problems), 2, 1, 300)
     data = ResidualSet(resid, torch.zeros(len(problems), 1, dtype=torch.long), problems, [EncodedProblem((1,), (2,))] * len(problems), {})
@@ -314,11 +315,16 @@ def test_control_task_measures_reading_the_operands(tmp_path):
         acc, ctrl = sub.correct.float().mean(0), sub.metrics["control"].mean(0)
         assert (acc > 0.8).all() and (ctrl > 0.8).all(), (name, acc, ctrl)
         assert (sub.metrics["selectivity"].mean(0).abs() < 0.1).all(), name
-    # the control labels are one fixed function of the operand digits, shared by train and test problems
-    labels = control_labels(problems, [0] * len(problems), probe.control_tables)
-    for place in range(3):
-        for key in keys[:, place].unique().tolist():
-            assert labels[keys[:, place] == key, place].unique().numel() == 1
+
+
+def test_control_labels_are_the_operation_on_relabelled_digits():
+    perm = ld.decoders.probes.digit_permutation(0)
+    problems = [Problem(2, "add", 47, 85, "47+85=", "132", "test"), Problem(2, "add", 99, 10, "99+10=", "109", "test")]
+    labels = control_labels(problems, perm, 4)
+    for p, row in zip(problems, labels.tolist(), strict=True):
+        value = relabel(p.a, perm) + relabel(p.b, perm)
+        assert row == [value // 10**q % 10 for q in range(4)]
+    assert relabel(47, perm) == int(f"{perm[4]}{perm[7]}")
 
 
 def test_chance_is_the_train_majority_label():

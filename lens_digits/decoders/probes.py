@@ -21,13 +21,16 @@ Recipe, per group:
 - Every C of the grid is fitted; for each (group, layer, place) the C with the
   best validation accuracy is kept (ties: lower validation cross-entropy, then
   smaller C). Test problems are only ever scored.
-- Control task (Hewitt and Liang 2019): each answer place gets a random but
-  fixed label for each pair of operand digits at that place (a lookup table
-  drawn with the seed from the train labels' own distribution). Like the real
-  digit, it is a function of the operands that test problems share with train
-  problems; unlike it, the model has no reason to compute it. A probe scores on
-  it only by reading operand identity from the residual, so accuracy above the
-  control (selectivity) is the answer itself, not the operands it comes from.
+- Control task (in the sense of Hewitt and Liang 2019): the same operation on the
+  operands with every digit relabelled by a fixed random permutation (drawn
+  with the seed; ``47+85`` becomes ``π(4)π(7)+π(8)π(5)``), and its answer's
+  digits as labels. It is a random but consistent function of the operands,
+  built exactly like the task, so a model with random weights (whose digit
+  embeddings are exchangeable) makes it exactly as easy to read as the real
+  answer; a trained model computes the real answer and not this one. A probe
+  scores on it only by reading operand identity out of the residual, so
+  accuracy above the control (selectivity) is the answer itself, not the
+  operands it comes from.
 - Chance: the accuracy of always answering the train problems' most common
   label (per scale; per place for the place rows).
 
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import einops
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -124,47 +128,49 @@ def first_token_digits(data: ResidualSet) -> list[int]:
     return [min(max(k, 1), n) for k, n in zip(given, lengths, strict=True)]
 
 
-def operand_keys(problems: Sequence[Problem], places: int) -> Int[Tensor, "problem place"]:
-    """The pair of operand digits each answer place is keyed on by the control task: ``10 * a_q + b_q``.
+def digit_permutation(seed: int) -> list[int]:
+    """The control task's relabelling of the ten digits: a seeded permutation that moves every digit.
 
-    ``q`` is the place itself, or the operands' highest place for answer places
-    beyond the operands (a sum's carry-out digit). Signs are dropped.
-
-    >>> operand_keys([Problem(2, "add", 47, 85, "47+85=", "132", "test")], 3).tolist()
-    [[75, 48, 48]]
+    >>> sorted(digit_permutation(0)) == list(range(10)) and all(d != i for i, d in enumerate(digit_permutation(0)))
+    True
     """
-    out = torch.zeros(len(problems), places, dtype=torch.long)
-    for i, p in enumerate(problems):
-        a, b = abs(int(p.a)), abs(int(p.b))
-        width = max(len(str(a)), len(str(b)))
-        for place in range(places):
-            q = min(place, width - 1)
-            out[i, place] = (a // 10**q % 10) * 10 + (b // 10**q % 10)
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(N_DIGITS, generator=gen).tolist()
+        if all(d != i for i, d in enumerate(perm)):
+            return perm
+
+
+def relabel(value: int, perm: Sequence[int]) -> int:
+    """``value`` with each decimal digit ``d`` replaced by ``perm[d]`` (the sign kept).
+
+    >>> relabel(-407, [1, 2, 3, 4, 5, 6, 7, 8, 9, 0])
+    -518
+    """
+    digits = "".join(str(perm[int(c)]) for c in str(abs(value)))
+    return -int(digits) if value < 0 else int(digits)
+
+
+def control_answers(problems: Sequence[Problem], perm: Sequence[int]) -> list[str]:
+    """The control task's answers: the same operation on the operands with their digits relabelled.
+
+    A random but consistent function of the operands, built like the task: on a model
+    with random weights (whose digit embeddings are exchangeable) it is exactly as hard to
+    read as the real answer, and on a trained model it is not what the model computes.
+    """
+    from lens_digits.tasks import OPERATIONS
+
+    out = []
+    for p in problems:
+        if p.op not in OPERATIONS:
+            raise LensDigitsError(f"the probe control task needs operation {p.op!r} to be registered (ld.register_operation)")
+        out.append(str(abs(int(OPERATIONS[p.op].fn(relabel(p.a, perm), relabel(p.b, perm))))))
     return out
 
 
-def control_tables(labels: Int[Tensor, "problem place"], groups: Int[Tensor, " problem"], n_groups: int, seed: int) -> Tensor:
-    """A random but fixed label for each (group, place, operand-digit pair): the control task's lookup tables.
-
-    Each table entry is drawn from the train labels' own distribution at that
-    place, so the control task has the task's label frequencies (and chance).
-    Returns ``(group, place, 100)`` labels.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    places = labels.shape[1]
-    tables = torch.zeros(n_groups, places, 100, dtype=torch.long)
-    for g in range(n_groups):
-        for place in range(places):
-            counts = torch.bincount(labels[groups == g, place], minlength=N_DIGITS).double()
-            tables[g, place] = torch.multinomial(counts / counts.sum(), 100, replacement=True, generator=gen)
-    return tables
-
-
-def control_labels(problems: Sequence[Problem], groups: Sequence[int], tables: Tensor) -> Int[Tensor, "problem place"]:
-    """Control-task labels: each place's label is its table's entry for the operand digits at that place."""
-    keys = operand_keys(problems, tables.shape[1])
-    g = torch.as_tensor(list(groups), dtype=torch.long)
-    return tables.to(keys.device)[g[:, None], torch.arange(tables.shape[1])[None, :], keys]
+def control_labels(problems: Sequence[Problem], perm: Sequence[int], places: int) -> Int[Tensor, "problem place"]:
+    """Digit labels of the control task, units first, for ``places`` places."""
+    return digit_labels(control_answers(problems, perm), places)
 
 
 # ---- the batched solver -------------------------------------------------------------------------
@@ -350,10 +356,13 @@ def _solve_chunk(
         pending = active.clone()
         f_new = f.clone()
         for _ in range(max_ls):
-            rows = pending.any(1).nonzero()[:, 0]
-            if rows.numel() == pending.shape[0]:
+            rows: Tensor | None = pending.any(1).nonzero()[:, 0]
+            if rows is not None and rows.numel() == pending.shape[0]:
                 rows = None  # every block: no copies
-            pick = (lambda t: t) if rows is None else (lambda t, r=rows: t[r])
+
+            def pick(t: Tensor, r: Tensor | None = rows) -> Tensor:
+                return t if r is None else t[r]
+
             t_r = pick(step).double()
             trial_sq = pick(wsq) + 2 * t_r * pick(w_d) + t_r.square() * pick(d_d)
             ft = box.loss(torch.addcmul(pick(z), _cell(pick(step)), pick(dz)), trial_sq, rows)
@@ -655,7 +664,7 @@ class LinearProbe(Decoder):
         self.group_scales: list[list[int]] = []
         self.n_places: list[int] = []
         self.fit_info: dict[str, Any] = {}
-        self.control_tables: Tensor | None = None
+        self.control_perm: list[int] | None = None
         self.train_labels: list[tuple[int, str, int]] = []
 
     # ---- fitted state ------------------------------------------------------------------------
@@ -720,8 +729,8 @@ class LinearProbe(Decoder):
         mean = torch.zeros(n_groups, n_layers, dim, device=device)
         std = torch.ones(n_groups, n_layers, dim, device=device)
         tr_labels = digit_labels([p.answer for p in train.problems], n_places)
-        self.control_tables = control_tables(tr_labels, tr_group, n_groups, self.seed) if self.control else None
-        tr_control = control_labels(train.problems, tr_group.tolist(), self.control_tables) if self.control_tables is not None else None
+        self.control_perm = digit_permutation(self.seed) if self.control else None
+        tr_control = control_labels(train.problems, self.control_perm, n_places) if self.control_perm is not None else None
         self.train_labels = [(p.scale, p.answer, k) for p, k in zip(train.problems, first_token_digits(train), strict=True)]
         for g, r in enumerate(rows):
             feats = train.resid[r.to(train.resid.device), :, 0, :].to(device).transpose(0, 1)  # (L, n_g, d)
@@ -740,11 +749,11 @@ class LinearProbe(Decoder):
             classes[g] = torch.nn.functional.one_hot(labels[g, : len(r)], N_DIGITS).any(0)
 
         res = _fit_augmented(
-            x.view(n_groups * n_layers, n_max, dim + 1),
-            labels[:, None].expand(-1, n_layers, -1, -1).reshape(n_groups * n_layers, n_max, -1),
+            einops.rearrange(x, "group layer n d -> (group layer) n d"),  # one block per (group, layer)
+            einops.repeat(labels, "group n task -> (group layer) n task", layer=n_layers),
             self.Cs,
-            sample_weight=sw[:, None].expand(-1, n_layers, -1).reshape(n_groups * n_layers, n_max),
-            classes=classes[:, None].expand(-1, n_layers, -1, -1).reshape(n_groups * n_layers, -1, N_DIGITS),
+            sample_weight=einops.repeat(sw, "group n -> (group layer) n", layer=n_layers),
+            classes=einops.repeat(classes, "group task digit -> (group layer) task digit", layer=n_layers),
             n_classes=N_DIGITS,
             max_iter=self.max_iter,
             tol=self.tol,
@@ -768,11 +777,11 @@ class LinearProbe(Decoder):
                 no_val.append(self.group_scales[g])
                 continue
             lab = va_labels[r]
-            if self.control_tables is not None:
-                lab = torch.cat([lab, control_labels([val.problems[i] for i in r.tolist()], [g] * len(r), self.control_tables)], 1)
+            if self.control_perm is not None:
+                lab = torch.cat([lab, control_labels([val.problems[i] for i in r.tolist()], self.control_perm, n_places)], 1)
             feats = val.resid[r.to(val.resid.device), :, 0, :].to(device)  # (n, L, d)
             xs = ((feats - mean[g]) / std[g]).transpose(0, 1)  # (L, n, d)
-            w_all = W[g].permute(0, 3, 1, 2, 4).reshape(n_layers, dim, -1)  # (L, d, C*J*k)
+            w_all = einops.rearrange(W[g], "layer c task d digit -> layer d (c task digit)")
             z = torch.baddbmm(b[g].reshape(n_layers, 1, -1), xs, w_all).view(n_layers, len(r), n_c, -1, N_DIGITS)
             z = z.masked_fill(~classes[g][None, None, None], _NEG)
             lab = lab.to(device)[None, :, None, :].expand(n_layers, -1, n_c, -1)  # (L, n, C, J)
@@ -862,11 +871,11 @@ class LinearProbe(Decoder):
         pred[..., :n_places] = self.predict(data)
         groups = self.group_of(data.problems)
         ctrl_ok = None
-        if self._control is not None and self.control_tables is not None:
+        if self._control is not None and self.control_perm is not None:
             ctrl = torch.zeros_like(pred)
             ctrl[..., :n_places] = self.predict(data, control=True)
             ctrl_labels = labels.clone()
-            ctrl_labels[:, :n_places] = control_labels(data.problems, groups, self.control_tables)
+            ctrl_labels[:, :n_places] = control_labels(data.problems, self.control_perm, n_places)
             ctrl_ok = ctrl == ctrl_labels[:, None]  # (n, L, width)
         covered = _covered(target, lengths, first_token_digits(data) if target == "first" else None, width)
         scales = [p.scale for p in data.problems]
@@ -919,6 +928,7 @@ class LinearProbe(Decoder):
             out["chosen_C"] = self._weights.C.cpu().tolist()  # [group][layer][place]
             if self._control is not None:
                 out["control_chosen_C"] = self._control.C.cpu().tolist()
+                out["control_perm"] = self.control_perm
             out["fit"] = self.fit_info
         return out
 
@@ -930,10 +940,9 @@ class LinearProbe(Decoder):
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(weights, name).detach().cpu().contiguous() for name in ("W", "b", "mean", "std", "classes", "C")}
-        if self._control is not None and self.control_tables is not None:
+        if self._control is not None:
             for name in ("W", "b", "classes", "C"):
                 tensors[f"control.{name}"] = getattr(self._control, name).detach().cpu().contiguous()
-            tensors["control.tables"] = self.control_tables.cpu().contiguous()
         save_file(tensors, str(folder / "probe.safetensors"))
         meta = {"format": _FORMAT} | self.settings() | {"train_labels": [list(t) for t in self.train_labels]}
         (folder / "probe.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -969,7 +978,7 @@ class LinearProbe(Decoder):
         probe._weights = ProbeWeights(t["W"], t["b"], t["mean"], t["std"], t["classes"], t["C"])
         if "control.W" in t:
             probe._control = ProbeWeights(t["control.W"], t["control.b"], t["mean"], t["std"], t["control.classes"], t["control.C"])
-            probe.control_tables = t["control.tables"].cpu()
+            probe.control_perm = [int(d) for d in meta["control_perm"]]
         probe.train_labels = [(int(s), str(a), int(k)) for s, a, k in meta["train_labels"]]
         probe.group_scales = [list(s) for s in meta["group_scales"]]
         probe.n_places = list(meta["n_places"])

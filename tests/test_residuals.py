@@ -1,0 +1,85 @@
+"""Residual collection: the hook, batching by the length actually fed, and models split over devices."""
+
+import pytest
+import torch
+
+import lens_digits as ld
+from lens_digits.batching import length_batches
+from lens_digits.residuals import _keep, collect_residuals
+from lens_digits.tasks import TaskConfig, generate_problems
+
+
+class OnlyItsOwnDevice(torch.Tensor):
+    """An activation that, like a CUDA tensor on another GPU, refuses an index from a different device.
+
+    (On the CPU every device is the same one; this makes the check a GPU would make.)
+    """
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.gather:
+            x, _, index = args[:3]
+            if index.device != x.device:
+                raise RuntimeError(f"gather: index on {index.device}, activation on {x.device}")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_hook_gathers_on_the_activations_device():
+    x = torch.randn(2, 5, 4, device="meta").as_subclass(OnlyItsOwnDevice)
+    out = torch.zeros(3, 2, 2, 4, device="meta")
+    gather = torch.tensor([[1, 2], [3, 4]])  # built on the first parameter's device (here: cpu)
+    _keep(x, None, out=out, rows=torch.tensor([0, 2]), layer=1, gather=gather, valid=torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="index on cpu, activation on meta"):  # what the hook used to do
+        x.gather(1, gather[:, :, None].expand(-1, -1, 4))
+
+
+def test_hook_copies_exactly_the_kept_positions():
+    x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
+    out = torch.full((4, 2, 2, 3), -1.0)
+    valid = torch.tensor([[True, True], [True, False]])
+    _keep(x, None, out=out, rows=torch.tensor([3, 1]), layer=0, gather=torch.tensor([[1, 2], [4, 4]]), valid=valid)
+    assert torch.equal(out[3, 0], x[0, [1, 2]])
+    assert torch.equal(out[1, 0, 0], x[1, 4]) and torch.equal(out[1, 0, 1], torch.zeros(3))
+    assert (out[[0, 2]] == -1).all() and (out[:, 1] == -1).all()
+
+
+def test_length_batches_groups_equal_lengths_in_a_fixed_order():
+    lengths = [5, 3, 5, 5, 3, 7]
+    batches = list(length_batches(lengths, 2))
+    assert batches == [[1, 4], [0, 2], [3], [5]]
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+
+
+def test_target_first_on_bpe_batches_by_the_prompt_length(gpt2_model):
+    """Prompt+answer lengths and prompt lengths group problems differently on BPE: this used to crash."""
+    problems = generate_problems(TaskConfig(scales=[1, 2, 3, 4], n_per_scale=30, template="{a} {op} {b} =", answer_prefix=" "))
+    rs = collect_residuals(gpt2_model, problems, teacher_forcing=False, batch_size=64)
+    one = collect_residuals(gpt2_model, problems, teacher_forcing=False, batch_size=1)
+    torch.testing.assert_close(rs.resid, one.resid, rtol=1e-5, atol=1e-5)
+    grid = ld.run_sweep(gpt2_model, scales="1-4", n_per_scale=30, target="first", template="{a} {op} {b} =", answer_prefix=" ")
+    assert set(grid.to_dataframe()["scale"]) == {1, 2, 3, 4}
+    probe_only = ld.run_sweep(gpt2_model, scales="1-2", n_per_scale=60, methods=["probe"], target="answer", template="{a} {op} {b} =")
+    assert "probe" in probe_only.methods
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to split a model between GPU and CPU")
+def test_a_model_split_between_gpu_and_cpu_gives_the_unsplit_grid(llama_dir):
+    split = ld.load_model(
+        llama_dir,
+        device_map={
+            "model.embed_tokens": 0,
+            "model.layers.0": 0,
+            "model.layers.1": "cpu",
+            "model.layers.2": "cpu",
+            "model.norm": "cpu",
+            "model.rotary_emb": "cpu",
+            "lm_head": "cpu",
+        },
+    )
+    whole = ld.load_model(llama_dir, device="cpu")
+    kw = dict(scales="1-3", n_per_scale=30, target="both", seed=0)
+    a = ld.run_sweep(split, device="cpu", **kw).to_dataframe()
+    b = ld.run_sweep(whole, **kw).to_dataframe()
+    exact = ["method", "target", "scale", "layer", "accuracy", "n"]
+    assert a[exact].equals(b[exact])
