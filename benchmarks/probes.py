@@ -32,7 +32,7 @@ CS = (0.01, 0.1, 1.0, 10.0)
 
 def make_data(n_layers, d_model, n_train, n_val, n_test, places, seed=0):
     """Residuals where digit information grows with depth, over anisotropic noise with outlier dimensions."""
-    from lens_digits.decoders.probes import digit_labels
+    from lens_digits.decoders.labels import digit_labels
     from lens_digits.residuals import ResidualSet
     from lens_digits.targets import EncodedProblem
     from lens_digits.tasks import Problem
@@ -72,7 +72,8 @@ def peak_mb():
 
 
 def run_ours(args, data):
-    from lens_digits.decoders.probes import LinearProbe, digit_labels
+    from lens_digits.decoders.labels import digit_labels
+    from lens_digits.decoders.probes import LinearProbe
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -125,7 +126,7 @@ def run_sklearn(args, data):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lens_digits.decoders.probes import digit_labels
+    from lens_digits.decoders.labels import digit_labels
 
     train, val, test = data.split("train"), data.split("val"), data.split("test")
     y = {
@@ -214,7 +215,8 @@ def tolerance_check(args, data, layer, place, c=1.0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lens_digits.decoders.probes import digit_labels, fit_multinomial
+    from lens_digits.decoders.labels import digit_labels
+    from lens_digits.optim import fit_multinomial
 
     train, test = data.split("train"), data.split("test")
     y_train = digit_labels([p.answer for p in train.problems], args.places)[:, place].numpy()
@@ -262,7 +264,7 @@ def main():
     p.add_argument("--n-val", type=int, default=500)
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--d-model", type=int, default=1536)
-    p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations per fit (300: the package default, where the fits converge)")
+    p.add_argument("--max-iter", type=int, default=300, help="L-BFGS iterations per fit (300: the package default)")
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--sk-layers", type=int, default=0, help="run scikit-learn on this many evenly spaced layers (0: all)")
     p.add_argument("--repeat", type=int, default=1, help="fit our side this many times and keep the fastest")

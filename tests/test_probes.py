@@ -6,7 +6,7 @@ import torch
 
 import lens_digits as ld
 from lens_digits.decoders import DECODERS, LinearProbe, Scores, fit_multinomial
-from lens_digits.decoders.probes import control_labels, digit_labels, first_token_digits, place_name, relabel
+from lens_digits.decoders.labels import control_labels, digit_labels, digit_permutation, first_token_digits, place_name, relabel
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet
 from lens_digits.targets import EncodedProblem
@@ -318,7 +318,7 @@ def test_control_task_measures_reading_the_operands():
 
 
 def test_control_labels_are_the_operation_on_relabelled_digits():
-    perm = ld.decoders.probes.digit_permutation(0)
+    perm = digit_permutation(0)
     problems = [Problem(2, "add", 47, 85, "47+85=", "132", "test"), Problem(2, "add", 99, 10, "99+10=", "109", "test")]
     labels = control_labels(problems, perm, 4)
     for p, row in zip(problems, labels.tolist(), strict=True):

@@ -2,7 +2,8 @@
 
 from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_decoder, register_decoder
 from lens_digits.decoders.logit_lens import LogitLens
-from lens_digits.decoders.probes import LinearProbe, ProbeWeights, SolverResult, fit_multinomial
+from lens_digits.decoders.probes import LinearProbe, ProbeWeights
+from lens_digits.optim import SolverResult, fit_multinomial
 from lens_digits.readout import Readout
 
 __all__ = [

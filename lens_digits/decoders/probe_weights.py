@@ -1,0 +1,167 @@
+"""A fitted probe set: its tensors, how the regularisation strength is chosen, and its files.
+
+:class:`ProbeWeights` holds one 10-way classifier per (group, layer, place);
+:func:`best_strength` picks, per layer and place, the C with the best
+validation accuracy; :func:`save_weights` and :func:`load_weights` write and
+read ``probe.safetensors`` + ``probe.json``.
+"""
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import einops
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from lens_digits.decoders.labels import N_DIGITS
+from lens_digits.errors import LensDigitsError
+from lens_digits.optim import NEG
+
+FORMAT = "lens_digits.probe/2"
+
+
+@dataclass
+class ProbeWeights:
+    """A fitted probe set: one 10-way classifier per (group, layer, place).
+
+    Logits are ``((resid - mean) / std) @ W + b``; :meth:`raw` folds the
+    standardisation in, giving weights that act on the raw residual (for example
+    to compare a digit direction with the unembedding).
+
+    Attributes:
+        W: Weights in standardised space.
+        b: Intercepts.
+        mean: Train mean of each feature.
+        std: Train standard deviation of each feature (1 where it was 0).
+        classes: Digits each probe may predict (those seen in its train labels).
+        C: The inverse regularisation strength chosen on validation problems.
+    """
+
+    W: Float[Tensor, "group layer place d_model digit"]
+    b: Float[Tensor, "group layer place digit"]
+    mean: Float[Tensor, "group layer d_model"]
+    std: Float[Tensor, "group layer d_model"]
+    classes: Bool[Tensor, "group place digit"]
+    C: Float[Tensor, "group layer place"]
+
+    def raw(self) -> tuple[Float[Tensor, "group layer place d_model digit"], Float[Tensor, "group layer place digit"]]:
+        """Weights and intercepts acting on the raw residual: ``resid @ W_raw + b_raw``."""
+        w_raw = self.W / self.std[:, :, None, :, None]
+        b_raw = self.b - torch.einsum("gld,glpdk->glpk", self.mean, w_raw)
+        return w_raw, b_raw
+
+    def logits(self, resid: Float[Tensor, "problem layer d_model"], group: int) -> Float[Tensor, "problem layer place digit"]:
+        """Logits of every probe of ``group`` on residuals at the last prompt position.
+
+        Digits a probe may not predict get a very negative logit.
+        """
+        x = ((resid.to(self.W) - self.mean[group]) / self.std[group]).transpose(0, 1)  # (L, n, d)
+        n_layers, n, _ = x.shape
+        n_places = self.W.shape[2]
+        w = self.W[group].permute(0, 2, 1, 3).reshape(n_layers, -1, n_places * N_DIGITS)  # (L, d, place*k)
+        z = torch.baddbmm(self.b[group].reshape(n_layers, 1, -1), x, w).view(n_layers, n, n_places, N_DIGITS)
+        return z.masked_fill(~self.classes[group][None, None], NEG).transpose(0, 1)
+
+    def to(self, device: str | torch.device) -> "ProbeWeights":
+        """A copy on ``device``."""
+        return ProbeWeights(*(t.to(device) for t in (self.W, self.b, self.mean, self.std, self.classes, self.C)))
+
+    def places(self, which: slice) -> "ProbeWeights":
+        """The probes of some places (the task's, or the control task's, of a joint fit)."""
+        return ProbeWeights(
+            self.W[:, :, which].contiguous(),
+            self.b[:, :, which].contiguous(),
+            self.mean,
+            self.std,
+            self.classes[:, which].contiguous(),
+            self.C[:, :, which].contiguous(),
+        )
+
+    @classmethod
+    def chosen(
+        cls,
+        W: Float[Tensor, "group layer c place d_model digit"],
+        b: Float[Tensor, "group layer c place digit"],
+        mean: Float[Tensor, "group layer d_model"],
+        std: Float[Tensor, "group layer d_model"],
+        classes: Bool[Tensor, "group place digit"],
+        index: Int[Tensor, "group layer place"],
+        Cs: Sequence[float],
+    ) -> "ProbeWeights":
+        """The probes of a C grid fit, keeping for each (group, layer, place) the C at ``index``."""
+        dim = W.shape[-2]
+        w = W.gather(2, index[:, :, None, :, None, None].expand(-1, -1, 1, -1, dim, N_DIGITS))[:, :, 0]
+        bias = b.gather(2, index[:, :, None, :, None].expand(-1, -1, 1, -1, N_DIGITS))[:, :, 0]
+        c = torch.tensor(list(Cs), dtype=torch.float64, device=W.device)[index]
+        return cls(w, bias, mean, std, classes, c)
+
+
+def best_strength(
+    W: Float[Tensor, "layer c place d_model digit"],
+    b: Float[Tensor, "layer c place digit"],
+    mean: Float[Tensor, "layer d_model"],
+    std: Float[Tensor, "layer d_model"],
+    classes: Bool[Tensor, "place digit"],
+    feats: Float[Tensor, "problem layer d_model"],
+    labels: Int[Tensor, "problem place"],
+) -> Int[Tensor, "layer place"]:
+    """Index of the C with the best validation accuracy per layer and place (ties: lower cross-entropy, then smaller C)."""
+    n_layers, n_c = W.shape[0], W.shape[1]
+    n = feats.shape[0]
+    xs = ((feats - mean) / std).transpose(0, 1)  # (L, n, d)
+    w_all = einops.rearrange(W, "layer c task d digit -> layer d (c task digit)")
+    z = torch.baddbmm(b.reshape(n_layers, 1, -1), xs, w_all).view(n_layers, n, n_c, -1, N_DIGITS)
+    z = z.masked_fill(~classes[None, None, None], NEG)
+    lab = labels[None, :, None, :].expand(n_layers, -1, n_c, -1)  # (L, n, C, place)
+    acc = (z.argmax(-1) == lab).double().mean(1)  # (L, C, place)
+    ce = (z.logsumexp(-1) - z.gather(-1, lab[..., None])[..., 0]).clamp(max=50).double().mean(1)
+    tie = acc >= acc.amax(1, keepdim=True) - 1e-12
+    return torch.where(tie, ce, torch.full_like(ce, math.inf)).argmin(1)
+
+
+def default_c_index(cs: Sequence[float]) -> int:
+    """Index of the C nearest 1 (on a log scale), used where no validation problems exist."""
+    return min(range(len(cs)), key=lambda i: abs(math.log(cs[i])))
+
+
+def save_weights(path: str | os.PathLike[str], weights: ProbeWeights, control: ProbeWeights | None, meta: dict[str, Any]) -> Path:
+    """Write ``probe.safetensors`` (the tensors) and ``probe.json`` (``meta``) into folder ``path``."""
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: getattr(weights, name).detach().cpu().contiguous() for name in ("W", "b", "mean", "std", "classes", "C")}
+    if control is not None:
+        for name in ("W", "b", "classes", "C"):
+            tensors[f"control.{name}"] = getattr(control, name).detach().cpu().contiguous()
+    save_file(tensors, str(folder / "probe.safetensors"))
+    (folder / "probe.json").write_text(json.dumps({"format": FORMAT} | meta, indent=2) + "\n")
+    return folder
+
+
+def load_weights(
+    path: str | os.PathLike[str], device: str | torch.device | None = None
+) -> tuple[ProbeWeights, ProbeWeights | None, dict[str, Any]]:
+    """Read what :func:`save_weights` wrote: the probes, the control probes (or None) and the settings."""
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    if not (folder / "probe.json").is_file() or not (folder / "probe.safetensors").is_file():
+        raise LensDigitsError(f"{str(path)!r} is not a saved probe: it needs probe.json and probe.safetensors")
+    meta = json.loads((folder / "probe.json").read_text())
+    if meta.get("format") != FORMAT:
+        old = meta.get("format") == "lens_digits.probe/1"
+        hint = "; it was saved with the earlier shuffled-label control: fit the probe again" if old else ""
+        raise LensDigitsError(f"{str(path)!r} holds format {meta.get('format')!r}, not {FORMAT!r}{hint}")
+    t = load_file(str(folder / "probe.safetensors"), device=str(device or "cpu"))
+    weights = ProbeWeights(t["W"], t["b"], t["mean"], t["std"], t["classes"], t["C"])
+    control = None
+    if "control.W" in t:
+        control = ProbeWeights(t["control.W"], t["control.b"], t["mean"], t["std"], t["control.classes"], t["control.C"])
+    return weights, control, meta
