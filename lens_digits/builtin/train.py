@@ -621,7 +621,7 @@ def card_table(card: dict[str, Any]) -> str:
 
 def _coverage(recipe: dict[str, Any]) -> str:
     """How much of each trained scale's problem space training drew (expected, same-length draws)."""
-    from lens_digits.tasks import n_distinct
+    from lens_digits.operations import n_distinct
 
     draws = recipe["steps"] * recipe["batch_size"] * (1 - recipe["mixed"]) / len(recipe["scales"]) / len(recipe["ops"])
     parts = []

@@ -107,7 +107,7 @@ def control_answers(problems: Sequence[Problem], perm: Sequence[int]) -> list[st
     with random weights (whose digit embeddings are exchangeable) it is exactly as hard to
     read as the real answer, and on a trained model it is not what the model computes.
     """
-    from lens_digits.tasks import OPERATIONS
+    from lens_digits.operations import OPERATIONS
 
     out = []
     for p in problems:
