@@ -24,7 +24,9 @@ import torch
 import transformers
 
 import lens_digits as ld
-from lens_digits.residuals import _batches, encode_for_model
+from lens_digits.adapter import ModelAdapter
+from lens_digits.batching import length_batches
+from lens_digits.targets import encode_for_model
 from lens_digits.tasks import TaskConfig, generate_problems
 
 SHAPES = {
@@ -76,9 +78,9 @@ def sync(device: str) -> None:
 @torch.inference_mode()
 def plain_forward(model, problems, batch_size: int, device: str) -> float:
     """Seconds for model(tokens) over the same prompt+answer tokens, same batches, nothing kept."""
-    encoded = encode_for_model(model, problems)
+    encoded = encode_for_model(ModelAdapter.wrap(model), problems)
     start = time.perf_counter()
-    for rows in _batches(encoded, batch_size):
+    for rows in length_batches([e.length for e in encoded], batch_size):
         tokens = torch.tensor([list(encoded[i].prompt_ids) + list(encoded[i].answer_ids) for i in rows], device=device)
         model(tokens)
     sync(device)

@@ -19,7 +19,8 @@ import lens_digits as ld
 
 def random_twin(folder: Path) -> Path:
     """The built-in model's architecture and tokenizer with random (untrained) weights."""
-    from lens_digits.builtin.train import TrainConfig, TrainResult, build_llama, builtin_tokenizer, write_checkpoint
+    from lens_digits.builtin.recipe import TrainConfig, builtin_tokenizer
+    from lens_digits.builtin.train import TrainResult, build_llama, write_checkpoint
 
     tokenizer = builtin_tokenizer()
     model = build_llama(TrainConfig(seed=0), tokenizer).eval()

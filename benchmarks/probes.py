@@ -134,9 +134,9 @@ def run_sklearn(args, data):
         for name, s in (("train", train), ("val", val), ("test", test))
     }
     layers = (
-        np.unique(np.linspace(0, data.n_layers - 1, args.sk_layers).round().astype(int)).tolist()
+        np.unique(np.linspace(0, data.n_columns - 1, args.sk_layers).round().astype(int)).tolist()
         if args.sk_layers
-        else list(range(data.n_layers))
+        else list(range(data.n_columns))
     )
     cached = {}
     if args.sklearn_cache and os.path.exists(args.sklearn_cache):

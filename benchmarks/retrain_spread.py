@@ -21,7 +21,9 @@ from pathlib import Path
 
 
 def run(variant: str, out: Path, eval_n: int) -> None:
-    from lens_digits.builtin.train import TrainConfig, train, write_card, write_checkpoint
+    from lens_digits.builtin.card import write_card
+    from lens_digits.builtin.recipe import TrainConfig
+    from lens_digits.builtin.train import train, write_checkpoint
 
     key, _, value = variant.partition("=")
     seed = int(value) if key == "seed" else 0

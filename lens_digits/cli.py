@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    from lens_digits.builtin.train import TrainConfig
+    from lens_digits.builtin.recipe import TrainConfig
 
     d = TrainConfig()
     tm = sub.add_parser(
@@ -125,12 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lens_digits.checkpoints import peek_checkpoint
     from lens_digits.config import SweepConfig
     from lens_digits.decoders import DECODERS
-    from lens_digits.models import load_model, parse_dtype, peek_checkpoint, resolve_device
-    from lens_digits.residuals import encode_checked
+    from lens_digits.models import load_model, parse_dtype, resolve_device
     from lens_digits.rundir import Reservation
     from lens_digits.sweep import run_sweep
+    from lens_digits.targets import encode_checked
     from lens_digits.tasks import TaskConfig, generate_problems
 
     if getattr(args, "model", None) is None:
@@ -216,7 +217,9 @@ def _command_line(argv: Sequence[str]) -> str:
 
 
 def _train_model(args: argparse.Namespace) -> int:
-    from lens_digits.builtin.train import TrainConfig, card_table, is_checkpoint_dir, train, write_card, write_checkpoint
+    from lens_digits.builtin.card import card_table, write_card
+    from lens_digits.builtin.recipe import TrainConfig
+    from lens_digits.builtin.train import is_checkpoint_dir, train, write_checkpoint
     from lens_digits.rundir import Reservation
 
     config = TrainConfig(

@@ -28,3 +28,9 @@ class OutputError(LensDigitsError):
 
 class RunDirectoryError(LensDigitsError):
     """A run directory's files are missing, damaged or not what this package writes."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (its type if it has no message)."""
+    text = " ".join(str(e).split())
+    return (text[:limit] + "...") if len(text) > limit else (text or type(e).__name__)

@@ -1,33 +1,38 @@
-"""The model's own greedy answers: what it says, right or wrong.
+"""The model's own greedy answers: what it says, right or wrong. One decoder for the whole package.
 
-Greedy decoding runs batches of equal prompt length, one token at a time, and
-stops a problem's answer at the first token that does not continue a number
-(end of text, ``=``, a newline, ...) or after ``len(gold answer tokens) + 2``
-tokens. The answer is what was decoded, stripped of spaces; it is correct when
-it equals the gold answer exactly (so a model that goes on with an extra digit
-is wrong here, while target ``answer``, which looks only at the gold answer's
-own tokens, would count it right).
+Greedy decoding runs batches of equal prompt length (no padding), one token at
+a time. Where an answer stops is a rule:
+
+- ``until="number"`` (sweeps: target ``model``, the ``solved`` subsets): at the
+  first token that does not continue a number (end of text, ``=``, a newline,
+  ...) or after the given number of tokens. The text is stripped of spaces; it
+  is correct when it equals the gold answer exactly (so a model that goes on
+  with an extra digit is wrong here, while target ``answer``, which looks only
+  at the gold answer's own tokens, would count it right).
+- ``until="eos"`` (the model card): everything before the end-of-sequence token.
+
+It runs on a TransformerLens model (or its :class:`~lens_digits.adapter.ModelAdapter`)
+or on a plain Hugging Face causal LM with its tokenizer.
 """
 
 import re
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_digits.models import model_device, model_tokenizer
-from lens_digits.targets import EncodedProblem
+from lens_digits.batching import length_batches
+from lens_digits.errors import LensDigitsError
 
 _NUMBER_PIECE = re.compile(r"^\s*-?\d*$")
 
 
 @dataclass(frozen=True)
 class GreedyOutput:
-    """One problem's greedy answer."""
+    """One prompt's greedy answer: the tokens kept and their text."""
 
     token_ids: tuple[int, ...]
     text: str
@@ -53,58 +58,76 @@ def greedy_decode(
     """Greedy continuations: ``steps[i]`` new token ids after prompt ``i``.
 
     ``forward`` maps a ``(batch, pos)`` token tensor to ``(batch, pos, vocab)``
-    logits (a TransformerLens model, or a Hugging Face model wrapped in a
-    lambda). Prompts of equal length are batched together, so no padding is
+    logits. Prompts of equal length are batched together, so no padding is
     needed; a batch runs for its longest ``steps``.
     """
-    by_len: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_len[len(p)].append(i)
     out: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="greedy answers", unit="problem", disable=not progress)
-    for length in sorted(by_len):
-        idx = by_len[length]
-        for start in range(0, len(idx), batch_size):
-            rows = idx[start : start + batch_size]
-            tokens = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, T)
-            for _ in range(max(steps[i] for i in rows)):
-                nxt = forward(tokens)[:, -1].argmax(-1)  # (B,)
-                tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            for r, i in enumerate(rows):
-                out[i] = tokens[r, length : length + steps[i]].tolist()
-            bar.update(len(rows))
+    for rows in length_batches([len(p) for p in prompts], batch_size):
+        length = len(prompts[rows[0]])
+        tokens = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, T)
+        for _ in range(max(steps[i] for i in rows)):
+            nxt = forward(tokens)[:, -1].argmax(-1)  # (B,)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        for r, i in enumerate(rows):
+            out[i] = tokens[r, length : length + steps[i]].tolist()
+        bar.update(len(rows))
     bar.close()
     return out
 
 
+def _forward_and_device(model: Any) -> tuple[Callable[[Tensor], Tensor], torch.device]:
+    from lens_digits.adapter import ModelAdapter
+
+    if isinstance(model, ModelAdapter) or hasattr(model, "cfg"):
+        adapter = ModelAdapter.wrap(model)
+        return adapter.logits, adapter.device
+    return (lambda tokens: model(input_ids=tokens).logits), next(model.parameters()).device
+
+
 def greedy_answers(
     model: Any,
-    encoded: Sequence[EncodedProblem],
+    prompts: Sequence[Sequence[int]],
+    steps: Sequence[int] | int,
     *,
+    until: Literal["number", "eos"] = "number",
+    tokenizer: Any = None,
     batch_size: int = 64,
-    extra_tokens: int = 2,
     progress: bool = False,
 ) -> list[GreedyOutput]:
-    """Greedy-decode each prompt's answer.
+    """Greedy-decode an answer after each prompt (token ids, BOS included where the model wants one).
 
-    Returns, per problem, the answer tokens the model produced (at least one:
-    the first generated token is kept even when it is not a digit, so the
-    ``model`` target always has a position to read) and their text.
+    Args:
+        model: A TransformerLens model, its adapter, or a Hugging Face causal LM (pass ``tokenizer``).
+        prompts: Token ids of each prompt.
+        steps: Most new tokens per prompt (one number for all, or one each).
+        until: ``"number"``: stop where the text stops being a number, keeping at least
+            the first token (so target ``model`` always has a position to read);
+            ``"eos"``: keep what comes before the end-of-sequence token.
+        tokenizer: The tokenizer (default: the TransformerLens model's).
+        batch_size: Prompts per forward pass.
+        progress: Show a progress bar.
     """
-    tokenizer = model_tokenizer(model)
-    steps = [len(e.answer_ids) + extra_tokens for e in encoded]
-    generated = greedy_decode(
-        model, [e.prompt_ids for e in encoded], steps, device=model_device(model), batch_size=batch_size, progress=progress
-    )
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise LensDigitsError("greedy decoding needs a tokenizer: pass tokenizer= with a Hugging Face model")
+    forward, device = _forward_and_device(model)
+    per_prompt = [steps] * len(prompts) if isinstance(steps, int) else list(steps)
+    generated = greedy_decode(forward, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
+    if until == "eos":
+        eos = tokenizer.eos_token_id
+        kept = [g[: g.index(eos)] if eos in g else g for g in generated]
+        return [GreedyOutput(tuple(k), tokenizer.decode(k)) for k in kept]
     out = []
     for gen in generated:
-        kept: list[int] = []
+        tokens: list[int] = []
         text = ""
         for t in gen:
             piece = tokenizer.decode([t])
             if not _continues_number(piece, text):
                 break
-            kept.append(t)
+            tokens.append(t)
             text += piece
-        out.append(GreedyOutput(tuple(kept or gen[:1]), text.strip()))
+        out.append(GreedyOutput(tuple(tokens or gen[:1]), text.strip()))
     return out

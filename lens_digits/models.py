@@ -3,12 +3,11 @@
 TransformerLens 4.x has only ``TransformerBridge``; 3.x has it beside
 ``HookedTransformer``. The rest of the package uses only what both share
 (``run_with_hooks``, ``cfg.n_layers``, ``ln_final``, ``unembed``, the tokenizer),
-through the small accessors below.
+through one :class:`~lens_digits.adapter.ModelAdapter`.
 """
 
 import contextlib
 import importlib.metadata
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -17,7 +16,8 @@ from typing import Any, Literal
 
 import torch
 
-from lens_digits.errors import LensDigitsError, ModelLoadError
+from lens_digits.checkpoints import check_supported, inspect_checkpoint, load_tokenizer
+from lens_digits.errors import LensDigitsError, ModelLoadError, first_line
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -96,55 +96,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
-def model_tokenizer(model: Any) -> Any:
-    """The model's Hugging Face tokenizer; a clear error if it has none."""
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        raise LensDigitsError(
-            "the model has no tokenizer; load it from a checkpoint folder that has one, or build it with "
-            "lens_digits.build_model(tokenizer=...)"
-        )
-    return tok
-
-
-def model_bos_token_id(model: Any) -> int | None:
-    """BOS id to put before prompts, following the model's own ``default_prepend_bos``."""
-    if not getattr(model.cfg, "default_prepend_bos", True):
-        return None
-    return getattr(model_tokenizer(model), "bos_token_id", None)
-
-
-def model_context_length(model: Any) -> int | None:
-    """Longest input the model takes, in tokens."""
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    return int(n_ctx) if n_ctx else None
-
-
-def model_device(model: Any) -> torch.device:
-    """Device of the model's first parameter (where its input tokens go)."""
-    return next(model.parameters()).device
-
-
-def model_dtype(model: Any) -> torch.dtype:
-    """Floating dtype of the model's parameters."""
-    return next(p for p in model.parameters() if p.is_floating_point()).dtype
-
-
-def describe_model(model: Any) -> dict[str, Any]:
-    """A JSON-ready summary for ``run.json``."""
-    cfg = model.cfg
-    return {
-        "name": str(getattr(cfg, "model_name", "unknown")),
-        "kind": model_kind(model),
-        "n_layers": int(cfg.n_layers),
-        "d_model": int(cfg.d_model),
-        "d_vocab": int(cfg.d_vocab),
-        "n_ctx": model_context_length(model),
-        "dtype": str(model_dtype(model)).replace("torch.", ""),
-        "device": str(model_device(model)),
-    }
-
-
 def _looks_like_path(name: str) -> bool:
     """Hub names are ``name`` or ``org/name``; anything else is meant as a folder."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -201,18 +152,18 @@ def load_model(
         if "supported architecture" in str(e).lower():
             raise ModelLoadError(
                 f"TransformerLens {transformer_lens_version()} does not support the architecture of {name!r} "
-                f"({_first_line(e)}); use a model of a supported family (GPT-2, Pythia, Llama, Mistral, Qwen2, Gemma, ...) "
+                f"({first_line(e)}); use a model of a supported family (GPT-2, Pythia, Llama, Mistral, Qwen2, Gemma, ...) "
                 "or upgrade transformer-lens"
             ) from e
         if is_local:
-            raise ModelLoadError(f"could not load the checkpoint folder {name!r}: {_first_line(e)}") from e
+            raise ModelLoadError(f"could not load the checkpoint folder {name!r}: {first_line(e)}") from e
         if _is_hub_failure(e):
             raise ModelLoadError(
-                f"could not get {name!r} from the Hugging Face hub ({_first_line(e)}). Without network, "
+                f"could not get {name!r} from the Hugging Face hub ({first_line(e)}). Without network, "
                 "pass a local checkpoint folder, or use the built-in model (lens-digits run without --model; "
                 "lens_digits.load_builtin_model())"
             ) from e
-        raise ModelLoadError(f"could not load {name!r}: {_first_line(e)}") from e
+        raise ModelLoadError(f"could not load {name!r}: {first_line(e)}") from e
     model.eval()
     return model
 
@@ -254,101 +205,6 @@ def progress_bars(show: bool) -> Iterator[None]:
             hub_utils.enable_progress_bars()
 
 
-def supported_architectures() -> set[str] | None:
-    """Hugging Face architecture names the installed TransformerBridge can run (None if it does not say)."""
-    try:
-        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-    except ImportError:
-        return None
-    return set(SUPPORTED_ARCHITECTURES)
-
-
-def check_supported(config: dict[str, Any], name: str) -> None:
-    """Refuse, before loading weights, a checkpoint whose architecture TransformerLens cannot run."""
-    supported = supported_architectures()
-    architectures = config.get("architectures") or []
-    if supported is None or not architectures or any(a in supported for a in architectures):
-        return
-    raise ModelLoadError(
-        f"TransformerLens {transformer_lens_version()} does not support the architecture of {name!r} ({', '.join(architectures)}); "
-        "use a model of a supported family (GPT-2, Pythia, Llama, Mistral, Qwen2, Gemma, ...) or upgrade transformer-lens"
-    )
-
-
-def _first_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(e).__name__)
-
-
-def _check_safetensors(file: Path) -> None:
-    """Check that a safetensors file is whole: its header parses and covers the file exactly."""
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n <= 0 or 8 + n > size:
-                raise ValueError("header length beyond the end of the file")
-            header = json.loads(f.read(n))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ModelLoadError(f"{file} is damaged or truncated ({_first_line(e)}); save or download it again") from None
-    expected = 8 + n + max(ends, default=0)
-    if expected != size:
-        raise ModelLoadError(
-            f"{file} is truncated or damaged: {size:,} bytes where its header says {expected:,}; save or download it again"
-        )
-
-
-def inspect_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check a local checkpoint folder without loading its weights; return its ``config.json``.
-
-    Raises:
-        ModelLoadError: No folder, a ``config.json`` that is not valid JSON or
-            names a ``model_type`` transformers does not know, no tokenizer, or
-            weight files that are missing or truncated. The message names the file.
-    """
-    path = Path(folder).expanduser()
-    config_file = path / "config.json"
-    if not path.is_dir() or not config_file.is_file():
-        raise ModelLoadError(
-            f"{str(folder)!r} is not a Hugging Face checkpoint folder (no config.json in it); pass the folder that save_pretrained wrote"
-        )
-    try:
-        config = json.loads(config_file.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{config_file} is not valid JSON ({_first_line(e)}); save the model again with save_pretrained") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_file} must hold a JSON object, not {type(config).__name__}")
-    model_type = config.get("model_type")
-    from transformers import CONFIG_MAPPING
-
-    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
-        import transformers
-
-        raise ModelLoadError(
-            f"{config_file} names model_type {model_type!r}, which transformers {transformers.__version__} does not know; "
-            "check the file, or upgrade transformers if the architecture is newer"
-        )
-    index = path / "model.safetensors.index.json"
-    shards: list[Path] = []
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = [path / name for name in sorted(set(weight_map.values()))]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ModelLoadError(f"{index} is damaged ({_first_line(e)}); save or download the checkpoint again") from None
-        for shard in shards:
-            if not shard.is_file():
-                raise ModelLoadError(f"{path} lacks weight shard {shard.name} listed in {index.name}; download it again")
-    elif (path / "model.safetensors").is_file():
-        shards = [path / "model.safetensors"]
-    elif not any(path.glob("pytorch_model*.bin")):
-        raise ModelLoadError(f"{path} has no weights (model.safetensors or pytorch_model.bin); save the model with save_pretrained")
-    for shard in shards:
-        _check_safetensors(shard)
-    return config
-
-
 def _is_hub_failure(e: BaseException) -> bool:
     """Whether an exception (or its cause) is a failure to reach or find something on the hub."""
     while e is not None:
@@ -359,35 +215,6 @@ def _is_hub_failure(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return False
-
-
-def peek_checkpoint(folder: str | os.PathLike[str]) -> tuple[Any, int | None]:
-    """Tokenizer and context length of a local checkpoint folder, without loading its weights.
-
-    Lets bad settings (a template the tokenizer merges, prompts that do not fit)
-    be reported before a slow model load.
-    """
-    path = Path(folder).expanduser()
-    config = inspect_checkpoint(path)
-    tokenizer = load_tokenizer(path)
-    n_ctx = next((config[k] for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(config.get(k), int)), None)
-    return tokenizer, n_ctx
-
-
-def load_tokenizer(folder: str | os.PathLike[str]) -> Any:
-    """The tokenizer saved in a checkpoint folder.
-
-    Raises:
-        ModelLoadError: The folder has no tokenizer files, or they do not load.
-    """
-    import transformers
-
-    try:
-        return transformers.AutoTokenizer.from_pretrained(Path(folder).expanduser())
-    except Exception as e:  # transformers raises ValueError, OSError, TypeError, JSON errors...
-        raise ModelLoadError(
-            f"{str(folder)!r} has no usable tokenizer ({_first_line(e)}); save one into it with tokenizer.save_pretrained(folder)"
-        ) from None
 
 
 def build_model(

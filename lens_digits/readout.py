@@ -67,7 +67,7 @@ class Readout:
     """
 
     def __init__(self, model: Any, norm: str = "final") -> None:
-        """Take ``ln_final``, ``unembed`` and the output transforms from a HookedTransformer or TransformerBridge.
+        """Take ``ln_final``, ``unembed`` and the output transforms from a HookedTransformer or TransformerBridge (or its adapter).
 
         Args:
             model: The model.
@@ -78,6 +78,9 @@ class Readout:
             from lens_digits.errors import LensDigitsError
 
             raise LensDigitsError(f"unknown norm {norm!r}; choose 'final' (the model's final norm) or 'none'")
+        from lens_digits.adapter import ModelAdapter
+
+        model = ModelAdapter.wrap(model).model
         self.norm = norm
         self.ln_final = model.ln_final
         self.unembed = model.unembed

@@ -24,16 +24,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_digits.adapter import ModelAdapter
 from lens_digits.batching import length_batches
-from lens_digits.errors import ContextLengthError, LensDigitsError
-from lens_digits.models import model_bos_token_id, model_context_length, model_device, model_dtype, model_tokenizer
-from lens_digits.targets import EncodedProblem, encode_problems
+from lens_digits.errors import LensDigitsError
+from lens_digits.targets import EncodedProblem, encode_for_model
 from lens_digits.tasks import Problem
-
-
-def resid_hook_names(n_layers: int) -> list[str]:
-    """Hook names of layers ``0..n_layers``, in layer order."""
-    return [f"blocks.{i}.hook_resid_pre" for i in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post"]
 
 
 @dataclass
@@ -65,8 +60,8 @@ class ResidualSet:
         return len(self.problems)
 
     @property
-    def n_layers(self) -> int:
-        """Number of layer columns (``n_layers + 1`` of the model)."""
+    def n_columns(self) -> int:
+        """Number of layer columns: the model's ``n_layers + 1`` (block inputs, then the final residual)."""
         return self.resid.shape[1]
 
     @property
@@ -102,52 +97,6 @@ class ResidualSet:
         return self.select([i for i, p in enumerate(self.problems) if p.split == name])
 
 
-def chat_prompt(tokenizer: Any, prompt: str) -> str:
-    """``prompt`` as the user turn of the tokenizer's chat template, ready for the assistant's answer."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise LensDigitsError("chat=True needs a tokenizer with a chat template; this one has none (use a plain template)")
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-
-
-def encode_checked(
-    tokenizer: Any, problems: Sequence[Problem], bos_token_id: int | None, n_ctx: int | None, chat: bool = False
-) -> list[EncodedProblem]:
-    """Encode problems and check that each fits in a context of ``n_ctx`` tokens.
-
-    With ``chat`` the prompts are wrapped in the chat template, which carries
-    its own BOS text, so no BOS id is added.
-    """
-    prompts = [chat_prompt(tokenizer, p.prompt) if chat else p.prompt for p in problems]
-    answers = [p.answer_prefix + p.answer for p in problems]
-    encoded = encode_problems(tokenizer, prompts, answers, None if chat else bos_token_id)
-    longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
-    if longest is not None and n_ctx is not None and encoded[longest].length > n_ctx:
-        p = problems[longest]
-        raise ContextLengthError(
-            f"prompt plus answer of {p.prompt + p.answer_prefix + p.answer!r} is {encoded[longest].length} tokens, longer than "
-            f"the model's context of {n_ctx}; use fewer few-shot examples, smaller digit scales or a shorter template"
-        )
-    return encoded
-
-
-def encode_for_model(model: Any, problems: Sequence[Problem], prepend_bos: bool | None = None, chat: bool = False) -> list[EncodedProblem]:
-    """Encode problems with the model's tokenizer and BOS policy; check the context length.
-
-    ``prepend_bos`` None follows the model's ``cfg.default_prepend_bos``.
-    """
-    tokenizer = model_tokenizer(model)
-    return encode_checked(tokenizer, problems, resolve_bos(model, prepend_bos), model_context_length(model), chat=chat)
-
-
-def resolve_bos(model: Any, prepend_bos: bool | None = None) -> int | None:
-    """The BOS id put before each prompt (None: no BOS); ``prepend_bos`` None follows the model's config."""
-    tokenizer = model_tokenizer(model)
-    bos = model_bos_token_id(model) if prepend_bos is None else (tokenizer.bos_token_id if prepend_bos else None)
-    if prepend_bos and bos is None:
-        raise LensDigitsError("prepend_bos=True but the tokenizer has no BOS token")
-    return bos
-
-
 @torch.inference_mode()
 def collect_residuals(
     model: Any,
@@ -164,7 +113,7 @@ def collect_residuals(
     """Run the model once per batch and keep every layer's residual at the answer positions.
 
     Args:
-        model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer.
+        model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer (or its :class:`~lens_digits.adapter.ModelAdapter`).
         problems: Problems to run.
         teacher_forcing: Feed ``prompt + answer`` and keep one position per answer
             token (needed for target ``answer``); if False feed only the prompt and
@@ -185,11 +134,10 @@ def collect_residuals(
     >>> tuple(rs.resid.shape[:2]), rs.target_ids.shape[1]
     ((5, 3), 2)
     """
+    adapter = ModelAdapter.wrap(model)
     problems = list(problems)
-    encoded = list(encoded) if encoded is not None else encode_for_model(model, problems, prepend_bos=prepend_bos, chat=chat)
-    n_layers = model.cfg.n_layers
-    d_model = model.cfg.d_model
-    device = model_device(model)
+    encoded = list(encoded) if encoded is not None else encode_for_model(adapter, problems, prepend_bos=prepend_bos, chat=chat)
+    n_layers, d_model, device = adapter.n_layers, adapter.d_model, adapter.device
     store = torch.device(store_device) if store_device is not None else device
     n_pos = max((len(e.answer_ids) for e in encoded), default=1) if teacher_forcing else 1
     resid = torch.zeros(len(problems), n_layers + 1, n_pos, d_model, dtype=torch.float32, device=store)
@@ -198,7 +146,7 @@ def collect_residuals(
         answer = e.answer_ids if teacher_forcing else e.answer_ids[:1]
         target_ids[i, : len(answer)] = torch.tensor(answer)
 
-    names = resid_hook_names(n_layers)
+    names = adapter.resid_hook_names
     seqs = [list(e.prompt_ids) + (list(e.answer_ids) if teacher_forcing else []) for e in encoded]  # what is fed
     bar = tqdm(total=len(problems), desc="residuals", unit="problem", disable=not progress)
     for rows in length_batches([len(s) for s in seqs], batch_size):
@@ -212,7 +160,7 @@ def collect_residuals(
             (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid)) for layer, name in enumerate(names)
         ]
         try:
-            model.run_with_hooks(tokens, return_type=None, fwd_hooks=hooks)
+            adapter.run_with_hooks(tokens, hooks)
         except torch.OutOfMemoryError:
             raise LensDigitsError(
                 f"out of memory on {device} with a batch of {len(rows)} problems of {tokens.shape[1]} tokens; lower the batch "
@@ -220,7 +168,7 @@ def collect_residuals(
             ) from None
         bar.update(len(rows))
     bar.close()
-    info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(model_dtype(model)).replace("torch.", "")}
+    info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(adapter.dtype).replace("torch.", "")}
     return ResidualSet(resid, target_ids.to(store), problems, encoded, info)
 
 

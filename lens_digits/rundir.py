@@ -29,21 +29,19 @@ This module imports neither torch nor pandas.
 """
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
 import secrets
 import shutil
-import signal
 import stat
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lens_digits import atomic
 from lens_digits.errors import OutputError
 from lens_digits.record import RUN_FORMAT
 
@@ -174,88 +172,6 @@ def _listing(folder: Path) -> list[str]:
 def _some(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-# ---- atomic moves ------------------------------------------------------------------------------
-
-_RENAME_NOREPLACE = 1
-_RENAME_EXCHANGE = 2
-
-
-def _renameat2(src: Path, dst: Path, flags: int) -> None:
-    """``renameat2`` (Linux); raises OSError, or NotImplementedError where the call does not exist."""
-    if not sys.platform.startswith("linux"):
-        raise NotImplementedError("renameat2 is Linux-only")
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        fn = libc.renameat2
-    except AttributeError:  # glibc before 2.28
-        raise NotImplementedError("this C library has no renameat2") from None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd = -100
-    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
-        err = ctypes.get_errno()
-        if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise NotImplementedError(os.strerror(err))
-        raise OSError(err, os.strerror(err), str(dst))
-
-
-def exchange(a: Path, b: Path) -> None:
-    """Swap two folders atomically (both keep existing throughout)."""
-    _renameat2(a, b, _RENAME_EXCHANGE)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file under ``folder`` and the folders themselves to disk."""
-    for root, dirs, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(root))
-        dirs.sort()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back until the block ends, then deliver them.
-
-    Only the main thread can change signal handlers; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    wanted = [signal.SIGINT, signal.SIGTERM]
-    previous = {s: signal.getsignal(s) for s in wanted}
-
-    def hold(signum: int, frame: Any) -> None:
-        caught.append(signum)
-
-    for s in wanted:
-        signal.signal(s, hold)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for signum in dict.fromkeys(caught):
-            os.kill(os.getpid(), signum)
 
 
 # ---- the reservation ---------------------------------------------------------------------------
@@ -412,14 +328,14 @@ class Reservation:
             (tmp / PARTIAL_MARKER).unlink()
             if self.target.is_dir():
                 os.chmod(tmp, stat.S_IMODE(self.target.stat().st_mode))  # keep the permissions of the folder replaced
-            _fsync_tree(tmp)
-            with signals_held():
+            atomic.fsync_tree(tmp)
+            with atomic.signals_held():
                 self._move_into_place(tmp)
                 self.written = True
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(self.target.parent)
+        atomic.fsync_dir(self.target.parent)
         return self.target
 
     def _move_into_place(self, tmp: Path) -> None:
@@ -431,7 +347,7 @@ class Reservation:
                     f"output folder {self.shown!r} was filled by another program while this run computed; nothing was replaced"
                 )
             try:
-                exchange(tmp, target)
+                atomic.exchange(tmp, target)
             except NotImplementedError:
                 old = target.with_name(f"{self._temp_prefix()}{os.getpid()}.old")
                 os.rename(target, old)

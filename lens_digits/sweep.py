@@ -9,14 +9,14 @@ from typing import Any, cast
 
 import torch
 
+from lens_digits.adapter import ModelAdapter
 from lens_digits.config import SweepConfig, parse_methods
 from lens_digits.decoders.base import Decoder, Target, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
-from lens_digits.models import describe_model, model_kind, model_tokenizer
 from lens_digits.record import RunRecord
-from lens_digits.residuals import ResidualSet, collect_residuals, resolve_bos
+from lens_digits.residuals import ResidualSet, collect_residuals
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import TaskConfig, generate_problems
 
@@ -96,10 +96,19 @@ def run_sweep(
     >>> row["method"], row["target"], int(row["scale"]), int(row["layer"]), int(row["n"])
     ('logit_lens', 'first', 1, 0, 2)
     """
-    started = time.perf_counter()
-    model_kind(model)
     method_list = parse_methods(methods)
-    settings = SweepConfig(
+    task = TaskConfig(
+        scales=scales,
+        n_per_scale=n_per_scale,
+        op=op,
+        template=template,
+        answer_prefix=answer_prefix,
+        few_shot=few_shot,
+        seed=seed,
+        split=split,
+        allow_negative=allow_negative,
+    )
+    config = SweepConfig(
         methods=[m if isinstance(m, str) else m.name for m in method_list],
         targets=target,
         subset=subset,
@@ -110,42 +119,54 @@ def run_sweep(
         device=None if device is None else str(device),
         progress=progress,
     )
-    targets = list(settings.targets)
-    config = TaskConfig(
-        scales=scales,  # type: ignore[arg-type]
-        n_per_scale=n_per_scale,
-        op=op,
-        template=template,
-        answer_prefix=answer_prefix,
-        few_shot=few_shot,
-        seed=seed,
-        split=split,
-        allow_negative=allow_negative,
-    )
-    options = {"probe": {"scope": probe_scope, "seed": seed}}
+    return sweep(model, task, config, decoders=[m for m in method_list if not isinstance(m, str)], decoder_options=decoder_options)
+
+
+def sweep(
+    model: Any,
+    task: TaskConfig,
+    config: SweepConfig,
+    *,
+    decoders: Sequence[Decoder] = (),
+    decoder_options: dict[str, dict[str, Any]] | None = None,
+) -> AccuracyGrid:
+    """:func:`run_sweep` from its two configs: what the command line calls, and what ``run.json`` records.
+
+    ``decoders`` are instances to use for the methods of the same name (others are built by name).
+    """
+    started = time.perf_counter()
+    adapter = ModelAdapter.wrap(model)
+    targets = list(config.targets)
+    options: dict[str, dict[str, Any]] = {"probe": {"scope": config.probe_scope, "seed": task.seed}}
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
-    decoders = [make_decoder(m, model, **options.get(m, {})) if isinstance(m, str) else m for m in method_list]
-    for d in decoders:
+    given = {d.name: d for d in decoders}
+    readers = [given.get(m) or make_decoder(m, adapter.model, **options.get(m, {})) for m in config.methods]
+    for d in readers:
         unsupported = [t for t in targets if t not in d.targets]
         if unsupported:
             raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
-    problems = generate_problems(config)
-    common: dict[str, Any] = dict(batch_size=batch_size, store_device=device, progress=progress)
+    problems = generate_problems(task)
+    common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
     try:
-        data = collect_residuals(model, problems, teacher_forcing="answer" in targets, prepend_bos=prepend_bos, chat=chat, **common)
+        data = collect_residuals(
+            adapter, problems, teacher_forcing="answer" in targets, prepend_bos=config.prepend_bos, chat=config.chat, **common
+        )
     except BoundaryMergeError as e:
-        raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
+        raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     own_data = None
-    if "model" in targets or subset != "all":
-        outputs = greedy_answers(model, data.encoded, batch_size=batch_size, progress=progress)
+    if "model" in targets or config.subset != "all":
+        prompts = [e.prompt_ids for e in data.encoded]
+        steps = [len(e.answer_ids) + 2 for e in data.encoded]
+        outputs = greedy_answers(adapter, prompts, steps, batch_size=config.batch_size, progress=config.progress)
         problems = [
             dataclasses.replace(p, model_output=o.text, model_correct=o.text == p.answer) for p, o in zip(problems, outputs, strict=True)
         ]
         data.problems = problems
         if "model" in targets:
             own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(data.encoded, outputs, strict=True)]
-            own_data = collect_residuals(model, problems, encoded=own, **common)
+            own_data = collect_residuals(adapter, problems, encoded=own, **common)
+    subset = config.subset
     keep = [i for i, p in enumerate(problems) if p.split == "test" and (subset == "all" or p.model_correct == (subset == "solved"))]
     if not keep:
         raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
@@ -155,37 +176,37 @@ def run_sweep(
     if own_data is not None:
         tests["model"] = own_data.select(keep)
     results = []
-    for d in decoders:
+    for d in readers:
         # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
         # and the caller's generator is left as it was.
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
-            torch.manual_seed(seed)
+            torch.manual_seed(task.seed)
             d.fit(train, val)
             for t in targets:
                 results.append((d.name, t, d.score(tests[t], cast(Target, t))))
     record = RunRecord(
-        model=describe_model(model),
-        task=config.to_dict(),
-        sweep=settings.to_dict(),
-        methods={d.name: d.settings() for d in decoders},
+        model=adapter.describe(),
+        task=task.to_dict(),
+        sweep=config.to_dict(),
+        methods={d.name: d.settings() for d in readers},
         targets=targets,
-        encoding=describe_encoding(model, data, prepend_bos, chat),
+        encoding=describe_encoding(adapter, data, config.prepend_bos, config.chat),
         n_problems={s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
         versions=versions(),
         seconds=round(time.perf_counter() - started, 2),
         subset=subset,
-        prepend_bos=prepend_bos,
-        chat=chat,
-        seed=seed,
-        batch_size=batch_size,
+        prepend_bos=config.prepend_bos,
+        chat=config.chat,
+        seed=task.seed,
+        batch_size=config.batch_size,
     )
     return AccuracyGrid.from_scores(results, [problems[i] for i in keep], problems, record.to_dict())
 
 
-def describe_encoding(model: Any, data: ResidualSet, prepend_bos: bool | None, chat: bool) -> dict[str, Any]:
+def describe_encoding(model: ModelAdapter, data: ResidualSet, prepend_bos: bool | None, chat: bool) -> dict[str, Any]:
     """What was fed, for ``run.json``: the BOS actually used and, per digit scale, one test problem's tokens."""
-    tokenizer = model_tokenizer(model)
-    bos = None if chat else resolve_bos(model, prepend_bos)
+    tokenizer = model.tokenizer
+    bos = None if chat else model.bos_id(prepend_bos)
     examples = {}
     for p, e in zip(data.problems, data.encoded, strict=True):
         if p.split != "test" or str(p.scale) in examples:

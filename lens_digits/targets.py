@@ -1,4 +1,4 @@
-"""Tokenizer-correct answer token ids.
+"""Encoding problems: tokenizer-correct answer token ids, BOS, chat templates and the context check.
 
 The answer's tokens are whatever the model would have to produce after the
 prompt, which depends on the tokenizer: one token per digit (Llama-2, Qwen,
@@ -11,9 +11,13 @@ token), no suffix is the answer and :class:`BoundaryMergeError` says so.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lens_digits.errors import BoundaryMergeError, LensDigitsError
+from lens_digits.errors import BoundaryMergeError, ContextLengthError, LensDigitsError
+from lens_digits.tasks import Problem
+
+if TYPE_CHECKING:
+    from lens_digits.adapter import ModelAdapter
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,41 @@ def encode_problems(
 
 def _show(tokenizer: Any, ids: Sequence[int]) -> str:
     return "[" + ", ".join(repr(tokenizer.decode([i])) for i in ids) + "]"
+
+
+def chat_prompt(tokenizer: Any, prompt: str) -> str:
+    """``prompt`` as the user turn of the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LensDigitsError("chat=True needs a tokenizer with a chat template; this one has none (use a plain template)")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_checked(
+    tokenizer: Any, problems: Sequence[Problem], bos_token_id: int | None, n_ctx: int | None, chat: bool = False
+) -> list[EncodedProblem]:
+    """Encode problems and check that each fits in a context of ``n_ctx`` tokens.
+
+    With ``chat`` the prompts are wrapped in the chat template, which carries
+    its own BOS text, so no BOS id is added.
+    """
+    prompts = [chat_prompt(tokenizer, p.prompt) if chat else p.prompt for p in problems]
+    answers = [p.answer_prefix + p.answer for p in problems]
+    encoded = encode_problems(tokenizer, prompts, answers, None if chat else bos_token_id)
+    longest = max(range(len(encoded)), key=lambda i: encoded[i].length, default=None)
+    if longest is not None and n_ctx is not None and encoded[longest].length > n_ctx:
+        p = problems[longest]
+        raise ContextLengthError(
+            f"prompt plus answer of {p.prompt + p.answer_prefix + p.answer!r} is {encoded[longest].length} tokens, longer than "
+            f"the model's context of {n_ctx}; use fewer few-shot examples, smaller digit scales or a shorter template"
+        )
+    return encoded
+
+
+def encode_for_model(
+    model: "ModelAdapter", problems: Sequence[Problem], prepend_bos: bool | None = None, chat: bool = False
+) -> list[EncodedProblem]:
+    """Encode problems with the model's tokenizer and BOS policy; check the context length.
+
+    ``prepend_bos`` None follows the model's ``cfg.default_prepend_bos``.
+    """
+    return encode_checked(model.tokenizer, problems, model.bos_id(prepend_bos), model.n_ctx, chat=chat)

@@ -13,25 +13,31 @@ behave like the three number-tokenizer families of real models:
 """
 
 import string
+import tempfile
 from pathlib import Path
 from typing import Any
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+from lens_digits.chartok import word_tokenizer
+
 CHARS = string.digits + string.ascii_letters + " +-*=:,.?()\n"
 
+_FOLDER: tempfile.TemporaryDirectory[str] | None = None
 
-def _fast(tok: Any, **specials: str) -> Any:
-    """Wrap as a transformers tokenizer, saved to and reloaded from a folder.
 
-    The reload gives the tokenizer a real ``name_or_path``, which
-    TransformerLens reads to set up BOS handling.
+def _reloaded(tok: Any, name: str) -> Any:
+    """The tokenizer saved to and reloaded from a folder, so that it has a real ``name_or_path``.
+
+    TransformerLens reads ``name_or_path`` to set up BOS handling. The folders sit in
+    one temporary directory per process, removed when the process ends.
     """
-    import tempfile
+    from transformers import AutoTokenizer
 
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    folder = tempfile.mkdtemp(prefix="lens_digits_tokenizer_")
-    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(folder)
+    global _FOLDER
+    if _FOLDER is None:
+        _FOLDER = tempfile.TemporaryDirectory(prefix="lens_digits_tokenizers_")
+    folder = Path(_FOLDER.name) / name
+    if not folder.is_dir():
+        tok.save_pretrained(folder)
     return AutoTokenizer.from_pretrained(folder)
 
 
@@ -41,13 +47,7 @@ def char_tokenizer() -> Any:
     >>> char_tokenizer()("12+3=", add_special_tokens=False)["input_ids"]
     [5, 6, 67, 7, 70]
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + list(CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return _fast(tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return _reloaded(word_tokenizer(list(CHARS)), "char")
 
 
 def chunk_tokenizer() -> Any:
@@ -57,15 +57,8 @@ def chunk_tokenizer() -> Any:
     >>> [t.decode([i]) for i in t("12345+6=", add_special_tokens=False)["input_ids"]]
     ['123', '45', '+', '6', '=']
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     numbers = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(10)] + [f"{i:03d}" for i in range(100)]
-    tokens = SPECIALS + list(dict.fromkeys(list(CHARS) + numbers))
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\d{1,3}|[^\d]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return _fast(tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return _reloaded(word_tokenizer(list(dict.fromkeys(list(CHARS) + numbers)), split=r"\d{1,3}|[^\d]"), "chunks")
 
 
 def bpe_tokenizer(vocab_size: int = 600) -> Any:
@@ -95,7 +88,10 @@ def bpe_tokenizer(vocab_size: int = 600) -> Any:
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     eot = "<|endoftext|>"
-    return _fast(tok, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot)
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot)
+    return _reloaded(fast, f"bpe{vocab_size}")
 
 
 def tiny_model(kind: str = "bridge", tokenizer: Any = None, **overrides: Any) -> Any:

@@ -8,9 +8,12 @@ from safetensors.torch import load_file
 
 import lens_digits as ld
 from lens_digits.builtin import BUILTIN_MODEL_NAME, builtin_card, builtin_model_path, load_builtin_model
-from lens_digits.builtin.train import TrainConfig, builtin_tokenizer, greedy_accuracy, greedy_answers, save_trained, train
+from lens_digits.builtin.card import greedy_accuracy
+from lens_digits.builtin.recipe import TrainConfig, builtin_tokenizer
+from lens_digits.builtin.train import save_trained, train
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
+from lens_digits.generate import greedy_answers
 from lens_digits.models import hooked_transformer_class
 from lens_digits.tasks import TaskConfig, generate_problems
 
@@ -62,7 +65,8 @@ def test_plain_transformers_users_get_the_bos_the_model_was_trained_with(builtin
         out = hf.generate(**enc, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
         answers.append(tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     assert answers[0] == "46"  # without the BOS: "35"
-    assert answers == greedy_answers(hf, prompts, tokenizer=tok, max_new_tokens=5)  # lens_digits' own decoding, BOS explicit
+    ids = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]  # BOS explicit
+    assert answers == [o.text for o in greedy_answers(hf, ids, 5, until="eos", tokenizer=tok)]  # lens_digits' own decoder
     # TransformerLens sees a tokenizer that prepends BOS and does not add a second one
     assert builtin.to_str_tokens("12+34=") == ["<s>", "1", "2", "+", "3", "4", "="]
 

@@ -41,7 +41,7 @@ def residual_sets(model, settings):
     problems = generate_problems(TaskConfig(scales=[1, 2, 3, 4], n_per_scale=10, seed=0, **settings))
     answer = collect_residuals(model, problems, batch_size=8)
     first = collect_residuals(model, problems, batch_size=8, teacher_forcing=False)
-    outputs = greedy_answers(model, answer.encoded, batch_size=8)
+    outputs = greedy_answers(model, [e.prompt_ids for e in answer.encoded], [len(e.answer_ids) + 2 for e in answer.encoded], batch_size=8)
     own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(answer.encoded, outputs, strict=True)]
     model_target = collect_residuals(model, problems, encoded=own, batch_size=8)
     return {"first": first, "answer": answer, "model": model_target}

@@ -132,11 +132,20 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
         name = "test_always_right"
 
         def score(self, data, target):
-            return ld.Scores(torch.ones(len(data), data.n_layers, dtype=torch.bool))
+            return ld.Scores(torch.ones(len(data), data.n_columns, dtype=torch.bool))
 
     ld.register_decoder(Always)
-    with pytest.raises(ld.LensDigitsError, match="already registered"):
+    with pytest.warns(UserWarning, match="registered again"):  # a notebook cell run twice
         ld.register_decoder(Always)
+
+    class Impostor(ld.Decoder):
+        name = "test_always_right"
+
+        def score(self, data, target):
+            raise AssertionError
+
+    with pytest.raises(ld.LensDigitsError, match="already registered"):  # another class may not take the name
+        ld.register_decoder(Impostor)
     grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=20, methods=["logit_lens", "test_always_right"], target="first")
     df = grid.to_dataframe()
     assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()

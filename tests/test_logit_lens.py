@@ -95,7 +95,7 @@ def test_stored_residuals_have_only_answer_positions(llama_model):
     assert rs.resid.shape == (len(problems), llama_model.cfg.n_layers + 1, max(n_answer), llama_model.cfg.d_model)
     assert rs.resid.dtype == torch.float32
     assert (rs.answer_mask.sum(1) == torch.tensor(n_answer)).all()
-    assert (rs.resid[~rs.answer_mask.unsqueeze(1).expand(-1, rs.n_layers, -1)] == 0).all()
+    assert (rs.resid[~rs.answer_mask.unsqueeze(1).expand(-1, rs.n_columns, -1)] == 0).all()
     first_only = collect_residuals(llama_model, problems, teacher_forcing=False)
     assert first_only.resid.shape[2] == 1
     torch.testing.assert_close(first_only.resid[:, :, 0], rs.resid[:, :, 0], rtol=1e-5, atol=1e-5)
@@ -134,12 +134,13 @@ def test_model_target_reads_the_models_own_greedy_answer(llama_model):
 
 
 def test_greedy_answers_match_step_by_step_decoding(llama_model):
+    from lens_digits.adapter import ModelAdapter
     from lens_digits.generate import greedy_answers
-    from lens_digits.residuals import encode_for_model
+    from lens_digits.targets import encode_for_model
 
     problems = problems_for(scales=(1, 2), n=10)
-    encoded = encode_for_model(llama_model, problems)
-    outputs = greedy_answers(llama_model, encoded, batch_size=4)
+    encoded = encode_for_model(ModelAdapter.wrap(llama_model), problems)
+    outputs = greedy_answers(llama_model, [e.prompt_ids for e in encoded], [len(e.answer_ids) + 2 for e in encoded], batch_size=4)
     for e, o in zip(encoded, outputs, strict=True):
         assert greedy(llama_model, e)[: len(o.token_ids)] == o.token_ids[: len(e.answer_ids)]
         assert len(o.token_ids) >= 1

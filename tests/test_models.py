@@ -3,7 +3,8 @@ import torch
 from conftest import HAS_HOOKED
 
 import lens_digits as ld
-from lens_digits.models import describe_model, hooked_transformer_class, model_kind, transformer_lens_version
+from lens_digits.adapter import ModelAdapter
+from lens_digits.models import hooked_transformer_class, model_kind, transformer_lens_version
 
 
 def test_feature_detection_matches_installed_version():
@@ -14,7 +15,7 @@ def test_feature_detection_matches_installed_version():
 def test_load_local_folder_in_eval_mode(llama_dir):
     model = ld.load_model(llama_dir, device="cpu", dtype="float32")
     assert model_kind(model) == "TransformerBridge" and not model.training
-    info = describe_model(model)
+    info = ModelAdapter.wrap(model).describe()
     assert info["n_layers"] == 3 and info["d_model"] == 32 and info["dtype"] == "float32"
 
 

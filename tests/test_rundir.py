@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lens_digits import rundir
+from lens_digits import atomic, rundir
 from lens_digits.errors import OutputError
 from lens_digits.rundir import Reservation, check_output, is_run_directory
 
@@ -158,8 +158,8 @@ def test_a_folder_that_appears_during_the_run_is_not_replaced(tmp_path):
 
 def test_files_are_flushed_before_the_move(tmp_path, monkeypatch):
     events = []
-    real_tree, real_rename = rundir._fsync_tree, os.rename
-    monkeypatch.setattr(rundir, "_fsync_tree", lambda folder: (events.append(("fsync", folder.name)), real_tree(folder)))
+    real_tree, real_rename = atomic.fsync_tree, os.rename
+    monkeypatch.setattr(atomic, "fsync_tree", lambda folder: (events.append(("fsync", folder.name)), real_tree(folder)))
     monkeypatch.setattr(rundir.os, "rename", lambda a, b: (events.append(("rename", Path(a).name)), real_rename(a, b)))
     with Reservation(tmp_path / "run") as r:
         r.write(fill_with("x"))
@@ -170,7 +170,7 @@ def test_replace_without_renameat2_still_leaves_no_litter(tmp_path, monkeypatch)
     def unsupported(a, b):
         raise NotImplementedError("no exchange here")
 
-    monkeypatch.setattr(rundir, "exchange", unsupported)
+    monkeypatch.setattr(atomic, "exchange", unsupported)
     run = fake_run(tmp_path / "run", "old")
     with Reservation(run, overwrite=True) as r:
         r.write(fill_with("new"))
@@ -284,7 +284,7 @@ def test_a_second_run_fails_at_once_while_the_first_computes(tmp_path):
 CRASHER = textwrap.dedent(
     """
     import json, os, signal, sys, time
-    from lens_digits import rundir
+    from lens_digits import atomic, rundir
     from lens_digits.cli import _raise_interrupted
     signal.signal(signal.SIGTERM, _raise_interrupted)
     out, where, overwrite = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -297,11 +297,12 @@ CRASHER = textwrap.dedent(
             (tmp / name).write_text("new")
         (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": "new"}))
     if where == "exchange":
-        real = rundir.exchange
+        from lens_digits import atomic
+        real = atomic.exchange
         def exchange_then_die(a, b):
             real(a, b)
             os.kill(os.getpid(), signal.SIGKILL)
-        rundir.exchange = exchange_then_die
+        atomic.exchange = exchange_then_die
     try:
         with rundir.Reservation(out, overwrite) as r:
             r.write(fill)

@@ -55,7 +55,8 @@ def test_gpt2_spaced_template_with_answer_prefix_works(gpt2_model, bpe_tok):
 
 
 def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
-    from lens_digits.residuals import encode_for_model
+    from lens_digits.adapter import ModelAdapter
+    from lens_digits.targets import encode_for_model
     from lens_digits.tasks import TaskConfig, generate_problems
 
     model = ld.load_model(llama_dir, device="cpu", progress=False)
@@ -63,7 +64,7 @@ def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
         "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}"
     )
     problems = generate_problems(TaskConfig(scales=[2], n_per_scale=5))
-    for p, e in zip(problems, encode_for_model(model, problems, chat=True), strict=True):
+    for p, e in zip(problems, encode_for_model(ModelAdapter.wrap(model), problems, chat=True), strict=True):
         text = model.tokenizer.decode(list(e.prompt_ids))
         assert text == f"User: {p.prompt}\nAnswer:"
         assert model.tokenizer.decode(list(e.answer_ids)) == p.answer
@@ -71,7 +72,7 @@ def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
     assert grid.info["chat"] is True
     model.tokenizer.chat_template = None
     with pytest.raises(ld.LensDigitsError, match="chat template"):
-        encode_for_model(model, problems, chat=True)
+        encode_for_model(ModelAdapter.wrap(model), problems, chat=True)
 
 
 def test_first_token_digits_per_tokenizer(char_tok, chunk_tok, bpe_tok):

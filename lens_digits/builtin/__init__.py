@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from lens_digits.builtin.train import TrainConfig, builtin_tokenizer, greedy_accuracy, greedy_answers, train, train_model, write_card
+from lens_digits.builtin.card import greedy_accuracy, write_card
+from lens_digits.builtin.recipe import TrainConfig, builtin_tokenizer
+from lens_digits.builtin.train import train, train_model
 from lens_digits.errors import ModelLoadError
 
 BUILTIN_MODEL_NAME = "arith-llama"
@@ -60,7 +62,6 @@ __all__ = [
     "builtin_model_path",
     "builtin_tokenizer",
     "greedy_accuracy",
-    "greedy_answers",
     "load_builtin_model",
     "train",
     "train_model",

@@ -1,6 +1,7 @@
 """Decoders that read the answer from each layer's residual stream."""
 
 from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_decoder, register_decoder
+from lens_digits.decoders.lens import Lens
 from lens_digits.decoders.logit_lens import LogitLens
 from lens_digits.decoders.probes import LinearProbe, ProbeWeights
 from lens_digits.optim import SolverResult, fit_multinomial
@@ -10,6 +11,7 @@ __all__ = [
     "DECODERS",
     "TARGETS",
     "Decoder",
+    "Lens",
     "LinearProbe",
     "LogitLens",
     "ProbeWeights",

@@ -13,7 +13,7 @@ To add one, subclass :class:`Decoder`, give it a unique ``name`` and register it
 ... class Oracle(Decoder):
 ...     name = "oracle_doc_example"
 ...     def score(self, data, target):
-...         return Scores(torch.ones(len(data), data.n_layers, dtype=torch.bool))
+...         return Scores(torch.ones(len(data), data.n_columns, dtype=torch.bool))
 >>> "oracle_doc_example" in DECODERS
 True
 """
@@ -87,12 +87,24 @@ DECODERS: dict[str, type[Decoder]] = {}
 
 
 def register_decoder(cls: type[Decoder]) -> type[Decoder]:
-    """Class decorator adding a decoder to the registry; refuses a name that is taken."""
+    """Class decorator adding a decoder to the registry.
+
+    Registering the same class again (a notebook cell run twice: same module and
+    qualified name) replaces the earlier one with a warning; another class
+    claiming a taken name is refused.
+    """
+    import warnings
+
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise LensDigitsError(f"{cls.__name__} needs a class attribute `name` to be registered")
-    if name in DECODERS:
-        raise LensDigitsError(f"a decoder named {name!r} is already registered ({DECODERS[name].__qualname__}); pick another name")
+    old = DECODERS.get(name)
+    if old is not None and old is not cls:
+        if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise LensDigitsError(
+                f"a decoder named {name!r} is already registered ({old.__module__}.{old.__qualname__}); pick another name"
+            )
+        warnings.warn(f"decoder {name!r} ({cls.__qualname__}) registered again: the new definition replaces the old one", stacklevel=2)
     DECODERS[name] = cls
     return cls
 

@@ -192,7 +192,7 @@ class LinearProbe(Decoder):
         scales = sorted({p.scale for p in train.problems})
         self.group_scales = [scales] if self.scope == "pooled" else [[s] for s in scales]
         self.n_places = []
-        n_groups, n_layers, dim = len(self.group_scales), train.n_layers, train.resid.shape[-1]
+        n_groups, n_layers, dim = len(self.group_scales), train.n_columns, train.resid.shape[-1]
         tr_group = torch.tensor(self.group_of(train.problems))
         val_keep = [i for i, p in enumerate(val.problems) if any(p.scale in s for s in self.group_scales)]
         val = val.select(val_keep)
@@ -303,9 +303,9 @@ class LinearProbe(Decoder):
         if weights is None:
             raise LensDigitsError("this probe was fitted with control=False")
         groups = torch.tensor(self.group_of(data.problems), dtype=torch.long)
-        out = torch.zeros(len(data), data.n_layers, weights.W.shape[2], dtype=torch.long)
-        if data.n_layers != weights.W.shape[1]:
-            raise LensDigitsError(f"the probes have {weights.W.shape[1]} layers but the residuals {data.n_layers}")
+        out = torch.zeros(len(data), data.n_columns, weights.W.shape[2], dtype=torch.long)
+        if data.n_columns != weights.W.shape[1]:
+            raise LensDigitsError(f"the probes have {weights.W.shape[1]} layers but the residuals {data.n_columns}")
         for g in range(len(self.group_scales)):
             r = torch.nonzero(groups == g)[:, 0]
             if len(r):
@@ -323,7 +323,7 @@ class LinearProbe(Decoder):
         """
         if target not in self.targets:
             raise LensDigitsError(f"unknown target {target!r}; probes support {list(self.targets)}")
-        n, n_layers = len(data), data.n_layers
+        n, n_layers = len(data), data.n_columns
         n_places = self.weights.W.shape[2]
         lengths = [len(answer_digits(p.answer)) for p in data.problems]
         train_answers = [a for _, a, _ in self.train_labels]

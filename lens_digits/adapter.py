@@ -1,0 +1,123 @@
+"""The model, wrapped once: what the package asks of a HookedTransformer or TransformerBridge.
+
+Every part of the package that needs the model (encoding, residual
+collection, greedy decoding, the lenses' readout, ``run.json``) takes a
+:class:`ModelAdapter`; it is built once per sweep by :meth:`ModelAdapter.wrap`,
+which accepts either kind of TransformerLens model (or an adapter, unchanged).
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lens_digits.errors import LensDigitsError
+from lens_digits.models import model_kind
+
+
+@dataclass(eq=False)
+class ModelAdapter:
+    """A TransformerLens model and the facts about it that the package uses.
+
+    Attributes:
+        model: The ``HookedTransformer`` or ``TransformerBridge``.
+        kind: Which of the two it is.
+        name: ``cfg.model_name`` (a hub name, a folder, or ``unknown``).
+        n_layers: Transformer blocks (the grid has ``n_layers + 1`` layer columns).
+        d_model: Width of the residual stream.
+        d_vocab: Vocabulary size.
+        n_ctx: Longest input in tokens (None if the model does not say).
+        dtype: Floating dtype of the parameters.
+        device: Where input tokens go (the first parameter's device).
+
+    >>> import lens_digits as ld
+    >>> adapter = ModelAdapter.wrap(ld.testing.tiny_model())
+    >>> adapter.kind, adapter.n_layers, len(adapter.resid_hook_names)
+    ('TransformerBridge', 2, 3)
+    """
+
+    model: Any
+    kind: Literal["HookedTransformer", "TransformerBridge"]
+    name: str
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int | None
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def wrap(cls, model: Any) -> "ModelAdapter":
+        """Wrap a TransformerLens model (an adapter is returned as it is).
+
+        Raises:
+            LensDigitsError: ``model`` is neither a HookedTransformer nor a TransformerBridge.
+        """
+        if isinstance(model, ModelAdapter):
+            return model
+        kind = model_kind(model)
+        cfg = model.cfg
+        n_ctx = getattr(cfg, "n_ctx", None)
+        return cls(
+            model=model,
+            kind=kind,
+            name=str(getattr(cfg, "model_name", "unknown")),
+            n_layers=int(cfg.n_layers),
+            d_model=int(cfg.d_model),
+            d_vocab=int(cfg.d_vocab),
+            n_ctx=int(n_ctx) if n_ctx else None,
+            dtype=next(p for p in model.parameters() if p.is_floating_point()).dtype,
+            device=next(model.parameters()).device,
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer; a clear error if it has none."""
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is None:
+            raise LensDigitsError(
+                "the model has no tokenizer; load it from a checkpoint folder that has one, or build it with "
+                "lens_digits.build_model(tokenizer=...)"
+            )
+        return tok
+
+    def bos_id(self, prepend_bos: bool | None = None) -> int | None:
+        """The BOS id put before each prompt (None: none); ``prepend_bos`` None follows the model's ``default_prepend_bos``.
+
+        Raises:
+            LensDigitsError: ``prepend_bos=True`` and the tokenizer has no BOS token.
+        """
+        if prepend_bos is False or (prepend_bos is None and not getattr(self.model.cfg, "default_prepend_bos", True)):
+            return None
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if prepend_bos and bos is None:
+            raise LensDigitsError("prepend_bos=True but the tokenizer has no BOS token")
+        return bos
+
+    @property
+    def resid_hook_names(self) -> list[str]:
+        """Hook names of layer columns ``0..n_layers``: each block's input, then the last block's output."""
+        return [f"blocks.{i}.hook_resid_pre" for i in range(self.n_layers)] + [f"blocks.{self.n_layers - 1}.hook_resid_post"]
+
+    def run_with_hooks(self, tokens: Int[Tensor, "batch pos"], fwd_hooks: list[tuple[str, Any]]) -> None:
+        """Run the model for its hooks only (no logits are computed or returned)."""
+        self.model.run_with_hooks(tokens, return_type=None, fwd_hooks=fwd_hooks)
+
+    def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        """The model's own output logits."""
+        return self.model(tokens, return_type="logits")
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for ``run.json``."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "d_vocab": self.d_vocab,
+            "n_ctx": self.n_ctx,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }

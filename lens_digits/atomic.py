@@ -1,0 +1,97 @@
+"""Filesystem steps that cannot be half-done: an atomic folder swap, flushing to disk, signals held back.
+
+Linux's ``renameat2(RENAME_EXCHANGE)`` swaps two folders in one step, so a
+replaced folder is never missing; elsewhere :func:`exchange` raises
+``NotImplementedError`` and callers fall back to two renames.
+"""
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    """``renameat2`` (Linux); raises OSError, or NotImplementedError where the call does not exist."""
+    if not sys.platform.startswith("linux"):
+        raise NotImplementedError("renameat2 is Linux-only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fn = libc.renameat2
+    except AttributeError:  # glibc before 2.28
+        raise NotImplementedError("this C library has no renameat2") from None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise NotImplementedError(os.strerror(err))
+        raise OSError(err, os.strerror(err), str(dst))
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two folders atomically (both keep existing throughout)."""
+    _renameat2(a, b, _RENAME_EXCHANGE)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves to disk."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+        dirs.sort()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the filesystem allows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends, then deliver them.
+
+    Only the main thread can change signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    previous = {s: signal.getsignal(s) for s in wanted}
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    for s in wanted:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for signum in dict.fromkeys(caught):
+            os.kill(os.getpid(), signum)

@@ -1,0 +1,180 @@
+"""The built-in model's recipe and its training data.
+
+:class:`TrainConfig` is the recipe (the defaults are the shipped model's);
+:func:`sample_problems` draws training problems written exactly as
+:mod:`lens_digits.tasks` writes them with the ``compact`` template
+(``12+34=``), and :func:`encode_batch` turns them into tokens and labels
+(``<s>12+34=46</s>``, loss on the answer and EOS only).
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lens_digits.chartok import SPECIALS, word_tokenizer
+from lens_digits.config import known_fields
+from lens_digits.errors import LensDigitsError
+from lens_digits.operations import OPERATIONS, operand_range
+from lens_digits.tasks import TEMPLATES, format_answer, parse_scales
+
+CHARS = "0123456789+-*= \n"
+"""Characters of the vocabulary: digits, the operation symbols, ``=``, space and newline."""
+
+TEMPLATE = TEMPLATES["compact"]
+
+
+@dataclass
+class TrainConfig:
+    """Recipe of the built-in model. The defaults are the shipped model's.
+
+    Args:
+        n_layers: Transformer blocks.
+        d_model: Width of the residual stream.
+        n_heads: Attention heads (``d_model`` must be a multiple).
+        d_mlp: Hidden width of each SwiGLU MLP (default ``4 * d_model``).
+        n_ctx: Longest input, in tokens (rotary positions; nothing is learned per position).
+        scales: Digit scales of training problems (``[1, 2, 3]`` or ``"1-3"``).
+        ops: Operations trained on (``add``, ``sub``, ``mul``), a list or comma-separated.
+        mixed: Fraction of examples whose two operands draw their lengths independently.
+        steps: Optimiser steps.
+        batch_size: Problems per step.
+        lr: Peak learning rate (AdamW); linear warm-up, then cosine decay to ``lr / 10``
+            (transformers' ``get_cosine_with_min_lr_schedule_with_warmup``).
+        warmup: Warm-up steps (default ``min(200, steps // 10)``).
+        weight_decay: AdamW weight decay (matrices only).
+        seed: Seeds the weights and the training problems.
+    """
+
+    n_layers: int = 4
+    d_model: int = 96
+    n_heads: int = 4
+    d_mlp: int | None = None
+    n_ctx: int = 128
+    scales: Sequence[int] | str = (1, 2, 3)
+    ops: Sequence[str] | str = ("add",)
+    mixed: float = 0.2
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int | None = None
+    weight_decay: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate every field."""
+        if self.d_mlp is None and isinstance(self.d_model, int):
+            self.d_mlp = 4 * self.d_model
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LensDigitsError(f"{name} must be a positive integer, got {value!r}")
+        if self.warmup is None:
+            self.warmup = min(200, self.steps // 10)
+        if self.d_model % self.n_heads:
+            raise LensDigitsError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise LensDigitsError(f"the head width d_model/n_heads = {self.d_model // self.n_heads} must be even (rotary positions)")
+        self.scales = tuple(parse_scales(self.scales))  # type: ignore[arg-type]
+        ops = [o.strip() for o in self.ops.split(",") if o.strip()] if isinstance(self.ops, str) else list(self.ops)
+        if not ops:
+            raise LensDigitsError("no operations given; train on at least one, e.g. add")
+        for op in ops:
+            if op not in OPERATIONS or op not in ("add", "sub", "mul"):
+                raise LensDigitsError(f"unknown op {op!r}; the built-in model trains on add, sub and mul")
+        self.ops = tuple(dict.fromkeys(ops))
+        longest = max(self.scales)
+        need = 1 + 2 * longest + 2 + 2 * longest + 1
+        if need > self.n_ctx:
+            raise LensDigitsError(f"scale {longest} problems need {need} tokens but n_ctx is {self.n_ctx}; raise n_ctx")
+        if not 0.0 <= self.mixed <= 1.0:
+            raise LensDigitsError(f"mixed must be a fraction from 0 to 1, got {self.mixed!r}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise LensDigitsError(f"lr must be a positive number, got {self.lr!r}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise LensDigitsError("warmup and weight_decay must not be negative")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise LensDigitsError(f"seed must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready recipe."""
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        d["ops"] = list(self.ops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are skipped with a warning."""
+        return cls(**known_fields(cls, d))
+
+
+def builtin_tokenizer() -> Any:
+    """The built-in model's tokenizer: one token per character of ``CHARS``.
+
+    ``<s>`` is BOS, ``</s>`` EOS, ``<pad>`` padding and ``<unk>`` any other
+    character. Like Llama's tokenizers it puts BOS before a text (the model was
+    trained with it), so plain ``transformers`` code (``tok(prompt)``, then
+    ``generate``) feeds what the model expects; ``add_special_tokens=False``
+    gives the bare characters, as :mod:`lens_digits` uses them.
+
+    >>> tok = builtin_tokenizer()
+    >>> tok("12+3=")["input_ids"], tok("12+3=", add_special_tokens=False)["input_ids"]
+    ([1, 5, 6, 14, 7, 17], [5, 6, 14, 7, 17])
+    """
+    return word_tokenizer(list(CHARS), add_bos=True, model_max_length=128)
+
+
+def char_ids() -> dict[str, int]:
+    """Token id of each special token and character."""
+    return {t: i for i, t in enumerate([*SPECIALS, *CHARS])}
+
+
+def sample_problems(rng: np.random.Generator, n: int, config: TrainConfig) -> list[tuple[str, str]]:
+    """Draw ``n`` training problems as ``(prompt, answer)`` strings.
+
+    >>> c = TrainConfig(scales=[2], mixed=0.0)
+    >>> prompt, answer = sample_problems(np.random.default_rng(0), 1, c)[0]
+    >>> len(prompt), int(prompt[:2]) + int(prompt[3:5]) == int(answer)
+    (6, True)
+    """
+    ops = rng.choice(len(config.ops), size=n)
+    scale_a = rng.choice(np.asarray(config.scales), size=n)
+    scale_b = np.where(rng.random(n) < config.mixed, rng.choice(np.asarray(config.scales), size=n), scale_a)
+    out = []
+    for i in range(n):
+        op = OPERATIONS[config.ops[ops[i]]]
+        lo_a, hi_a = operand_range(int(scale_a[i]))
+        lo_b, hi_b = operand_range(int(scale_b[i]))
+        a = int(rng.integers(lo_a, hi_a + 1))
+        b = int(rng.integers(lo_b, hi_b + 1))
+        if op.name == "sub" and a < b:
+            a, b = b, a
+        out.append((TEMPLATE.format(a=a, b=b, op=op.symbol), format_answer(op.fn(a, b))))
+    return out
+
+
+def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tuple[Tensor, Tensor]:
+    """Tokens ``<s> prompt answer </s>`` right-padded, and labels (``-100`` except answer and EOS).
+
+    Right padding needs no attention mask under a causal model: no real token
+    attends to a later pad.
+    """
+    seqs, labels = [], []
+    for prompt, answer in problems:
+        p = [ids["<s>"]] + [ids[c] for c in prompt]
+        a = [ids[c] for c in answer] + [ids["</s>"]]
+        seqs.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), ids["<pad>"], dtype=torch.long)
+    target = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        target[i, : len(lab)] = torch.tensor(lab)
+    return tokens, target
