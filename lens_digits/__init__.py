@@ -18,7 +18,9 @@ _EXPORTS = {
     "DECODERS": "lens_digits.decoders",
     "Decoder": "lens_digits.decoders",
     "LogitLens": "lens_digits.decoders",
-    "Readout": "lens_digits.decoders",
+    "LinearProbe": "lens_digits.decoders",
+    "Readout": "lens_digits.readout",
+    "ModelAdapter": "lens_digits.adapter",
     "Scores": "lens_digits.decoders",
     "register_decoder": "lens_digits.decoders",
     "BoundaryMergeError": "lens_digits.errors",
@@ -35,71 +37,69 @@ _EXPORTS = {
     "SweepConfig": "lens_digits.config",
     "run_sweep": "lens_digits.sweep",
     "encode_problems": "lens_digits.targets",
-    "OPERATIONS": "lens_digits.tasks",
+    "OPERATIONS": "lens_digits.operations",
     "TEMPLATES": "lens_digits.tasks",
-    "Operation": "lens_digits.tasks",
+    "Operation": "lens_digits.operations",
     "Problem": "lens_digits.tasks",
     "TaskConfig": "lens_digits.tasks",
     "generate_problems": "lens_digits.tasks",
-    "register_operation": "lens_digits.tasks",
+    "register_operation": "lens_digits.operations",
     "load_builtin_model": "lens_digits.builtin",
     "train_model": "lens_digits.builtin",
 }
-_SUBMODULES = ("testing", "decoders", "builtin", "models", "tasks", "grid", "residuals", "plotting", "rundir", "sweep")
+_SUBMODULES = (
+    "adapter",
+    "builtin",
+    "config",
+    "decoders",
+    "errors",
+    "generate",
+    "grid",
+    "models",
+    "operations",
+    "plotting",
+    "readout",
+    "record",
+    "residuals",
+    "rundir",
+    "sweep",
+    "targets",
+    "tasks",
+    "testing",
+)
 
 __all__ = [
     "AccuracyGrid",
-    "BoundaryMergeError",
-    "ContextLengthError",
-    "DECODERS",
     "Decoder",
     "LensDigitsError",
+    "LinearProbe",
     "LogitLens",
-    "ModelLoadError",
-    "OPERATIONS",
     "Operation",
-    "OutputError",
-    "Problem",
-    "Readout",
     "ResidualSet",
-    "RunDirectoryError",
     "Scores",
     "SweepConfig",
-    "TEMPLATES",
     "TaskConfig",
     "__version__",
-    "build_model",
-    "collect_residuals",
-    "encode_problems",
-    "generate_problems",
     "load_builtin_model",
     "load_model",
     "register_decoder",
     "register_operation",
     "run_sweep",
-    "testing",
-    "train_model",
 ]
+"""What a notebook needs. Other names stay reachable as attributes (``ld.generate_problems``,
+``ld.ModelLoadError``, ...) and in their modules (``lens_digits.tasks``, ``lens_digits.errors``, ...)."""
 
 if TYPE_CHECKING:
-    from lens_digits import testing
-    from lens_digits.builtin import load_builtin_model, train_model
+    from lens_digits.builtin import load_builtin_model
     from lens_digits.config import SweepConfig
-    from lens_digits.decoders import DECODERS, Decoder, LogitLens, Readout, Scores, register_decoder
-    from lens_digits.errors import (
-        BoundaryMergeError,
-        ContextLengthError,
-        LensDigitsError,
-        ModelLoadError,
-        OutputError,
-        RunDirectoryError,
-    )
+    from lens_digits.decoders import Decoder, LinearProbe, LogitLens, Scores, register_decoder
+    from lens_digits.errors import LensDigitsError
     from lens_digits.grid import AccuracyGrid
-    from lens_digits.models import build_model, load_model
-    from lens_digits.residuals import ResidualSet, collect_residuals
+    from lens_digits.models import load_model
+    from lens_digits.operations import Operation, register_operation
+    from lens_digits.residuals import ResidualSet
     from lens_digits.sweep import run_sweep
-    from lens_digits.targets import encode_problems
-    from lens_digits.tasks import OPERATIONS, TEMPLATES, Operation, Problem, TaskConfig, generate_problems, register_operation
+    from lens_digits.tasks import TaskConfig
 
 
 def __getattr__(name: str) -> Any:

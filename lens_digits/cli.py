@@ -2,16 +2,24 @@
 
 ``lens-digits run`` makes a run directory from a model and settings (the
 built-in arithmetic model unless ``--model`` names another); ``lens-digits
-train-model`` trains a model like the built-in one. Bad input exits with code 2
-and a one-line message, and leaves no output behind.
+train-model`` trains a model like the built-in one. Their options come from the
+configs (:class:`~lens_digits.tasks.TaskConfig`,
+:class:`~lens_digits.config.SweepConfig`,
+:class:`~lens_digits.builtin.recipe.TrainConfig`), so a setting is named,
+defaulted and checked in one place. Bad input exits with code 2 and a one-line
+message, and leaves no output behind. Parsing and checking the arguments loads
+no torch: ``--help`` and a typo's rejection are immediate.
 """
 
 import argparse
+import re
+import signal
 import sys
 import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 
@@ -21,22 +29,21 @@ EXIT_BAD_INPUT = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """One line and exit 2, like every other bad input."""
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+        self.exit(EXIT_BAD_INPUT, f"lens-digits: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (subcommands ``run`` and ``train-model``)."""
+    from lens_digits import __version__
+    from lens_digits.builtin.recipe import TrainConfig
+    from lens_digits.config import SweepConfig, add_arguments
+    from lens_digits.tasks import TaskConfig
+
     parser = _Parser(
         prog="lens-digits",
         description="Where in a transformer does an arithmetic answer become readable? "
         "Accuracy grids (digit scale x layer) from the logit lens and other decoders.",
     )
-    from lens_digits import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -45,159 +52,167 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a sweep and write a run directory",
         description="Generate problems per digit scale, run the model once per batch, decode every layer and "
         "write grid.csv, prompts.jsonl, heatmap.html and run.json into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument(
         "--model",
-        default=argparse.SUPPRESS,
+        default=None,
         help="local Hugging Face checkpoint folder, or a hub name (default: the built-in arith-llama model, "
         "a small Llama trained on 1-3 digit additions, shipped with the package)",
     )
     run.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
-    run.add_argument("--scales", default="1-4", help="digit scales: a range '1-4' or a list '1,2,5'")
-    run.add_argument("--n", type=int, default=200, help="distinct problems per scale, before the train/val/test split")
-    run.add_argument("--op", default="add", help="operation: add, sub or mul")
-    run.add_argument(
-        "--target",
-        default="answer",
-        choices=["first", "answer", "model", "both", "all"],
-        help="what a decoder must read: first answer token; whole answer (teacher-forced); the model's own greedy answer; "
-        "both = first and answer; all three",
-    )
-    run.add_argument(
-        "--subset",
-        default="all",
-        choices=["all", "solved", "unsolved"],
-        help="score all test problems or only those the model solves (or not)",
-    )
-    run.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template (instruct models)")
-    run.add_argument(
-        "--prepend-bos", action=argparse.BooleanOptionalAction, default=None, help="put BOS before prompts (default: follow the model)"
-    )
-    run.add_argument("--methods", type=_csv, default=["logit_lens"], help="comma-separated decoders: logit_lens, probe")
-    run.add_argument(
-        "--probe-scope",
-        default="per_scale",
-        choices=["per_scale", "pooled"],
-        help="probe: separate probes per digit scale, or one set fitted on all scales and scored per scale",
-    )
-    run.add_argument("--template", default="compact", help="prompt template name (compact, spaced, calculate) or format string")
-    run.add_argument(
-        "--answer-prefix", default="", help="text before the answer's digits that belongs to the answer (' ' for GPT-2-style BPE)"
-    )
-    run.add_argument("--few-shot", type=int, default=0, help="solved examples before each prompt")
-    run.add_argument("--allow-negative", action="store_true", help="sub: allow negative results (default: a >= b only)")
-    run.add_argument("--seed", type=int, default=0, help="seed of problem generation and decoders")
-    run.add_argument("--batch-size", type=int, default=64, help="problems per forward pass")
-    run.add_argument("--device", default=None, help="device of the model, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
-    run.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_arguments(run.add_argument_group("problems"), TaskConfig)
+    add_arguments(run.add_argument_group("sweep"), SweepConfig)
+    hardware = run.add_argument_group("model and output")
+    hardware.add_argument("--device", default=None, help="device of the model: cpu, cuda, cuda:N or mps (default: cuda if available)")
+    hardware.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
+    hardware.add_argument("--overwrite", action="store_true", help="replace an earlier run directory written by lens-digits at --out")
+    hardware.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    from lens_digits.builtin.recipe import TrainConfig
+    plot = sub.add_parser(
+        "plot",
+        help="redraw a run directory's figure",
+        description="Draw a run directory's grid again, choosing the method, target, digit place or value, as interactive "
+        "HTML (and a static PNG with --png). Writes RUN_DIR/heatmap-<choices>.html unless --out names another file.",
+    )
+    plot.add_argument("run_dir", help="a run directory written by lens-digits run")
+    _figure_arguments(plot)
+    plot.add_argument("--out", default=None, help="file to write: .html, or .png, .svg, .pdf (static export: kaleido and Chrome)")
+    plot.add_argument("--png", action="store_true", help="also write a PNG beside the HTML (needs kaleido and Chrome or Chromium)")
 
-    d = TrainConfig()
+    compare = sub.add_parser(
+        "compare",
+        help="the difference of two runs' grids",
+        description="Subtract run B's grid from run A's over the cells both have (the same methods, targets, scales and "
+        "layers: two models, two templates, two seeds), print the table and draw it as a heatmap.",
+    )
+    compare.add_argument("run_a", help="run directory A")
+    compare.add_argument("run_b", help="run directory B (subtracted from A)")
+    compare.add_argument("--out", default=None, help="write the heatmap to this file (.html, or .png with kaleido and Chrome)")
+
     tm = sub.add_parser(
         "train-model",
         help="train a small arithmetic model like the built-in one",
         description="Train a small Llama (character tokenizer) on arithmetic prompts written like lens_digits' "
         "problems, save it as a Hugging Face checkpoint folder in --out, then measure its greedy accuracy per op "
         "and digit scale into card.json and README.md there. The defaults are the built-in model's recipe and seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tm.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
-    tm.add_argument("--layers", type=int, default=d.n_layers, help="transformer blocks")
-    tm.add_argument("--d-model", type=int, default=d.d_model, help="residual stream width")
-    tm.add_argument("--heads", type=int, default=d.n_heads, help="attention heads")
-    tm.add_argument("--d-mlp", type=int, default=argparse.SUPPRESS, help="MLP hidden width (default: 4 x --d-model)")
-    tm.add_argument("--scales", default=",".join(map(str, d.scales)), help="digit scales of the training problems")
-    tm.add_argument("--ops", type=_csv, default=",".join(d.ops), help="comma-separated operations: add, sub, mul")
-    tm.add_argument("--mixed", type=float, default=d.mixed, help="fraction of problems whose operands differ in length")
-    tm.add_argument("--steps", type=int, default=d.steps, help="optimiser steps")
-    tm.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per step")
-    tm.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (AdamW, warm-up then cosine decay)")
-    tm.add_argument("--seed", type=int, default=d.seed, help="seed of the weights and the training problems")
-    tm.add_argument("--threads", type=int, default=1, help="torch CPU threads while training (0: torch's default)")
-    tm.add_argument("--eval-n", type=int, default=500, help="problems per op and scale for the card (0: no card)")
-    tm.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
-    tm.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_arguments(tm.add_argument_group("recipe"), TrainConfig)
+    tm.add_argument("--threads", type=int, default=1, help="torch CPU threads while training; 0: torch's default (default: 1)")
+    tm.add_argument("--eval-n", type=int, default=500, help="problems per op and scale for the model card; 0: no card (default: 500)")
+    tm.add_argument("--eval-ops", default=None, metavar="OPS", help="operations the card measures (default: those trained on)")
+    tm.add_argument("--eval-scales", default=None, metavar="SCALES", help="digit scales the card measures (default: those trained on)")
+    tm.add_argument("--overwrite", action="store_true", help="replace a checkpoint folder written by train-model at --out")
+    tm.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
+def _figure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default=None, help="one method (default: all, one panel each)")
+    parser.add_argument("--target", default=None, help="one target (default: all)")
+    parser.add_argument("--place", default=None, help="one digit place of the probes' breakdown: units, tens, ... (default: whole cells)")
+    parser.add_argument(
+        "--value", default="accuracy", help="column to colour: accuracy, or control, chance, selectivity (default: accuracy)"
+    )
+
+
+def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
+    """Write a figure as HTML or a static image, atomically; refuse to replace a file the user made."""
+    import os
+    import tempfile
+
+    from lens_digits.errors import OutputError
+    from lens_digits.plotting import static_image
+
+    if out.exists() and not replace:
+        raise OutputError(f"{str(out)!r} exists; choose another --out")
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".png", ".svg", ".pdf"):
+        raise LensDigitsError(f"--out {str(out)!r}: write .html, .png, .svg or .pdf")
+    data = (
+        fig.to_html(include_plotlyjs=True, full_html=True).encode() if suffix == ".html" else static_image(fig, format=suffix[1:], scale=2)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from lens_digits.grid import AccuracyGrid
+    from lens_digits.rundir import FIGURE_NAME
+
+    grid = AccuracyGrid.load(args.run_dir)
+    if args.method or args.target:
+        keep = grid.table
+        for column, label in (("method", args.method), ("target", args.target)):
+            if label is not None:
+                if label not in set(keep[column]):
+                    raise LensDigitsError(f"{args.run_dir!r} has no {column} {label!r}; it has {sorted(set(grid.table[column]))}")
+                keep = keep[keep[column] == label]
+        grid = AccuracyGrid(keep, grid.problems, grid.info)
+    fig = grid.figure(value=args.value, **({"place": args.place} if args.place else {}))
+    choices = [c for c in (args.method, args.target, args.place, None if args.value == "accuracy" else args.value) if c]
+    default = Path(args.run_dir) / ("heatmap-" + "-".join(choices) + ".html" if choices else "heatmap-redrawn.html")
+    out = Path(args.out) if args.out else default
+    ours = out.parent.resolve() == Path(args.run_dir).resolve() and FIGURE_NAME.fullmatch(out.name) is not None
+    written = [_write_figure(fig, out, replace=ours)]
+    if args.png and out.suffix == ".html":
+        written.append(_write_figure(fig, out.with_suffix(".png"), replace=ours))
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lens_digits.grid import AccuracyGrid
+
+    a, b = AccuracyGrid.load(args.run_a), AccuracyGrid.load(args.run_b)
+    labels = (Path(args.run_a).name or "A", Path(args.run_b).name or "B")
+    if labels[0] == labels[1]:
+        labels = ("A", "B")
+    diff = a.compare(b, labels)
+    print(diff.to_text())
+    if args.out:
+        print(f"wrote {_write_figure(diff.figure(), Path(args.out), replace=False)}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    from lens_digits.checkpoints import peek_checkpoint
-    from lens_digits.config import SweepConfig
-    from lens_digits.decoders import DECODERS
-    from lens_digits.models import load_model, parse_dtype, resolve_device
-    from lens_digits.rundir import Reservation
-    from lens_digits.sweep import run_sweep
-    from lens_digits.targets import encode_checked
-    from lens_digits.tasks import TaskConfig, generate_problems
+    from lens_digits.config import SweepConfig, config_from_args
+    from lens_digits.tasks import TaskConfig
 
-    if getattr(args, "model", None) is None:
-        from lens_digits.builtin import builtin_model_path
+    # Check every setting before anything slow happens (the configs load no torch).
+    task = config_from_args(TaskConfig, args)
+    config = config_from_args(SweepConfig, args, progress=not args.no_progress)
+    from lens_digits.decoders.base import DECODERS
+    from lens_digits.models import parse_dtype, resolve_device
 
-        args.model = str(builtin_model_path())
-    # Check every setting before the (slow) model load.
-    config = TaskConfig(
-        scales=args.scales,
-        n_per_scale=args.n,
-        op=args.op,
-        template=args.template,
-        answer_prefix=args.answer_prefix,
-        few_shot=args.few_shot,
-        seed=args.seed,
-        allow_negative=args.allow_negative,
-    )
-    SweepConfig(
-        methods=args.methods,
-        targets=args.target,
-        subset=args.subset,
-        prepend_bos=args.prepend_bos,
-        chat=args.chat,
-        probe_scope=args.probe_scope,
-        batch_size=args.batch_size,
-    )
     parse_dtype(args.dtype)
     resolve_device(args.device)
-    for m in args.methods:
+    for m in config.methods:
         if m not in DECODERS:
             raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
 
+    from lens_digits.rundir import Reservation
+
     # Reserve the output folder before any compute: a second run into it fails now, not after its sweep.
     with Reservation(args.out, args.overwrite) as reservation:
-        if Path(args.model).expanduser().is_dir():
-            # Tokenizer-level problems are reported before the (slow) weight load.
-            tokenizer, n_ctx = peek_checkpoint(args.model)
-            try:
-                bos = None if args.prepend_bos is False else tokenizer.bos_token_id
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # run_sweep repeats any warning about the problems
-                    problems = generate_problems(config)
-                encode_checked(tokenizer, problems, bos, n_ctx, chat=args.chat)
-            except BoundaryMergeError as e:
-                raise BoundaryMergeError(f"template {config.template!r} with answer prefix {config.answer_prefix!r}: {e}") from None
-        model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
-        grid = run_sweep(
-            model,
-            scales=args.scales,
-            n_per_scale=args.n,
-            op=args.op,
-            methods=args.methods,
-            target=args.target,
-            seed=args.seed,
-            template=args.template,
-            answer_prefix=args.answer_prefix,
-            few_shot=args.few_shot,
-            allow_negative=args.allow_negative,
-            subset=args.subset,
-            prepend_bos=args.prepend_bos,
-            chat=args.chat,
-            probe_scope=args.probe_scope,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
-        grid.info["command"] = _command_line(args.argv)
+        grid = _sweep(args, task, config)
         try:
             out = grid.save(args.out, overwrite=args.overwrite, reservation=reservation)
         except KeyboardInterrupt as e:  # a signal held back during the final move arrives after it
@@ -209,6 +224,34 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace, task: Any, config: Any) -> Any:
+    """Load the model (tokenizer-level problems are caught before the weights load) and run the sweep."""
+    from lens_digits.checkpoints import peek_checkpoint
+    from lens_digits.models import load_model
+    from lens_digits.sweep import sweep
+    from lens_digits.targets import encode_checked
+    from lens_digits.tasks import generate_problems
+
+    if args.model is None:
+        from lens_digits.builtin import builtin_model_path
+
+        args.model = str(builtin_model_path())
+    if Path(args.model).expanduser().is_dir():
+        tokenizer, n_ctx = peek_checkpoint(args.model)
+        try:
+            bos = None if config.prepend_bos is False else tokenizer.bos_token_id
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the sweep repeats any warning about the problems
+                problems = generate_problems(task)
+            encode_checked(tokenizer, problems, bos, n_ctx, chat=config.chat)
+        except BoundaryMergeError as e:
+            raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
+    model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    grid = sweep(model, task, config)
+    grid.info["command"] = _command_line(args.argv)
+    return grid
+
+
 def _command_line(argv: Sequence[str]) -> str:
     """The command as typed, shell-quoted so that it can be pasted back into a shell."""
     import shlex
@@ -217,29 +260,27 @@ def _command_line(argv: Sequence[str]) -> str:
 
 
 def _train_model(args: argparse.Namespace) -> int:
-    from lens_digits.builtin.card import card_table, write_card
     from lens_digits.builtin.recipe import TrainConfig
-    from lens_digits.builtin.train import is_checkpoint_dir, train, write_checkpoint
-    from lens_digits.rundir import Reservation
+    from lens_digits.config import config_from_args
 
-    config = TrainConfig(
-        n_layers=args.layers,
-        d_model=args.d_model,
-        n_heads=args.heads,
-        d_mlp=getattr(args, "d_mlp", None),
-        scales=args.scales,
-        ops=args.ops,
-        mixed=args.mixed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-    )
+    config = config_from_args(TrainConfig, args)
     if args.threads < 0:
         raise LensDigitsError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
     if args.eval_n < 0:
         raise LensDigitsError(f"--eval-n must be 0 (no card) or more, got {args.eval_n}")
+    from lens_digits.operations import OPERATIONS
+    from lens_digits.tasks import parse_scales
+
+    eval_scales = parse_scales(args.eval_scales) if args.eval_scales else list(config.scales)
+    eval_ops = [o.strip() for o in args.eval_ops.split(",") if o.strip()] if args.eval_ops else list(config.ops)
+    for op in eval_ops:
+        if op not in OPERATIONS:
+            raise LensDigitsError(f"unknown op {op!r} in --eval-ops; choose from {', '.join(sorted(OPERATIONS))}")
+
+    from lens_digits.builtin.card import card_table, write_card
+    from lens_digits.builtin.train import is_checkpoint_dir, train, write_checkpoint
     from lens_digits.models import progress_bars
+    from lens_digits.rundir import Reservation
 
     with Reservation(args.out, args.overwrite, is_ours=is_checkpoint_dir) as reservation, progress_bars(not args.no_progress):
         result = train(config, threads=args.threads or None, progress=not args.no_progress)
@@ -248,7 +289,15 @@ def _train_model(args: argparse.Namespace) -> int:
         def fill(folder: Path) -> None:
             write_checkpoint(result, folder)
             if args.eval_n:  # measured before the folder moves into place, so an interrupt leaves no card-less checkpoint
-                cards.append(write_card(folder, n_per_scale=args.eval_n, name=reservation.target.name))
+                card = write_card(
+                    folder,
+                    scales=eval_scales,
+                    ops=eval_ops,
+                    n_per_scale=args.eval_n,
+                    name=reservation.target.name,
+                    progress=not args.no_progress,
+                )
+                cards.append(card)
 
         try:
             out = reservation.write(fill)
@@ -260,6 +309,17 @@ def _train_model(args: argparse.Namespace) -> int:
         print(card_table(cards[0]))
     print(f"wrote {out}" + (" with card.json and README.md" if cards else ""))
     return 0
+
+
+def _flagged(message: str) -> str:
+    """An error message with config field names written as the command line's flags (``n_per_scale`` -> ``--n``)."""
+    from lens_digits.builtin.recipe import TrainConfig
+    from lens_digits.config import SweepConfig, flags
+    from lens_digits.tasks import TaskConfig
+
+    names = flags(TaskConfig, SweepConfig, TrainConfig)
+    pattern = r"(?<![\w-])(" + "|".join(sorted(names, key=len, reverse=True)) + r")(?= must | is )"
+    return re.sub(pattern, lambda m: names[m.group(1)], message)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -284,8 +344,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    import signal
-
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM (timeout, Slurm, docker stop) is handled like Ctrl-C
@@ -299,15 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _run(args)
             if args.command == "train-model":
                 return _train_model(args)
+            if args.command == "plot":
+                return _plot(args)
+            if args.command == "compare":
+                return _compare(args)
     except LensDigitsError as e:
-        print(f"lens-digits: error: {e}", file=sys.stderr)
+        print(f"lens-digits: error: {_flagged(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        name = signal.Signals(signum).name
         written = getattr(e, "written", None)
         what = f"after writing {written}" if written else "nothing was written"
-        print(f"lens-digits: stopped by {name}; {what}", file=sys.stderr)
+        print(f"lens-digits: stopped by {signal.Signals(signum).name}; {what}", file=sys.stderr)
         return 128 + signum
     finally:
         for sig, handler in handlers.items():

@@ -71,6 +71,69 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None, flag: s
     return value
 
 
+def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, **argparse: Any) -> Any:
+    """A dataclass field that also describes its command-line flag.
+
+    The command line is derived from the configs (see :func:`add_arguments`), so
+    each setting's name, default, help and checks are written once. ``flag``
+    overrides ``--field-name``; ``cli=False`` keeps a field off the command line;
+    ``argparse`` passes ``choices``, ``metavar`` and the like.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "cli": cli, "argparse": argparse})
+
+
+def flag_of(f: "dataclasses.Field[Any]") -> str:
+    """The command-line flag of a config field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, (tuple, list)):
+        return ",".join(str(x) for x in default)
+    return str(default)
+
+
+def add_arguments(parser: Any, cls: type, *, defaults: dict[str, Any] | None = None) -> None:
+    """Add a flag for every command-line field of config dataclass ``cls`` to an argparse parser.
+
+    Values stay strings or numbers as typed; the dataclass parses and checks
+    them (``--scales 1-4``, ``--methods logit_lens,probe``), so the command
+    line and the API fail alike. Flags not given are left out of the namespace
+    and the config's own defaults apply (``defaults`` overrides them here).
+    """
+    import argparse
+
+    defaults = defaults or {}
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli"):
+            continue
+        default = defaults.get(f.name, f.default)
+        kwargs: dict[str, Any] = dict(f.metadata.get("argparse", {}))
+        help_text = f.metadata["help"]
+        if default is False:
+            kwargs.update(action="store_true")
+        elif default is None and "bool" in str(f.type):
+            kwargs.update(action=argparse.BooleanOptionalAction)
+        else:
+            kwargs.setdefault("metavar", flag_of(f).lstrip("-").upper().replace("-", "_"))
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and "type" not in kwargs:
+                kwargs["type"] = type(default)
+            if default not in (None, "") and "default" not in help_text:
+                help_text += f" (default: {_shown(default)})"
+        parser.add_argument(flag_of(f), dest=f.name, default=argparse.SUPPRESS, help=help_text, **kwargs)
+
+
+def config_from_args(cls: type, args: Any, **overrides: Any) -> Any:
+    """The config dataclass ``cls`` from the fields an argparse namespace has (and ``overrides``)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**(values | overrides))
+
+
+def flags(*classes: type) -> dict[str, str]:
+    """Field name -> command-line flag, for the command-line fields of config classes."""
+    return {f.name: flag_of(f) for cls in classes for f in dataclasses.fields(cls) if f.metadata.get("cli")}
+
+
 @dataclass
 class SweepConfig:
     """How a sweep reads the model, beyond which problems it runs.
@@ -88,15 +151,23 @@ class SweepConfig:
         progress: Show progress bars.
     """
 
-    methods: Sequence[str] | str = ("logit_lens",)
-    targets: Sequence[str] | str = ("answer",)
-    subset: str = "all"
-    prepend_bos: bool | None = None
-    chat: bool = False
-    probe_scope: str = "per_scale"
-    batch_size: int = 64
-    device: str | None = None
-    progress: bool = False
+    methods: Sequence[str] | str = option(("logit_lens",), "decoders, comma-separated: logit_lens, probe", metavar="LIST")
+    targets: Sequence[str] | str = option(
+        ("answer",),
+        "what a decoder must read: first (first answer token), answer (the whole answer, teacher-forced), model (the "
+        "model's own greedy answer), both (first and answer), all, or a comma-separated list",
+        flag="--target",
+        metavar="TARGET",
+    )
+    subset: str = option("all", "score all test problems, or only those the model solves (or not)", choices=SUBSETS)
+    prepend_bos: bool | None = option(None, "put BOS before prompts (default: follow the model)")
+    chat: bool = option(False, "wrap prompts in the tokenizer's chat template (instruct models)")
+    probe_scope: str = option(
+        "per_scale", "probe: separate probes per digit scale, or one set fitted on all scales and scored per scale", choices=PROBE_SCOPES
+    )
+    batch_size: int = option(64, "problems per forward pass")
+    device: str | None = option(None, "where residuals are kept and decoders run (default: the model's device)", cli=False)
+    progress: bool = option(False, "show progress bars", cli=False)
 
     def __post_init__(self) -> None:
         """Validate every field."""

@@ -1,7 +1,8 @@
 """The model's own greedy answers: what it says, right or wrong. One decoder for the whole package.
 
-Greedy decoding runs batches of equal prompt length (no padding), one token at
-a time. Where an answer stops is a rule:
+Greedy decoding runs batches of equal prompt length (no padding); see
+:func:`generator` for how each kind of model produces its tokens. Where an
+answer stops is a rule:
 
 - ``until="number"`` (sweeps: target ``model``, the ``solved`` subsets): at the
   first token that does not continue a number (end of text, ``=``, a newline,
@@ -47,7 +48,7 @@ def _continues_number(piece: str, so_far: str) -> bool:
 
 @torch.inference_mode()
 def greedy_decode(
-    forward: Callable[[Tensor], Tensor],
+    generate: Callable[[Tensor, int], Tensor],
     prompts: Sequence[Sequence[int]],
     steps: Sequence[int],
     *,
@@ -57,32 +58,52 @@ def greedy_decode(
 ) -> list[list[int]]:
     """Greedy continuations: ``steps[i]`` new token ids after prompt ``i``.
 
-    ``forward`` maps a ``(batch, pos)`` token tensor to ``(batch, pos, vocab)``
-    logits. Prompts of equal length are batched together, so no padding is
-    needed; a batch runs for its longest ``steps``.
+    ``generate(tokens, n)`` returns ``n`` greedy new tokens after each row of a
+    ``(batch, pos)`` tensor (the model's own cached ``generate``, see
+    :func:`generator`). Prompts of equal length are batched together, so no
+    padding is needed; a batch runs for its longest ``steps``.
     """
     out: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="greedy answers", unit="problem", disable=not progress)
     for rows in length_batches([len(p) for p in prompts], batch_size):
-        length = len(prompts[rows[0]])
         tokens = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)  # (B, T)
-        for _ in range(max(steps[i] for i in rows)):
-            nxt = forward(tokens)[:, -1].argmax(-1)  # (B,)
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        new = generate(tokens, max(steps[i] for i in rows)).tolist()  # (B, n)
         for r, i in enumerate(rows):
-            out[i] = tokens[r, length : length + steps[i]].tolist()
+            out[i] = new[r][: steps[i]]
         bar.update(len(rows))
     bar.close()
     return out
 
 
-def _forward_and_device(model: Any) -> tuple[Callable[[Tensor], Tensor], torch.device]:
+def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device]:
+    """``(tokens, n) -> up to n greedy new tokens`` for a model, and the device its tokens go to.
+
+    A plain Hugging Face model generates with its own ``generate`` and key-value
+    cache (after an end-of-sequence token it pads). A TransformerLens model runs
+    the whole sequence again for each new token: its cached generation is not
+    exact on every family (on a TransformerBridge over a rotary Llama,
+    TransformerLens 4.3's ``generate(use_past_kv_cache=True)`` gives other
+    tokens than the model's own step-by-step argmax), and exactness comes first.
+    Answers are a few tokens long, so this costs a few forward passes per batch.
+    """
     from lens_digits.adapter import ModelAdapter
 
     if isinstance(model, ModelAdapter) or hasattr(model, "cfg"):
         adapter = ModelAdapter.wrap(model)
-        return adapter.logits, adapter.device
-    return (lambda tokens: model(input_ids=tokens).logits), next(model.parameters()).device
+
+        def stepwise(tokens: Tensor, n: int) -> Tensor:
+            start = tokens.shape[1]
+            for _ in range(n):
+                tokens = torch.cat([tokens, adapter.logits(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            return tokens[:, start:]
+
+        return stepwise, adapter.device
+
+    def cached(tokens: Tensor, n: int) -> Tensor:
+        out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n, do_sample=False, num_beams=1)
+        return out[:, tokens.shape[1] :]
+
+    return cached, next(model.parameters()).device
 
 
 def greedy_answers(
@@ -112,9 +133,9 @@ def greedy_answers(
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise LensDigitsError("greedy decoding needs a tokenizer: pass tokenizer= with a Hugging Face model")
-    forward, device = _forward_and_device(model)
+    generate, device = generator(model)
     per_prompt = [steps] * len(prompts) if isinstance(steps, int) else list(steps)
-    generated = greedy_decode(forward, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
+    generated = greedy_decode(generate, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
     if until == "eos":
         eos = tokenizer.eos_token_id
         kept = [g[: g.index(eos)] if eos in g else g for g in generated]

@@ -24,7 +24,7 @@ from lens_digits.errors import LensDigitsError, RunDirectoryError
 from lens_digits.plotting import difference_heatmap, heatmap
 from lens_digits.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
 from lens_digits.rundir import RUN_FILES, Reservation, check_output, write_run_directory
-from lens_digits.runfiles import CONTRACT_COLUMNS, read_grid_csv, read_prompts, read_run_json
+from lens_digits.runfiles import CONTRACT_COLUMNS, KEY_COLUMNS, read_grid_csv, read_prompts, read_run_json
 from lens_digits.tasks import Problem
 
 FILES = RUN_FILES
@@ -147,7 +147,10 @@ class AccuracyGrid:
         return list(dict.fromkeys(self.table["target"]))
 
     def pivot(self, method: str | None = None, target: str | None = None, value: str = "accuracy") -> pd.DataFrame:
-        """One panel as a scale x layer DataFrame (defaults: the first method and target)."""
+        """One panel as a scale x layer DataFrame; name the method and target when the grid has several."""
+        for name, given, present in (("method", method, self.methods), ("target", target, self.targets)):
+            if given is None and len(present) > 1:
+                raise LensDigitsError(f"this grid has {len(present)} {name}s {present}: say which, e.g. pivot({name}={present[0]!r})")
         df = self._panel(method, target)
         return df.pivot(index="scale", columns="layer", values=value)
 
@@ -176,10 +179,53 @@ class AccuracyGrid:
             raise LensDigitsError(f"methods {a!r} and {b!r} share no target in this grid")
         return AccuracyGrid(pd.concat(frames, ignore_index=True), self.problems, self.info)
 
+    def compare(self, other: "AccuracyGrid", labels: tuple[str, str] = ("A", "B")) -> "AccuracyGrid":
+        """Cell-by-cell ``self - other`` over the cells both grids have (two models, two templates, ...).
+
+        Cells are matched on method, target, scale, layer and breakdown labels;
+        the result's methods read ``"A:logit_lens - B:logit_lens"`` with ``labels``
+        naming the two runs. Its ``n`` is the smaller of the two cells' ``n``.
+
+        Raises:
+            LensDigitsError: The grids share no cell.
+        """
+        keys = KEY_COLUMNS + [c for c in self.breakdown_columns if c in other.breakdown_columns]
+        a = self.table[keys + ["accuracy", "n"]]
+        b = other.table[keys + ["accuracy", "n"]]
+        both = a.merge(b, on=keys, suffixes=("_a", "_b"))
+        if both.empty:
+            raise LensDigitsError("the two grids share no cell (method, target, digit scale and layer); compare runs of the same methods")
+        diff = both[keys].copy()
+        diff["accuracy"] = both["accuracy_a"] - both["accuracy_b"]
+        diff["n"] = both[["n_a", "n_b"]].min(axis=1).astype(int)
+        diff["method"] = [f"{labels[0]}:{m} - {labels[1]}:{m}" for m in both["method"]]
+        info = {
+            "compare": {labels[0]: self.info.get("command") or self.model_name, labels[1]: other.info.get("command") or other.model_name}
+        }
+        return AccuracyGrid(diff[CONTRACT_COLUMNS + keys[4:]], (), info)
+
     def _methods_target(self, method: str) -> list[str]:
         return list(dict.fromkeys(self.table.loc[self.table["method"] == method, "target"]))
 
     # ---- figures and text ----------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        """Short name of the model the grid was made with (a folder's last part), from ``run.json``."""
+        name = str((self.info.get("model") or {}).get("name", "") or "")
+        return Path(name).name if "/" in name and Path(name).is_absolute() else name
+
+    def _caption(self, df: pd.DataFrame, value: str, breakdown: dict[str, str]) -> str:
+        """What a figure or table shows: model, methods, targets, breakdown and test problems per scale."""
+        parts = [self.model_name] if self.model_name else []
+        parts.append(", ".join(dict.fromkeys(df["method"])))
+        parts.append("target " + ", ".join(dict.fromkeys(df["target"])))
+        parts += [f"{k} {v}" for k, v in breakdown.items() if k != "target"]
+        if value != "accuracy":
+            parts.append(value)
+        n = df.groupby("scale")["n"].max()
+        parts.append(f"n = {int(n.min())}" + ("" if n.min() == n.max() else f"-{int(n.max())}") + " test problems per scale")
+        return " · ".join(p for p in parts if p)
 
     def figure(self, value: str = "accuracy", **breakdown: str) -> go.Figure:
         """The "Accuracy Breakdown" heatmap, one panel per method and target.
@@ -187,7 +233,9 @@ class AccuracyGrid:
         Keyword arguments pick breakdown rows, e.g. ``figure(place="units")``.
         ``value`` picks the column to colour (``accuracy``; for probes also
         ``control``, ``chance`` or ``selectivity``). A difference grid and
-        selectivity are drawn on a diverging scale.
+        selectivity are drawn on a diverging scale. The title names the model,
+        methods, targets, breakdown and the test problems per scale; hovering a
+        cell shows its value, ``n``, 95% interval and baseline (chance for probes).
         """
         df = self.main() if not breakdown else self.table
         for column, label in breakdown.items():
@@ -199,22 +247,44 @@ class AccuracyGrid:
         df = df[df[value].notna()]  # e.g. selectivity exists for probes only
         if df.empty:
             raise LensDigitsError(f"no cells with {value!r} match {breakdown or 'the grid'}")
+        caption = self._caption(df, value, breakdown)
         if all(" - " in m for m in df["method"]):
-            return difference_heatmap(df)
+            pairs = ", ".join(m.replace(" - ", " minus ") for m in dict.fromkeys(df["method"]))
+            return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", subtitle=caption)
         if value == "selectivity":
-            return difference_heatmap(df, value=value, title="Selectivity (accuracy - control)")
-        return heatmap(df, value=value)
+            return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", subtitle=caption)
+        return heatmap(df, value=value, subtitle=caption)
 
     def to_text(self, value: str = "accuracy") -> str:
-        """Small text tables, one per method and target (what the CLI prints)."""
+        """Text tables, one per method and target (what the CLI prints).
+
+        Each names what it shows; each row has its ``n`` (test problems), the
+        widest 95% interval of the row (``±``, half its width) and the row's
+        baseline: for a lens, always answering the train problems' most common
+        answer; for a probe, chance (the train majority label).
+        """
         out = []
         for method in self.methods:
             for target in self._methods_target(method):
-                p = self.pivot(method, target, value)
-                p.index.name = "scale"
-                out.append(f"{method} · target={target} · {value} (rows: digit scale, columns: layer)")
-                out.append(p.to_string(float_format=lambda x: f"{x:.2f}"))
+                df = self._panel(method, target)
+                table = df.pivot(index="scale", columns="layer", values=value)
+                table.columns = [str(c) for c in table.columns]
+                by_scale = df.groupby("scale")
+                table["n"] = by_scale["n"].max().astype(int)
+                if {"ci_low", "ci_high"} <= set(df.columns) and value == "accuracy":
+                    half = ((df["ci_high"] - df["ci_low"]) / 2).groupby(df["scale"]).max()
+                    table["±95%"] = half.map(lambda x: f"±{x:.2f}")
+                for base in ("baseline", "chance"):
+                    if base in df.columns and df[base].notna().any():
+                        table[base] = by_scale[base].mean()
+                table.index.name = "scale"
+                out.append(f"{self._caption(df, value, {})} · {value} by digit scale (rows) and layer (columns)")
+                out.append(table.to_string(float_format=lambda x: f"{x:.2f}"))
         return "\n".join(out)
+
+    def __str__(self) -> str:
+        """The text tables (``print(grid)``)."""
+        return self.to_text()
 
     def __repr__(self) -> str:
         """Short description."""

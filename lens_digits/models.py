@@ -141,8 +141,18 @@ def load_model(
         raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
     if kind not in ("auto", "bridge", "hooked"):
         raise LensDigitsError(f"unknown model kind {kind!r}; choose auto, bridge or hooked")
+    offline = False
+    if not is_local and not hub_offline() and not hub_reachable():
+        # Without this check, transformers retries for a minute before it fails or falls back to its cache.
+        if not _cached(name):
+            raise ModelLoadError(
+                f"cannot reach the Hugging Face hub ({hub_endpoint()}) and {name!r} is not in the local cache; "
+                f"{'there is no folder of that name here either; ' if '/' not in name else ''}pass a local checkpoint folder, "
+                "or use the built-in model (lens-digits run without --model; lens_digits.load_builtin_model())"
+            )
+        offline = True
     try:
-        with progress_bars(progress):
+        with progress_bars(progress), _offline(offline):
             model = _load(name, kind, is_local, device, torch_dtype, n_devices, device_map)
     except LensDigitsError:
         raise
@@ -181,6 +191,56 @@ def _load(name: str, kind: str, is_local: bool, device: Any, torch_dtype: torch.
         return ht.from_pretrained(name, device=device, dtype=torch_dtype, **extra)
     extra = {k: v for k, v in (("n_devices", n_devices), ("device_map", device_map)) if v is not None}
     return bridge_class().boot_transformers(name, device=None if device_map else device, dtype=torch_dtype, **extra)
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face hub's address (``HF_ENDPOINT``, or huggingface.co)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_offline() -> bool:
+    """Whether the user switched the hub off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a connection to the hub opens within ``timeout`` seconds (no request is sent)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached(name: str) -> bool:
+    """Whether the hub model ``name`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a name the cache cannot hold (not a repo id)
+        return False
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """Make transformers and huggingface_hub use only the local cache inside the block (no retries)."""
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 @contextlib.contextmanager

@@ -120,6 +120,9 @@ def draw_pairs(
 ) -> list[tuple[int, int]]:
     """Draw ``n`` distinct pairs, uniformly among the allowed ones, without replacement.
 
+    The draw is a stream: asking for more pairs appends to the same first ones,
+    so the test problems do not change when train problems are added.
+
     Raises:
         LensDigitsError: Sampling a large space found too few allowed pairs (a rule that accepts almost none).
     """
@@ -130,7 +133,7 @@ def draw_pairs(
         pairs = np.stack([a + lo, b + lo], axis=1)
         if keep is not None:
             pairs = pairs[_allowed_mask(scale, keep)]
-        idx = rng.choice(len(pairs), size=min(n, len(pairs)), replace=False)
+        idx = rng.permutation(len(pairs))[:n]  # a prefix of one shuffle: the first k pairs do not depend on n
         return [(int(x), int(y)) for x, y in pairs[idx]]
     seen: set[tuple[int, int]] = set()
     out: list[tuple[int, int]] = []
@@ -141,7 +144,7 @@ def draw_pairs(
                 f"scale {scale}: the operation's allowed rule accepted {len(out)} of {tried:,} random {what} "
                 f"({len(out) / tried:.2%}), too few to draw {n} distinct ones; lower n_per_scale or loosen the rule"
             )
-        draws = rng.integers(lo, hi + 1, size=(2 * (n - len(out)) + 16, 2))
+        draws = rng.integers(lo, hi + 1, size=(4096, 2))  # fixed-size draws: the first k pairs do not depend on n
         for x, y in draws.tolist():
             tried += 1
             if (x, y) in seen or (keep is not None and not keep(x, y)):

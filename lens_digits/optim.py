@@ -10,10 +10,12 @@ anything else that needs many small convex fits can use it the same way.
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from lens_digits.errors import LensDigitsError
 
@@ -114,7 +116,16 @@ class _Box:
 
 
 def _solve_chunk(
-    x: Tensor, y: Tensor, w: Tensor, lam: Tensor, mask: Tensor, max_iter: int, tol: float, history: int, max_ls: int
+    x: Tensor,
+    y: Tensor,
+    w: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    max_iter: int,
+    tol: float,
+    history: int,
+    max_ls: int,
+    bar: Any = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batched L-BFGS over blocks ``x.shape[0]`` and cells ``y.shape[2]``; returns (theta, n_iter, converged).
 
@@ -157,6 +168,9 @@ def _solve_chunk(
 
     for _ in range(max_iter):
         active = ~done
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(running=f"{int(active.sum())}/{active.numel()} fits", refresh=False)
         if not active.any():
             break
         # Compact to the blocks and cells still running once they are a small enough part of the box.
@@ -340,8 +354,9 @@ def fit_augmented(
     history: int,
     max_ls: int,
     max_bytes: int,
+    progress: bool = False,
 ) -> SolverResult:
-    """:func:`fit_multinomial` on features whose last column is the intercept's (all ones)."""
+    """:func:`fit_multinomial` on features whose last column is the intercept's (all ones); ``progress`` shows iterations."""
     nb, n, dim = x.shape[0], x.shape[1], x.shape[2] - 1
     n_tasks = labels.shape[2]
     n_c = len(Cs)
@@ -370,9 +385,11 @@ def fit_augmented(
     theta = torch.empty(nb, dim + 1, m, n_classes, device=dev, dtype=dt)
     n_iter = torch.empty(nb, m, dtype=torch.long, device=dev)
     converged = torch.empty(nb, m, dtype=torch.bool, device=dev)
+    desc = "fitting probes (L-BFGS iterations)"
     for s in range(0, nb, chunk):
         sl = slice(s, s + chunk)
-        theta[sl], n_iter[sl], converged[sl] = _solve_chunk(x[sl], y[sl], w[sl], lam[sl], mask[sl], max_iter, tol, history, max_ls)
+        with tqdm(total=max_iter, desc=desc if nb <= chunk else f"{desc} {s // chunk + 1}/{-(-nb // chunk)}", disable=not progress) as bar:
+            theta[sl], n_iter[sl], converged[sl] = _solve_chunk(x[sl], y[sl], w[sl], lam[sl], mask[sl], max_iter, tol, history, max_ls, bar)
     theta = theta.view(nb, dim + 1, n_c, n_tasks, n_classes).permute(0, 2, 3, 1, 4)  # (B, C, task, d+1, k)
     return SolverResult(
         theta[..., :dim, :].contiguous(),

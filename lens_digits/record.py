@@ -33,7 +33,11 @@ class RunRecord:
         encoding: What was fed: the BOS actually prepended (or not), the chat
             template, and per digit scale one example's tokens, so that any cell can
             be recomputed with plain Hugging Face.
-        n_problems: Problems per split.
+        n_problems: Problems per split (all of them are in ``prompts.jsonl``).
+        model_runs: Problems the model ran on: ``residuals`` (forward passes that
+            kept residuals: the test problems, plus train and validation ones when a
+            decoder fits) and ``greedy`` (greedy answers, for target ``model`` and the
+            subsets: test problems only).
         versions: Python and library versions.
         seconds: Wall time of the sweep.
         command: The command line (shell-quoted), for runs made by ``lens-digits``.
@@ -48,6 +52,7 @@ class RunRecord:
     targets: list[str] = field(default_factory=list)
     encoding: dict[str, Any] = field(default_factory=dict)
     n_problems: dict[str, int] = field(default_factory=dict)
+    model_runs: dict[str, int] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float | None = None
     command: str | None = None
@@ -83,7 +88,7 @@ class RunRecord:
 
             warnings.warn(f"{where} has schema {d['schema']}, newer than this version's {RUN_SCHEMA}: upgrade lens-digits", stacklevel=2)
         record = cls(**known_fields(cls, d))
-        for name in ("model", "task", "sweep", "methods", "encoding", "n_problems", "versions"):
+        for name in ("model", "task", "sweep", "methods", "encoding", "n_problems", "model_runs", "versions"):
             if not isinstance(getattr(record, name), dict):
                 raise RunDirectoryError(f"{where}: {name!r} must be an object, got {type(getattr(record, name)).__name__}")
         if not isinstance(record.targets, list):

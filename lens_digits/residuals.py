@@ -60,6 +60,11 @@ class ResidualSet:
         return len(self.problems)
 
     @property
+    def has_residuals(self) -> bool:
+        """False for a set of tokens only (see :func:`tokens_only`)."""
+        return self.resid.shape[-1] > 0
+
+    @property
     def n_columns(self) -> int:
         """Number of layer columns: the model's ``n_layers + 1`` (block inputs, then the final residual)."""
         return self.resid.shape[1]
@@ -97,6 +102,27 @@ class ResidualSet:
         return self.select([i for i, p in enumerate(self.problems) if p.split == name])
 
 
+def gold_ids(encoded: Sequence[EncodedProblem], teacher_forcing: bool = True) -> Int[Tensor, "problem pos"]:
+    """The gold token of each answer position (every answer token, or only the first); ``-1`` past the end."""
+    n_pos = max((len(e.answer_ids) for e in encoded), default=1) if teacher_forcing else 1
+    target_ids = torch.full((len(encoded), n_pos), -1, dtype=torch.long)
+    for i, e in enumerate(encoded):
+        answer = e.answer_ids if teacher_forcing else e.answer_ids[:1]
+        target_ids[i, : len(answer)] = torch.tensor(answer)
+    return target_ids
+
+
+def tokens_only(problems: Sequence[Problem], encoded: Sequence[EncodedProblem], n_columns: int) -> "ResidualSet":
+    """A residual set with the problems' tokens and gold ids but no residuals (``d_model`` 0).
+
+    What decoders that do not fit get as train and validation sets, so that the model
+    runs only on the test problems they are scored on.
+    """
+    target_ids = gold_ids(encoded)
+    resid = torch.zeros(len(problems), n_columns, target_ids.shape[1], 0)
+    return ResidualSet(resid, target_ids, list(problems), list(encoded), {"residuals": False})
+
+
 @torch.inference_mode()
 def collect_residuals(
     model: Any,
@@ -130,7 +156,7 @@ def collect_residuals(
 
     >>> from lens_digits.testing import tiny_model
     >>> from lens_digits.tasks import TaskConfig, generate_problems
-    >>> rs = collect_residuals(tiny_model(), generate_problems(TaskConfig(scales=[1], n_per_scale=5)))
+    >>> rs = collect_residuals(tiny_model(), generate_problems(TaskConfig(scales=[1], n_per_scale=5, n_train=0, n_val=0)))
     >>> tuple(rs.resid.shape[:2]), rs.target_ids.shape[1]
     ((5, 3), 2)
     """
@@ -139,12 +165,9 @@ def collect_residuals(
     encoded = list(encoded) if encoded is not None else encode_for_model(adapter, problems, prepend_bos=prepend_bos, chat=chat)
     n_layers, d_model, device = adapter.n_layers, adapter.d_model, adapter.device
     store = torch.device(store_device) if store_device is not None else device
-    n_pos = max((len(e.answer_ids) for e in encoded), default=1) if teacher_forcing else 1
+    target_ids = gold_ids(encoded, teacher_forcing)
+    n_pos = target_ids.shape[1]
     resid = torch.zeros(len(problems), n_layers + 1, n_pos, d_model, dtype=torch.float32, device=store)
-    target_ids = torch.full((len(problems), n_pos), -1, dtype=torch.long)
-    for i, e in enumerate(encoded):
-        answer = e.answer_ids if teacher_forcing else e.answer_ids[:1]
-        target_ids[i, : len(answer)] = torch.tensor(answer)
 
     names = adapter.resid_hook_names
     seqs = [list(e.prompt_ids) + (list(e.answer_ids) if teacher_forcing else []) for e in encoded]  # what is fed

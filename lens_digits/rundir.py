@@ -32,6 +32,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -48,6 +49,9 @@ from lens_digits.record import RUN_FORMAT
 RUN_FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
 """The files of a run directory."""
 
+
+FIGURE_NAME = re.compile(r"heatmap[-\w.]*\.(html|png|svg|pdf)")
+"""Figures ``lens-digits plot`` writes into a run directory (they keep it a run directory)."""
 
 TAG = "lens-digits"
 PARTIAL_MARKER = ".lens-digits-partial"
@@ -104,7 +108,8 @@ def is_run_directory(folder: Path, files: tuple[str, ...] = RUN_FILES, marker: s
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return False
-    if marker not in names or not names <= set(files):
+    redrawn = {n for n in names if FIGURE_NAME.fullmatch(n)}  # figures lens-digits plot adds
+    if marker not in names or not names - redrawn <= set(files):
         return False
     try:
         info = json.loads((folder / marker).read_text())
@@ -209,6 +214,7 @@ class Reservation:
         self.written = False
         self._fd: int | None = None
         self._created: list[Path] = []
+        self._tmp: Path | None = None
 
     # names beside the target
     @property
@@ -231,6 +237,7 @@ class Reservation:
             self._lock()
             self._clear_dead()
             self.target = check_output(self.target, self.overwrite, is_ours=self.is_ours, flag=self.flag)
+            self._tmp = self._make_temp()  # writing it now proves the folder writable before any compute
         except BaseException:
             self.release()
             raise
@@ -320,10 +327,9 @@ class Reservation:
         """
         if self._fd is None:
             raise RuntimeError("acquire the reservation before writing")
-        tmp = self.target.with_name(f"{self._temp_prefix()}{os.getpid()}-{secrets.token_hex(3)}.tmp")
-        tmp.mkdir()  # permissions from the umask, as any folder the user makes
+        tmp = self._tmp if self._tmp is not None and self._tmp.is_dir() else self._make_temp()
+        self._tmp = None
         try:
-            (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n")
             fill(tmp)
             (tmp / PARTIAL_MARKER).unlink()
             if self.target.is_dir():
@@ -337,6 +343,19 @@ class Reservation:
                 shutil.rmtree(tmp, ignore_errors=True)
         atomic.fsync_dir(self.target.parent)
         return self.target
+
+    def _make_temp(self) -> Path:
+        """The temporary sibling the run is written into, with the marker that lets a later run remove it."""
+        tmp = self.target.with_name(f"{self._temp_prefix()}{os.getpid()}-{secrets.token_hex(3)}.tmp")
+        try:
+            tmp.mkdir()  # permissions from the umask, as any folder the user makes
+            (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n")
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OutputError(
+                f"cannot write output folder {self.shown!r}: {e.strerror} in {str(tmp.parent)!r}; choose another folder"
+            ) from None
+        return tmp
 
     def _move_into_place(self, tmp: Path) -> None:
         target = self.target
@@ -366,7 +385,10 @@ class Reservation:
             raise
 
     def release(self) -> None:
-        """Remove the lock file and any folders made for a run that wrote nothing."""
+        """Remove the lock file, the unused temporary folder and any folders made for a run that wrote nothing."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.lock_path)

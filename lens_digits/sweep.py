@@ -4,6 +4,7 @@ import dataclasses
 import importlib.metadata
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -16,9 +17,9 @@ from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
 from lens_digits.record import RunRecord
-from lens_digits.residuals import ResidualSet, collect_residuals
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.residuals import ResidualSet, collect_residuals, tokens_only
+from lens_digits.targets import EncodedProblem, encode_for_model
+from lens_digits.tasks import Problem, TaskConfig, generate_problems
 
 
 def versions() -> dict[str, str]:
@@ -34,7 +35,7 @@ def versions() -> dict[str, str]:
 
 def run_sweep(
     model: Any,
-    scales: Sequence[int] | str = (1, 2, 3),
+    scales: Sequence[int] | str = (1, 2, 3, 4),
     n_per_scale: int = 200,
     op: str = "add",
     methods: Sequence[str | Decoder] = ("logit_lens",),
@@ -44,7 +45,8 @@ def run_sweep(
     template: str = "compact",
     answer_prefix: str = "",
     few_shot: int = 0,
-    split: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    n_train: int | None = None,
+    n_val: int | None = None,
     allow_negative: bool = False,
     subset: str = "all",
     prepend_bos: bool | None = None,
@@ -64,7 +66,7 @@ def run_sweep(
     Args:
         model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer.
         scales: Digit scales, e.g. ``[1, 2, 3, 4]`` or ``"1-4"``.
-        n_per_scale: Distinct problems per scale, before the train/val/test split.
+        n_per_scale: Test problems per scale: what every decoder is scored on.
         op: ``add``, ``sub``, ``mul`` or a registered operation.
         methods: Decoder names (``logit_lens``) or decoder instances.
         target: ``first`` (first answer token at the last prompt position),
@@ -76,7 +78,9 @@ def run_sweep(
         answer_prefix: Text before the answer's digits that is part of the answer
             (``" "`` for GPT-2-style tokenizers with a template ending in ``=``).
         few_shot: Solved examples put before each prompt.
-        split: Fractions of problems for train, validation and test.
+        n_train: Train problems per scale for decoders that fit (default ``3 * n_per_scale``);
+            the model runs on them only when such a decoder is asked for.
+        n_val: Validation problems per scale for decoders that fit (default ``n_per_scale``).
         allow_negative: Let ``sub`` draw pairs with negative results.
         subset: Score ``all`` test problems, only those the model ``solved``
             (greedy answer exactly right) or only the ``unsolved`` ones.
@@ -94,7 +98,7 @@ def run_sweep(
     >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1], n_per_scale=10, target="first")
     >>> row = grid.to_dataframe().iloc[0]
     >>> row["method"], row["target"], int(row["scale"]), int(row["layer"]), int(row["n"])
-    ('logit_lens', 'first', 1, 0, 2)
+    ('logit_lens', 'first', 1, 0, 10)
     """
     method_list = parse_methods(methods)
     task = TaskConfig(
@@ -105,7 +109,8 @@ def run_sweep(
         answer_prefix=answer_prefix,
         few_shot=few_shot,
         seed=seed,
-        split=split,
+        n_train=n_train,
+        n_val=n_val,
         allow_negative=allow_negative,
     )
     config = SweepConfig(
@@ -137,42 +142,65 @@ def sweep(
     started = time.perf_counter()
     adapter = ModelAdapter.wrap(model)
     targets = list(config.targets)
-    options: dict[str, dict[str, Any]] = {"probe": {"scope": config.probe_scope, "seed": task.seed}}
+    options: dict[str, dict[str, Any]] = {"probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress}}
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
     given = {d.name: d for d in decoders}
     readers = [given.get(m) or make_decoder(m, adapter.model, **options.get(m, {})) for m in config.methods]
+    plan = {d.name: [t for t in targets if t in d.targets] for d in readers}
     for d in readers:
-        unsupported = [t for t in targets if t not in d.targets]
-        if unsupported:
-            raise LensDigitsError(f"decoder {d.name!r} does not support target(s) {unsupported}; it supports {list(d.targets)}")
+        if not plan[d.name]:
+            raise LensDigitsError(f"decoder {d.name!r} reads none of the targets {targets}; it reads {list(d.targets)}")
+        skipped = [t for t in targets if t not in d.targets]
+        if skipped and config.targets != ("first", "answer", "model"):  # "all" means every target each decoder reads
+            warnings.warn(f"decoder {d.name!r} does not read target(s) {skipped}; it has no cells for them", stacklevel=2)
+
     problems = generate_problems(task)
-    common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
     try:
-        data = collect_residuals(
-            adapter, problems, teacher_forcing="answer" in targets, prepend_bos=config.prepend_bos, chat=config.chat, **common
-        )
+        encoded = encode_for_model(adapter, problems, prepend_bos=config.prepend_bos, chat=config.chat)
     except BoundaryMergeError as e:
         raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
+    _warn_unknown_tokens(adapter, problems, encoded)
+    _warn_builtin_untrained(adapter, task)
+    fits = any(d.fits for d in readers)
+    # The model runs on the test problems, and on train and validation problems only for decoders that fit.
+    run = [i for i, p in enumerate(problems) if fits or p.split == "test"]
+    common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
+    data = collect_residuals(
+        adapter, [problems[i] for i in run], encoded=[encoded[i] for i in run], teacher_forcing="answer" in targets, **common
+    )
+    runs = {"residuals": len(run), "greedy": 0}
+    test_idx = [j for j, p in enumerate(data.problems) if p.split == "test"]
+    test = data.select(test_idx)
     own_data = None
-    if "model" in targets or config.subset != "all":
-        prompts = [e.prompt_ids for e in data.encoded]
-        steps = [len(e.answer_ids) + 2 for e in data.encoded]
+    if "model" in targets or config.subset != "all":  # the model's own answers, for the test problems only
+        prompts = [e.prompt_ids for e in test.encoded]
+        steps = [len(e.answer_ids) + 2 for e in test.encoded]
         outputs = greedy_answers(adapter, prompts, steps, batch_size=config.batch_size, progress=config.progress)
-        problems = [
-            dataclasses.replace(p, model_output=o.text, model_correct=o.text == p.answer) for p, o in zip(problems, outputs, strict=True)
-        ]
-        data.problems = problems
+        runs["greedy"] = len(prompts)
+        answered = {
+            id(p): dataclasses.replace(p, model_output=o.text, model_correct=o.text == p.answer)
+            for p, o in zip(test.problems, outputs, strict=True)
+        }
+        test.problems = [answered[id(p)] for p in test.problems]
+        problems = [answered.get(id(p), p) for p in problems]
         if "model" in targets:
-            own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(data.encoded, outputs, strict=True)]
-            own_data = collect_residuals(adapter, problems, encoded=own, **common)
+            own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(test.encoded, outputs, strict=True)]
+            own_data = collect_residuals(adapter, test.problems, encoded=own, **common)
+            runs["residuals"] += len(own)
     subset = config.subset
-    keep = [i for i, p in enumerate(problems) if p.split == "test" and (subset == "all" or p.model_correct == (subset == "solved"))]
+    keep = [i for i, p in enumerate(test.problems) if subset == "all" or p.model_correct == (subset == "solved")]
     if not keep:
         raise LensDigitsError(f"no test problems left in subset {subset!r}; use more problems or another subset")
-    train, val = data.split("train"), data.split("val")
-    test = data.select(keep)  # one object for both targets, so decoders can reuse work across them
-    tests = {"first": test, "answer": test}
+    if fits:
+        train, val = data.split("train"), data.split("val")
+    else:
+        split = {s: [i for i, p in enumerate(problems) if p.split == s] for s in ("train", "val")}
+        train, val = (
+            tokens_only([problems[i] for i in split[s]], [encoded[i] for i in split[s]], data.n_columns) for s in ("train", "val")
+        )
+    scored = test.select(keep)  # one object for both targets, so decoders can reuse work across them
+    tests = {"first": scored, "answer": scored}
     if own_data is not None:
         tests["model"] = own_data.select(keep)
     results = []
@@ -182,7 +210,7 @@ def sweep(
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
             torch.manual_seed(task.seed)
             d.fit(train, val)
-            for t in targets:
+            for t in plan[d.name]:
                 results.append((d.name, t, d.score(tests[t], cast(Target, t))))
     record = RunRecord(
         model=adapter.describe(),
@@ -192,6 +220,7 @@ def sweep(
         targets=targets,
         encoding=describe_encoding(adapter, data, config.prepend_bos, config.chat),
         n_problems={s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
+        model_runs=runs,
         versions=versions(),
         seconds=round(time.perf_counter() - started, 2),
         subset=subset,
@@ -200,7 +229,52 @@ def sweep(
         seed=task.seed,
         batch_size=config.batch_size,
     )
-    return AccuracyGrid.from_scores(results, [problems[i] for i in keep], problems, record.to_dict())
+    return AccuracyGrid.from_scores(results, scored.problems, problems, record.to_dict())
+
+
+def _warn_unknown_tokens(adapter: ModelAdapter, problems: Sequence[Problem], encoded: Sequence[EncodedProblem]) -> None:
+    """Warn when prompts contain the tokenizer's unknown token (characters the model cannot read)."""
+    unk = getattr(adapter.tokenizer, "unk_token_id", None)
+    if unk is None:
+        return
+    bad = [p for p, e in zip(problems, encoded, strict=True) if unk in e.prompt_ids or unk in e.answer_ids]
+    if bad:
+        p = bad[0]
+        chars = sorted({c for c in p.prompt + p.answer_prefix + p.answer if adapter.tokenizer.convert_tokens_to_ids(c) == unk})
+        shown = f" (characters {''.join(chars)!r})" if chars else ""
+        warnings.warn(
+            f"{len(bad)} of {len(problems)} problems contain tokens this tokenizer does not know{shown}, as in {p.prompt!r}: "
+            "the model reads them as unknown; use a template it can read",
+            stacklevel=3,
+        )
+
+
+def _warn_builtin_untrained(adapter: ModelAdapter, task: TaskConfig) -> None:
+    """Warn when the built-in model is asked for an operation or template it was not trained on."""
+    from pathlib import Path
+
+    from lens_digits.builtin import builtin_card, builtin_model_path
+    from lens_digits.tasks import TEMPLATES
+
+    try:
+        same = Path(adapter.name).resolve() == builtin_model_path().resolve()
+    except OSError:
+        return
+    if not same:
+        return
+    recipe = builtin_card()["recipe"]
+    if task.op not in recipe["ops"]:
+        warnings.warn(
+            f"the built-in model was trained on {', '.join(recipe['ops'])} only, not {task.op!r}: expect a grid near 0 "
+            "(train one with lens-digits train-model --ops ...)",
+            stacklevel=3,
+        )
+    if task.template != TEMPLATES["compact"] or task.few_shot or task.answer_prefix:
+        warnings.warn(
+            f"the built-in model was trained on the compact template {TEMPLATES['compact']!r} alone, without few-shot examples "
+            "or an answer prefix: other prompts read as nonsense to it",
+            stacklevel=3,
+        )
 
 
 def describe_encoding(model: ModelAdapter, data: ResidualSet, prepend_bos: bool | None, chat: bool) -> dict[str, Any]:

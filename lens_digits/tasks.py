@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lens_digits.config import known_fields, option
 from lens_digits.errors import LensDigitsError
 from lens_digits.operations import OPERATIONS, Operation, draw_pairs, n_distinct, operand_range, pair_filter, register_operation
 
@@ -34,6 +35,8 @@ MAX_TEMPLATE_WIDTH = 64
 """Largest width or precision a template's format spec may ask for (``{a:>8}``)."""
 
 SPLITS = ("train", "val", "test")
+SPLIT_ORDER: tuple[Literal["test", "train", "val"], ...] = ("test", "train", "val")
+"""The order problems are drawn in, per scale (after any few-shot examples)."""
 
 TEMPLATES: dict[str, str] = {
     "compact": "{a}{op}{b}=",
@@ -91,7 +94,11 @@ class TaskConfig:
 
     Args:
         scales: Digit scales, each from 1 to ``MAX_SCALE``.
-        n_per_scale: Distinct problems per scale (before the split).
+        n_per_scale: Test problems per scale: the problems every decoder is scored on.
+        n_train: Train problems per scale, for decoders that fit (probes); default
+            ``3 * n_per_scale``. Only decoders that fit run the model on them.
+        n_val: Validation problems per scale (choosing a probe's regularisation);
+            default ``n_per_scale``.
         op: Operation name from ``OPERATIONS`` (``add``, ``sub``, ``mul``).
         template: A ``TEMPLATES`` name or a format string with ``{a}``, ``{b}``
             and optionally ``{op}``. The answer is appended right after it.
@@ -102,26 +109,31 @@ class TaskConfig:
             drawn once per scale and never appear as problems.
         few_shot_separator: Joins the examples and the prompt.
         seed: Seed of the generator.
-        split: Fractions ``(train, val, test)``; they must sum to 1.
         allow_negative: For ``sub``: if False (default) only pairs with
             ``a >= b`` are drawn, so results are non-negative; if True any pair,
             and negative answers are written with a leading ``-``.
-        on_short: When a scale has fewer distinct problems than ``n_per_scale``
-            (scale 1 addition has 100): ``"warn"`` uses all of them and warns,
-            ``"error"`` raises. Duplicates are never drawn.
+        on_short: When a scale has fewer distinct problems than asked for (scale 1
+            addition has 100): ``"warn"`` shares all of them out in proportion
+            (test, train, validation) and warns, ``"error"`` raises. Duplicates
+            are never drawn.
+
+    Problems are drawn per scale as one stream of distinct pairs: few-shot
+    examples first, then test, train and validation problems, so the test
+    problems are the same whatever ``n_train`` and ``n_val`` are.
     """
 
-    scales: Sequence[int] | str | int = (1, 2, 3)
-    n_per_scale: int = 200
-    op: str = "add"
-    template: str = "compact"
-    answer_prefix: str = ""
-    few_shot: int = 0
-    few_shot_separator: str = "\n"
-    seed: int = 0
-    split: Sequence[float] = (0.6, 0.2, 0.2)
-    allow_negative: bool = False
-    on_short: Literal["warn", "error"] = "warn"
+    scales: Sequence[int] | str | int = option((1, 2, 3, 4), "digit scales: a range '1-4' or a list '1,2,5'", metavar="SCALES")
+    n_per_scale: int = option(200, "test problems per scale: the problems every decoder is scored on", flag="--n")
+    n_train: int | None = option(None, "train problems per scale, for decoders that fit (probes) (default: 3 x --n)", type=int)
+    n_val: int | None = option(None, "validation problems per scale, for decoders that fit (default: --n)", type=int)
+    op: str = option("add", "operation: add, sub, mul or a registered one")
+    template: str = option("compact", "prompt template: compact, spaced, calculate, or a format string with {a}, {b} and {op}")
+    answer_prefix: str = option("", "text before the answer's digits that belongs to the answer (' ' for GPT-2-style BPE)")
+    few_shot: int = option(0, "solved examples before each prompt")
+    few_shot_separator: str = option("\n", "joins few-shot examples and the prompt", cli=False)
+    seed: int = option(0, "seed of the problems and of the decoders")
+    allow_negative: bool = option(False, "sub: allow negative results (default: a >= b only)")
+    on_short: Literal["warn", "error"] = option("warn", "when a scale has too few distinct problems", cli=False)
 
     def __post_init__(self) -> None:
         """Validate every field."""
@@ -139,11 +151,12 @@ class TaskConfig:
             raise LensDigitsError(f"few_shot must be a non-negative integer, got {self.few_shot!r}")
         if self.few_shot > 1000:
             raise LensDigitsError(f"few_shot is {self.few_shot}, above the limit of 1000 examples per prompt")
-        self.split = tuple(float(x) for x in self.split)  # type: ignore[assignment]
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
-            raise LensDigitsError(f"split must be three non-negative fractions (train, val, test) summing to 1, got {self.split}")
-        if self.split[2] == 0:
-            raise LensDigitsError("the test fraction of split must be above 0: every decoder is scored on test problems")
+        for name in ("n_train", "n_val"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, 3 * self.n_per_scale if name == "n_train" else self.n_per_scale)
+            elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3 * MAX_PER_SCALE:
+                raise LensDigitsError(f"{name} must be an integer from 0 to {3 * MAX_PER_SCALE:,}, got {value!r}")
         if self.on_short not in ("warn", "error"):
             raise LensDigitsError(f"on_short must be 'warn' or 'error', got {self.on_short!r}")
 
@@ -153,17 +166,20 @@ class TaskConfig:
         return parse_scales(self.scales)
 
     @property
-    def split_fractions(self) -> tuple[float, float, float]:
-        """The (train, val, test) fractions."""
-        train, val, test = (float(x) for x in self.split)
-        return train, val, test
+    def counts(self) -> dict[str, int]:
+        """Problems asked for per scale: ``{"test": ..., "train": ..., "val": ...}``."""
+        return {"test": self.n_per_scale, "train": int(self.n_train or 0), "val": int(self.n_val or 0)}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
         d = dataclasses.asdict(self)
         d["scales"] = self.scale_list
-        d["split"] = list(self.split_fractions)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TaskConfig":
+        """Inverse of :meth:`to_dict`; unknown keys (from another version, such as ``split``) are skipped with a warning."""
+        return cls(**known_fields(cls, d))
 
 
 def parse_scales(scales: Any) -> list[int]:
@@ -242,10 +258,23 @@ def resolve_template(template: str) -> str:
     return template
 
 
-def _split_counts(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    n_test = max(1, round(n * fractions[2]))
-    n_val = min(round(n * fractions[1]), n - n_test)
-    return n - n_test - n_val, n_val, n_test
+def share_out(available: int, wanted: dict[str, int]) -> dict[str, int]:
+    """Counts that fit in ``available``, in proportion to ``wanted`` (test gets at least one).
+
+    >>> share_out(100, {"test": 200, "train": 600, "val": 200})
+    {'test': 20, 'train': 60, 'val': 20}
+    """
+    total = sum(wanted.values())
+    if total <= available:
+        return dict(wanted)
+    out = {k: int(available * v // total) for k, v in wanted.items()}
+    out["test"] = max(1, out["test"])
+    for k in sorted(wanted, key=lambda k: -wanted[k]):  # hand out what rounding left, largest share first
+        if sum(out.values()) >= available:
+            break
+        if out[k] < wanted[k]:
+            out[k] += 1
+    return out
 
 
 def format_answer(value: int) -> str:
@@ -257,31 +286,32 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
     """Generate the problems of every scale, deterministically.
 
     >>> ps = generate_problems(TaskConfig(scales=[2], n_per_scale=10, seed=0))
-    >>> len(ps), ps[0].prompt.endswith("="), {p.split for p in ps} == {"train", "val", "test"}
-    (10, True, True)
+    >>> len(ps), ps[0].prompt.endswith("="), [sum(p.split == s for p in ps) for s in ("test", "train", "val")]
+    (50, True, [10, 30, 10])
     """
     operation = OPERATIONS[config.op]
     keep = pair_filter(config.op, config.allow_negative)
     problems: list[Problem] = []
     for scale in config.scale_list:
         available = n_distinct(scale, config.op, config.allow_negative)
-        wanted = config.n_per_scale + config.few_shot
-        if available is not None and wanted > available:
+        wanted = config.counts
+        counts = dict(wanted)
+        if available is not None and sum(wanted.values()) + config.few_shot > available:
             msg = (
-                f"scale {scale} has only {available} distinct {config.op} problems "
-                f"but {config.n_per_scale} (+{config.few_shot} few-shot examples) were asked for"
+                f"scale {scale} has only {available} distinct {config.op} problems but {wanted['test']} test, {wanted['train']} "
+                f"train and {wanted['val']} validation problems (+{config.few_shot} few-shot examples) were asked for"
             )
             if config.on_short == "error":
                 raise LensDigitsError(msg + "; lower n_per_scale or drop this scale")
-            n_use = available - config.few_shot
-            if n_use < 3:
-                raise LensDigitsError(msg + "; too few are left for train/val/test: lower few_shot")
-            warnings.warn(msg + f"; using all {n_use}, each once", stacklevel=2)
-        else:
-            n_use = config.n_per_scale
+            if available - config.few_shot < 1 + (wanted["train"] > 0) + (wanted["val"] > 0):
+                raise LensDigitsError(msg + "; too few are left for test, train and validation problems: lower few_shot")
+            counts = share_out(available - config.few_shot, wanted)
+            warnings.warn(
+                msg + f"; using {counts['test']} test, {counts['train']} train and {counts['val']} validation, each once", stacklevel=2
+            )
         crc = zlib.crc32(config.op.encode())
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, scale, crc]))
-        pairs = draw_pairs(rng, scale, n_use + config.few_shot, keep, f"{config.op} pairs")
+        pairs = draw_pairs(rng, scale, config.few_shot + sum(counts.values()), keep, f"{config.op} pairs")
         shots, pairs = pairs[: config.few_shot], pairs[config.few_shot :]
         prefix = "".join(
             config.template.format(a=a, b=b, op=operation.symbol)
@@ -290,9 +320,10 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
             + config.few_shot_separator
             for a, b in shots
         )
-        n_train, n_val, _ = _split_counts(len(pairs), config.split_fractions)
-        for i, (a, b) in enumerate(pairs):
-            split: Literal["train", "val", "test"] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+        splits: list[Literal["train", "val", "test"]] = []
+        for name in SPLIT_ORDER:
+            splits += [name] * counts[name]
+        for (a, b), split in zip(pairs, splits, strict=True):
             prompt = prefix + config.template.format(a=a, b=b, op=operation.symbol)
             answer = format_answer(operation.fn(a, b))
             problems.append(Problem(scale, config.op, a, b, prompt, answer, split, config.answer_prefix))

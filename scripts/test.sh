@@ -53,7 +53,7 @@ for line in "${lines[@]}"; do
   if [ "$line" = 4 ]; then
     step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake tutorials
     step "type check (mypy lens_digits)" "$venv/bin/python" -m mypy
-    step "lint (ruff)" "$venv/bin/ruff" check lens_digits tests benchmarks tutorials
+    step "lint (ruff)" "$venv/bin/ruff" check lens_digits tests benchmarks scripts tutorials
   fi
 done
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: tokenizers and tiny models built in-process, nothing downloaded."""
+"""Shared fixtures and helpers: tokenizers, tiny models, problems and synthetic residuals built in-process, nothing downloaded."""
 
 import os
 import warnings
@@ -7,7 +7,11 @@ import pytest
 import torch
 
 import lens_digits as ld
+from lens_digits.decoders.labels import digit_labels
 from lens_digits.models import hooked_transformer_class, transformer_lens_version
+from lens_digits.residuals import ResidualSet
+from lens_digits.targets import EncodedProblem
+from lens_digits.tasks import Problem, TaskConfig, generate_problems
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +29,36 @@ def build_cfg(**overrides):
     cfg = dict(n_layers=3, d_model=32, n_heads=4, n_ctx=64, seed=0)
     cfg.update(overrides)
     return cfg
+
+
+def problems_for(scales=(1, 2, 3), n=24, **kw):
+    return generate_problems(TaskConfig(scales=scales, n_per_scale=n, seed=1, **kw))
+
+
+def synthetic_set(answers, splits, signal_layers, *, n_layers=5, d_model=24, strength=1.5, seed=0, scales=None, answer_tokens=None):
+    """Residuals where each answer digit is written linearly (one random direction per place and digit) at ``signal_layers``."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(answers)
+    places = max(len(a.lstrip("-")) for a in answers)
+    labels = digit_labels(answers, places)
+    codes = torch.randn(places, 10, d_model, generator=gen)
+    signal = sum(codes[p][labels[:, p]] for p in range(places))  # (n, d)
+    resid = torch.randn(n, n_layers, 1, d_model, generator=gen)
+    for layer in signal_layers:
+        resid[:, layer, 0] += strength * signal
+    resid[:, :, 0, 0] += 3.0  # an offset, so standardisation matters
+    scales = scales or [3] * n
+    problems = [
+        Problem(s, "add", i, i * 7919 % 1000, f"{i}+{i * 7919 % 1000}=", a, sp)
+        for i, (a, sp, s) in enumerate(zip(answers, splits, scales, strict=True))
+    ]
+    tokens = answer_tokens or [len(a) for a in answers]
+    encoded = [EncodedProblem((1, 2, 3), tuple(range(4, 4 + k))) for k in tokens]
+    return ResidualSet(resid, torch.zeros(n, 1, dtype=torch.long), problems, encoded, {})
+
+
+def splits(n_train, n_val, n_test):
+    return ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +111,30 @@ def hooked_model(char_tok):
     if not HAS_HOOKED:
         pytest.skip(f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0)")
     return ld.build_model(tokenizer=char_tok, kind="hooked", **build_cfg(normalization_type="LN"))
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    from lens_digits.builtin import load_builtin_model
+
+    return load_builtin_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def card():
+    from lens_digits.builtin import builtin_card
+
+    return builtin_card()
+
+
+@pytest.fixture(scope="module")
+def grid(native_model):
+    return ld.run_sweep(native_model, scales=[1, 2, 3], n_per_scale=40, target="both", seed=2)
+
+
+@pytest.fixture(scope="module")
+def saved(grid, tmp_path_factory):
+    return grid.save(tmp_path_factory.mktemp("saved") / "run")
 
 
 @pytest.fixture(autouse=True)

@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import shlex
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from lens_digits.cli import main
+from lens_digits.cli import build_parser, main
 from lens_digits.grid import FILES
 
 
@@ -30,7 +31,7 @@ def test_run_on_local_checkpoint_writes_run_directory(llama_dir, tmp_path, capsy
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     df = pd.read_csv(out / "grid.csv")
     assert set(df["scale"]) == {1, 2, 3} and set(df["target"]) == {"first", "answer"}
-    assert "logit_lens · target=answer" in stdout and str(out) in stdout
+    assert "logit_lens · target answer" in stdout and str(out) in stdout
 
 
 def test_cli_and_python_give_the_same_grid(llama_dir, llama_model, tmp_path, capsys):
@@ -52,7 +53,7 @@ def test_cli_and_python_give_the_same_grid(llama_dir, llama_model, tmp_path, cap
     [
         (["--scales", "0-2"], "impossible digit scale 0"),
         (["--scales", "one"], "cannot read digit scales"),
-        (["--n", "0"], "n_per_scale must be a positive integer"),
+        (["--n", "0"], "--n must be a positive integer"),
         (["--op", "pow"], "unknown op 'pow'"),
         (["--template", "{a}+"], "must contain {a} and {b}"),
         (["--methods", "nope"], "unknown method 'nope'"),
@@ -122,16 +123,17 @@ def test_broken_checkpoint_is_one_line_exit_2_and_nothing_written(case, llama_di
 BAD_SETTINGS = [
     (["--device", "tpu0"], "unknown device 'tpu0'"),
     (["--device", "cuda:99"], "cuda:99"),
-    (["--seed", "-1"], "seed must be a non-negative integer"),
+    (["--seed", "-1"], "--seed must be a non-negative integer"),
     (["--template", "{a:q}+{b}="], "cannot be filled in"),
     (["--template", "{a:>1000000000}+{b}="], "asks for width 1,000,000,000; the limit is 64"),
     (["--template", "{a}+{b}={"], "not a valid format string"),
     (["--n", "10000000"], "above the limit of 100,000 problems per scale"),
     (["--scales", "1-1000000000"], "impossible digit scale 1000000000"),
     (["--scales", "4-1"], "runs backwards"),
-    (["--batch-size", "-1"], "batch_size must be at least 1"),
-    (["--batch-size", "0"], "batch_size must be at least 1"),
-    (["--few-shot", "-2"], "few_shot must be a non-negative integer"),
+    (["--batch-size", "-1"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--few-shot", "-2"], "--few-shot must be a non-negative integer"),
+    (["--target", "middle"], "unknown target 'middle'"),
 ]
 if not torch.cuda.is_available():
     BAD_SETTINGS.append((["--device", "cuda"], "use --device cpu"))
@@ -222,7 +224,7 @@ SLOW_SAVE = textwrap.dedent(
         print("SAVING", flush=True)
         time.sleep(120)
     AccuracyGrid.figure = slow_figure
-    from lens_digits.cli import main
+    from lens_digits.cli import build_parser, main
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -275,14 +277,117 @@ def test_unwritable_or_non_empty_out(llama_dir, tmp_path, capsys):
     assert code == 2 and "not empty" in err and [p.name for p in full.iterdir()] == ["x"]
 
 
-def test_argparse_errors_exit_2(capsys):
+def test_argparse_errors_exit_2_with_one_line(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["run", "--target", "middle"])
+        main(["run", "--subset", "most", "--out", "x"])
     assert e.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and err.startswith("lens-digits: error: ") and len(err.strip().splitlines()) == 1
 
 
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "lens_digits.cli", "run", "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--scales", "--n", "--op", "--target", "--out", "--device", "--dtype", "--batch-size", "--seed"):
         assert flag in out
+
+
+# ---- the first hour -------------------------------------------------------------------------------
+
+
+def imported_modules(*args):
+    """Modules a fresh ``lens-digits ARGS`` process imports (python -X importtime), and its exit code."""
+    code = "import sys; from lens_digits.cli import build_parser, main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code, *args], capture_output=True, text=True)
+    names = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return names, proc.returncode, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,exit_code",
+    [(["run", "--help"], 0), (["train-model", "--help"], 0), (["run", "--out", "x", "--scales", "0-2"], 2), (["run", "--nn", "3"], 2)],
+)
+def test_help_and_typos_load_no_torch(args, exit_code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names, code, _ = imported_modules(*args)
+    assert code == exit_code
+    assert "torch" not in names and "transformers" not in names and "transformer_lens" not in names
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_shows_no_empty_defaults_and_the_readme_lists_every_flag():
+    from pathlib import Path
+
+    parser = build_parser()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    synopsis = readme[readme.index("## Command line") :].split("```")[1]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in synopsis, (name, flag)
+        assert f"lens-digits {name}" in synopsis
+
+
+def test_the_output_folder_is_written_to_before_any_compute(llama_dir, tmp_path, monkeypatch, capsys):
+    """A folder that passes the permission check but cannot be written fails before the model loads."""
+    import errno
+    from pathlib import Path
+
+    from lens_digits import models
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    code, _, err = run_cli(capsys, "run", "--model", str(llama_dir), "--out", str(tmp_path / "run"), "--no-progress")
+    one_line_error(code, err, "Read-only file system")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_spends_its_forward_passes_on_scored_problems(llama_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "run", "--model", str(llama_dir), "--scales", "2-3", "--n", "30", "--out", str(out), "--no-progress")[0] == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["n_problems"] == {"test": 60, "train": 180, "val": 60}
+    assert info["model_runs"] == {"residuals": 60, "greedy": 0}
+    df = pd.read_csv(out / "grid.csv")
+    assert set(df["n"]) == {30}
+
+
+def test_plot_redraws_a_run_and_compare_subtracts_two(llama_dir, tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--model", str(llama_dir), "--scales", "1-2", "--n", "20", "--methods", "logit_lens,probe", "--target", "both"]
+    assert run_cli(capsys, "run", *common, "--out", str(a), "--no-progress")[0] == 0
+    assert run_cli(capsys, "run", *common, "--seed", "1", "--out", str(b), "--no-progress")[0] == 0
+    code, out, _ = run_cli(capsys, "plot", str(a), "--method", "probe", "--target", "answer", "--place", "units")
+    assert code == 0 and (a / "heatmap-probe-answer-units.html").is_file()
+    html = (a / "heatmap-probe-answer-units.html").read_text()
+    assert "Accuracy Breakdown" in html and "place units" in html
+    assert ld_load(a).to_dataframe().equals(ld_load(a).to_dataframe())  # still a readable run directory
+    from lens_digits.rundir import is_run_directory
+
+    assert is_run_directory(a), "a redrawn figure keeps the folder a run directory (overwritable)"
+    code, _, err = run_cli(capsys, "plot", str(a), "--method", "nope")
+    one_line_error(code, err, "has no method 'nope'")
+    code, out, _ = run_cli(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "diff.html"))
+    assert code == 0 and "a:logit_lens - b:logit_lens" in out and (tmp_path / "diff.html").is_file()
+    ga, gb = ld_load(a), ld_load(b)
+    expected = ga.pivot("logit_lens", "answer") - gb.pivot("logit_lens", "answer")
+    got = ga.compare(gb, ("a", "b")).pivot("a:logit_lens - b:logit_lens", "answer")
+    pd.testing.assert_frame_equal(got, expected, atol=1e-6)
+    code, _, err = run_cli(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "diff.html"))
+    one_line_error(code, err, "exists; choose another --out")
+
+
+def ld_load(path):
+    import lens_digits as ld
+
+    return ld.AccuracyGrid.load(path)

@@ -1,5 +1,6 @@
+"""AccuracyGrid: the table, saving a run directory, the figure, differences and the text table."""
+
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -7,10 +8,7 @@ import pytest
 import lens_digits as ld
 from lens_digits.grid import CONTRACT_COLUMNS, FILES, AccuracyGrid, wilson_interval
 
-
-@pytest.fixture(scope="module")
-def grid(native_model):
-    return ld.run_sweep(native_model, scales=[1, 2, 3], n_per_scale=40, target="both", seed=2)
+# The fixture `grid` (a sweep of a tiny model, both targets) is in conftest.py.
 
 
 def test_table_has_contract_columns_and_one_row_per_cell(grid, native_model):
@@ -101,7 +99,12 @@ def test_figure_axes_title_and_values(grid):
         assert list(trace.x) == list(pivot.columns)
         assert list(trace.y) == [str(s) for s in pivot.index]
         assert (trace.z == pivot.to_numpy()).all()
-        assert "n %{customdata}" in trace.hovertemplate
+        assert "n %{customdata[0]:.0f}" in trace.hovertemplate and "95% interval %{customdata[1]" in trace.hovertemplate
+        n = grid.pivot(method, target, "n").to_numpy()
+        assert (trace.customdata[..., 0] == n).all()
+    # the subtitle says what is shown: methods, targets and test problems per scale
+    subtitle = fig.layout.title.subtitle.text
+    assert "logit_lens" in subtitle and "target first, answer" in subtitle and "test problems per scale" in subtitle
 
 
 def test_difference_grid(grid):
@@ -121,35 +124,8 @@ def test_difference_grid(grid):
 
 def test_text_table_lists_every_scale(grid):
     text = grid.to_text()
-    assert "logit_lens · target=answer" in text and "logit_lens · target=first" in text
+    assert "logit_lens · target answer" in text and "logit_lens · target first" in text
     assert all(f"\n{s} " in text for s in (1, 2, 3))
-
-
-def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
-    import torch
-
-    class Always(ld.Decoder):
-        name = "test_always_right"
-
-        def score(self, data, target):
-            return ld.Scores(torch.ones(len(data), data.n_columns, dtype=torch.bool))
-
-    ld.register_decoder(Always)
-    with pytest.warns(UserWarning, match="registered again"):  # a notebook cell run twice
-        ld.register_decoder(Always)
-
-    class Impostor(ld.Decoder):
-        name = "test_always_right"
-
-        def score(self, data, target):
-            raise AssertionError
-
-    with pytest.raises(ld.LensDigitsError, match="already registered"):  # another class may not take the name
-        ld.register_decoder(Impostor)
-    grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=20, methods=["logit_lens", "test_always_right"], target="first")
-    df = grid.to_dataframe()
-    assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()
-    assert len(grid.figure().data) == 2
 
 
 def test_breakdown_rows_are_kept_apart_from_whole_cells():
@@ -164,113 +140,10 @@ def test_breakdown_rows_are_kept_apart_from_whole_cells():
     assert len(grid.figure(place="tens").data) == 1
 
 
-# ---- a run directory read back, trusting nothing ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def saved(grid, tmp_path_factory):
-    return grid.save(tmp_path_factory.mktemp("saved") / "run")
-
-
-def tampered(saved, tmp_path, name, edit):
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(saved, copy)
-    path = copy / name
-    path.write_text(edit(path.read_text()))
-    return copy
-
-
-def _set_cell(text, column, value, row=1):
-    lines = text.splitlines()
-    header = lines[0].split(",")
-    cells = lines[row].split(",")
-    cells[header.index(column)] = value
-    lines[row] = ",".join(cells)
-    return "\n".join(lines) + "\n"
-
-
-@pytest.mark.parametrize(
-    "name,edit,message",
-    [
-        ("grid.csv", lambda t: t[: len(t) // 2], r"grid.csv(, line \d+)?: .*(incomplete|truncated|must be|missing)"),
-        (
-            "grid.csv",
-            lambda t: "\n".join(t.splitlines()[:-3]) + "\n",
-            r"layers 0\.\.\d but the grid has layers 0\.\.3; the file is incomplete",
-        ),
-        ("grid.csv", lambda t: _set_cell(t, "accuracy", "abc"), r"grid.csv, line 2: accuracy must be a number, got 'abc'"),
-        ("grid.csv", lambda t: _set_cell(t, "accuracy", "7.5"), r"grid.csv, line 2: accuracy must lie between 0 and 1"),
-        ("grid.csv", lambda t: _set_cell(t, "n", "-3", row=4), r"grid.csv, line 5: n must be an integer >= 0"),
-        ("grid.csv", lambda t: _set_cell(t, "layer", "1.5", row=3), r"grid.csv, line 4: layer must be an integer"),
-        ("grid.csv", lambda t: "", r"grid.csv is empty"),
-        ("grid.csv", lambda t: t.splitlines()[0] + "\n", r"has a header and no cells"),
-        ("grid.csv", lambda t: t + t.splitlines()[1] + "\n", r"grid.csv, line \d+: repeats the cell .* of line 2"),
-        ("grid.csv", lambda t: t.replace("accuracy", "acc", 1), r"lacks column\(s\) \['accuracy'\]"),
-        ("grid.csv", lambda t: t + "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p\n", r"grid.csv"),
-        ("run.json", lambda t: t[:-10], r"run.json, line \d+: not valid JSON"),
-        ("run.json", lambda t: "[1, 2]", r"run.json: expected a JSON object"),
-        ("prompts.jsonl", lambda t: t.replace("}", "", 1), r"prompts.jsonl, line 1: not valid JSON"),
-        ("prompts.jsonl", lambda t: t.replace('"scale": ', '"scale_": ', 1), r"prompts.jsonl, line 1: missing key\(s\) \['scale'\]"),
-        ("prompts.jsonl", lambda t: t.replace('"split": "', '"split": "x', 1), r"prompts.jsonl, line 1: split must be"),
-    ],
-)
-def test_load_refuses_a_tampered_run_directory_naming_file_and_line(saved, tmp_path, name, edit, message):
-    copy = tampered(saved, tmp_path, name, edit)
-    with pytest.raises(ld.RunDirectoryError, match=message):
-        AccuracyGrid.load(copy)
-
-
-def test_load_keeps_going_past_keys_from_a_newer_version(saved, tmp_path):
-    def add_key(text):
-        return "\n".join(line[:-1] + ', "new_field": 1}' for line in text.splitlines()) + "\n"
-
-    copy = tampered(saved, tmp_path, "prompts.jsonl", add_key)
-    with pytest.warns(UserWarning, match="new_field"):
-        back = AccuracyGrid.load(copy)
-    assert back.problems == AccuracyGrid.load(saved).problems
-
-
-def test_load_reads_a_difference_grid_with_negative_cells(grid, tmp_path):
-    df = grid.to_dataframe().copy()
-    other = df.assign(method="other", accuracy=1.0)
-    diff = AccuracyGrid(pd.concat([df, other]), grid.problems, grid.info).difference("logit_lens", "other", target="answer")
-    assert (diff.to_dataframe()["accuracy"] < 0).any()
-    back = AccuracyGrid.load(diff.save(tmp_path / "diff"))
-    pd.testing.assert_frame_equal(back.to_dataframe(), diff.to_dataframe(), check_dtype=False)
-
-
-# ---- run directories of earlier versions ---------------------------------------------------------
-
-SCHEMA1 = Path(__file__).parent / "data" / "run_schema1"  # written by lens-digits 0.1.0 before run.json had a schema
-
-
-def test_a_run_directory_of_the_previous_schema_loads(tmp_path):
-    grid = AccuracyGrid.load(SCHEMA1)
-    record = grid.record
-    assert record.schema == 1 and record.seed == 0 and record.targets == ["first", "answer"]
-    assert set(grid.methods) == {"logit_lens", "probe"} and grid.breakdown_columns == ["place"]
-    assert len(grid.problems) == 40 and grid.problems[0].split in ("train", "val", "test")
-    assert grid.pivot("logit_lens", "answer").shape == (2, 5)
-    # --overwrite recognises it as a run directory of this package, and writes the current schema
-    import shutil
-
-    copy = tmp_path / "old"
-    shutil.copytree(SCHEMA1, copy)
-    grid.save(copy, overwrite=True)
-    assert json.loads((copy / "run.json").read_text())["schema"] == ld.record.RUN_SCHEMA
-
-
-def test_run_json_records_what_was_fed_and_read(saved, grid, native_model):
-    record = AccuracyGrid.load(saved).record
-    assert record.schema == ld.record.RUN_SCHEMA and record.sweep["targets"] == ["first", "answer"]
-    bos = record.encoding["bos"]
-    assert bos["prepended"] is True and bos["id"] == native_model.tokenizer.bos_token_id and bos["token"] == "<s>"
-    assert record.methods["logit_lens"]["readout"]["steps"][1] == "unembedding"
-    tok = native_model.tokenizer
-    for scale in ("1", "2", "3"):
-        ex = record.encoding["examples"][scale]
-        # enough to redo the cell with plain Hugging Face: the ids are the tokenizer's, BOS first
-        assert ex["prompt_ids"] == [bos["id"]] + tok(ex["prompt"], add_special_tokens=False)["input_ids"]
-        assert "".join(ex["prompt_tokens"][1:]) == ex["prompt"] and "".join(ex["answer_tokens"]) == ex["answer"]
+def test_print_shows_the_tables_and_pivot_asks_which_panel(grid):
+    text = str(grid)
+    assert text == grid.to_text()
+    assert "n = " in text and "±95%" in text and "baseline" in text
+    with pytest.raises(ld.LensDigitsError, match="2 targets"):
+        grid.pivot()
+    assert grid.pivot(target="answer").shape[0] == 3

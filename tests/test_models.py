@@ -1,22 +1,16 @@
+"""Loading and building models: TransformerLens versions, dtypes, devices, and loader failures named."""
+
 import pytest
 import torch
 from conftest import HAS_HOOKED
 
 import lens_digits as ld
-from lens_digits.adapter import ModelAdapter
 from lens_digits.models import hooked_transformer_class, model_kind, transformer_lens_version
 
 
 def test_feature_detection_matches_installed_version():
     major = int(transformer_lens_version().split(".")[0])
     assert (hooked_transformer_class() is not None) == (major < 4) == HAS_HOOKED
-
-
-def test_load_local_folder_in_eval_mode(llama_dir):
-    model = ld.load_model(llama_dir, device="cpu", dtype="float32")
-    assert model_kind(model) == "TransformerBridge" and not model.training
-    info = ModelAdapter.wrap(model).describe()
-    assert info["n_layers"] == 3 and info["d_model"] == 32 and info["dtype"] == "float32"
 
 
 def test_load_in_bfloat16_keeps_float32_residuals(llama_dir):
@@ -58,21 +52,6 @@ def test_hooked_kind_built_where_available_else_refused():
             ld.build_model(tokenizer=ld.testing.char_tokenizer(), kind="hooked")
 
 
-def test_model_without_tokenizer_is_a_clear_error():
-    model = ld.build_model(d_vocab=20)
-    with pytest.raises(ld.LensDigitsError, match="no tokenizer"):
-        ld.run_sweep(model, scales=[1], n_per_scale=5)
-
-
-def test_out_of_memory_names_the_flag_to_change(native_model, monkeypatch):
-    def oom(*a, **k):
-        raise torch.OutOfMemoryError("CUDA out of memory")
-
-    monkeypatch.setattr(native_model, "run_with_hooks", oom)
-    with pytest.raises(ld.LensDigitsError, match=r"out of memory .*--batch-size 16"):
-        ld.run_sweep(native_model, scales=[2], n_per_scale=60, batch_size=32)
-
-
 def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
     from lens_digits import models
 
@@ -86,24 +65,6 @@ def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
     monkeypatch.setattr(models.bridge_class(), "boot_transformers", spy)
     ld.load_model(llama_dir, device_map="auto", n_devices=2)
     assert seen["device_map"] == "auto" and seen["n_devices"] == 2 and seen["device"] is None
-
-
-def test_an_architecture_transformer_lens_lacks_says_so(tmp_path):
-    import transformers
-
-    try:
-        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-    except ImportError:
-        SUPPORTED_ARCHITECTURES = {}
-    if "BioGptForCausalLM" in SUPPORTED_ARCHITECTURES:
-        pytest.skip("this TransformerLens supports BioGPT")
-    tok = ld.testing.char_tokenizer()
-    cfg = transformers.BioGptConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "biogpt")
-    tok.save_pretrained(tmp_path / "biogpt")
-    with pytest.raises(ld.ModelLoadError, match="does not support the architecture") as e:
-        ld.load_model(tmp_path / "biogpt", device="cpu")
-    assert "network" not in str(e.value) and "hub" not in str(e.value)
 
 
 def test_a_bad_value_from_the_loader_is_not_called_a_network_failure(monkeypatch):
@@ -136,8 +97,32 @@ def test_progress_false_hides_bars_only_while_loading(llama_dir):
     assert seen == [False] and transformers.utils.logging.is_progress_bar_enabled()
 
 
-def test_run_sweep_leaves_the_global_random_state_alone(native_model):
-    torch.manual_seed(1234)
-    before = torch.get_rng_state()
-    ld.run_sweep(native_model, scales=[1, 2], n_per_scale=30, methods=["logit_lens", "probe"], target="first")
-    assert torch.equal(torch.get_rng_state(), before)
+# ---- hub names without a hub ----------------------------------------------------------------------
+
+
+def test_an_unreachable_hub_fails_at_once_unless_the_model_is_cached(llama_dir, tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE, transformers used to retry for a minute; now a closed hub is noticed and the cache used."""
+    import shutil
+
+    from lens_digits import models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ld.ModelLoadError, match="cannot reach the Hugging Face hub .* not in the local cache"):
+        ld.load_model("someone/not-cached-anywhere", device="cpu")
+    with pytest.raises(ld.ModelLoadError, match="no folder of that name here either"):
+        ld.load_model("my_checkpoint", device="cpu")
+    # a model in the local Hugging Face cache loads from it, offline
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "models--someone--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(llama_dir, snapshot)
+    (tmp_path / "models--someone--tiny" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    before = constants.HF_HUB_OFFLINE
+    model = ld.load_model("someone/tiny", device="cpu", progress=False)
+    assert model.cfg.n_layers == 3
+    assert constants.HF_HUB_OFFLINE == before, "offline mode is switched on for the load only"

@@ -1,10 +1,11 @@
-"""Residual collection: the hook, batching by the length actually fed, and models split over devices."""
+"""Residual collection: the hook, batching by the length actually fed, what is stored, and models split over devices."""
 
 import pytest
 import torch
+from conftest import problems_for
 
 import lens_digits as ld
-from lens_digits.batching import length_batches
+from lens_digits.decoders import LogitLens
 from lens_digits.residuals import _keep, collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
 
@@ -44,11 +45,26 @@ def test_hook_copies_exactly_the_kept_positions():
     assert (out[[0, 2]] == -1).all() and (out[:, 1] == -1).all()
 
 
-def test_length_batches_groups_equal_lengths_in_a_fixed_order():
-    lengths = [5, 3, 5, 5, 3, 7]
-    batches = list(length_batches(lengths, 2))
-    assert batches == [[1, 4], [0, 2], [3], [5]]
-    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+def test_batched_equals_unbatched(llama_model):
+    problems = problems_for(scales=(1, 2, 3), n=15, few_shot=2)
+    one = collect_residuals(llama_model, problems, batch_size=1)
+    many = collect_residuals(llama_model, problems, batch_size=64)
+    torch.testing.assert_close(one.resid, many.resid, rtol=1e-5, atol=1e-5)
+    lens = LogitLens.from_model(llama_model)
+    assert torch.equal(lens.decode(one)[0], lens.decode(many)[0])
+
+
+def test_stored_residuals_have_only_answer_positions(llama_model):
+    problems = problems_for(scales=(1, 3), n=10, few_shot=3)
+    rs = collect_residuals(llama_model, problems)
+    n_answer = [len(e.answer_ids) for e in rs.encoded]
+    assert rs.resid.shape == (len(problems), llama_model.cfg.n_layers + 1, max(n_answer), llama_model.cfg.d_model)
+    assert rs.resid.dtype == torch.float32
+    assert (rs.answer_mask.sum(1) == torch.tensor(n_answer)).all()
+    assert (rs.resid[~rs.answer_mask.unsqueeze(1).expand(-1, rs.n_columns, -1)] == 0).all()
+    first_only = collect_residuals(llama_model, problems, teacher_forcing=False)
+    assert first_only.resid.shape[2] == 1
+    torch.testing.assert_close(first_only.resid[:, :, 0], rs.resid[:, :, 0], rtol=1e-5, atol=1e-5)
 
 
 def test_target_first_on_bpe_batches_by_the_prompt_length(gpt2_model):
@@ -61,6 +77,15 @@ def test_target_first_on_bpe_batches_by_the_prompt_length(gpt2_model):
     assert set(grid.to_dataframe()["scale"]) == {1, 2, 3, 4}
     probe_only = ld.run_sweep(gpt2_model, scales="1-2", n_per_scale=60, methods=["probe"], target="answer", template="{a} {op} {b} =")
     assert "probe" in probe_only.methods
+
+
+def test_out_of_memory_names_the_flag_to_change(native_model, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(native_model, "run_with_hooks", oom)
+    with pytest.raises(ld.LensDigitsError, match=r"out of memory .*--batch-size 16"):
+        ld.run_sweep(native_model, scales=[2], n_per_scale=60, batch_size=32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to split a model between GPU and CPU")

@@ -365,24 +365,3 @@ def test_sigkill_right_after_the_swap_leaves_the_new_run_in_place(tmp_path):
     with Reservation(out, overwrite=True):
         pass  # the next run removes the old run left in the temporary folder
     assert sorted(x.name for x in tmp_path.iterdir()) == ["run"]
-
-
-def test_signals_arriving_during_the_move_are_delivered_after_it(tmp_path, monkeypatch):
-    seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
-    real_rename = os.rename
-
-    def rename_with_signal(a, b):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)
-        assert seen == [], "held back during the move"
-        real_rename(a, b)
-
-    monkeypatch.setattr(rundir.os, "rename", rename_with_signal)
-    try:
-        with Reservation(tmp_path / "run") as r:
-            r.write(fill_with("x"))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert seen == [signal.SIGTERM]
-    assert tag_of(tmp_path / "run") == "x"

@@ -1,6 +1,11 @@
+"""Encoding problems: answer tokens per tokenizer family, boundary merges, BOS and chat templates."""
+
 import pytest
+import torch
+from conftest import problems_for
 
 import lens_digits as ld
+from lens_digits.residuals import collect_residuals
 from lens_digits.targets import encode_problems
 
 
@@ -80,3 +85,13 @@ def test_first_token_digits_per_tokenizer(char_tok, chunk_tok, bpe_tok):
     assert encode_problems(chunk_tok, ["9999+1="], ["10000"])[0].first_token_digits == 3
     (e,) = encode_problems(bpe_tok, ["12 + 34 ="], [" 46"])
     assert e.first_token_digits == 2
+
+
+def test_prepend_bos_override(llama_model):
+    problems = problems_for(scales=(1,), n=5)
+    with_bos = collect_residuals(llama_model, problems, prepend_bos=True)
+    without = collect_residuals(llama_model, problems, prepend_bos=False)
+    bos = llama_model.tokenizer.bos_token_id
+    assert all(e.prompt_ids[0] == bos for e in with_bos.encoded)
+    assert all(e.prompt_ids[0] != bos for e in without.encoded)
+    assert not torch.allclose(with_bos.resid[:, 1:], without.resid[:, 1:])

@@ -13,16 +13,36 @@ the checkpoint folder.
 True
 """
 
+import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from lens_digits.builtin.card import greedy_accuracy, write_card
-from lens_digits.builtin.recipe import TrainConfig, builtin_tokenizer
-from lens_digits.builtin.train import train, train_model
 from lens_digits.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from lens_digits.builtin.card import greedy_accuracy, write_card
+    from lens_digits.builtin.recipe import TrainConfig, builtin_tokenizer
+    from lens_digits.builtin.train import train, train_model
+
+_LAZY = {
+    "greedy_accuracy": "card",
+    "write_card": "card",
+    "TrainConfig": "recipe",
+    "builtin_tokenizer": "recipe",
+    "train": "train",
+    "train_model": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the training and card code on first use (so that ``lens_digits.builtin`` loads no torch)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'lens_digits.builtin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"lens_digits.builtin.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
 
 BUILTIN_MODEL_NAME = "arith-llama"
 
@@ -40,7 +60,7 @@ def builtin_card() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_builtin_model(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> Any:
+def load_builtin_model(device: Any = None, dtype: Any = None) -> Any:
     """Load the shipped arithmetic model with :func:`lens_digits.load_model` (a ``TransformerBridge``).
 
     Args:

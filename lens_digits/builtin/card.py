@@ -72,6 +72,7 @@ def write_card(
     n_per_scale: int = 500,
     seed: int = 0,
     name: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Measure a trained checkpoint's greedy accuracy and write ``card.json`` and ``README.md`` beside it.
 
@@ -85,6 +86,7 @@ def write_card(
         n_per_scale: Problems per scale and op (all splits of ``generate_problems``).
         seed: Seed of the problems.
         name: Model name in the card (default: the folder's name).
+        progress: Show a progress bar over (op, scale) cells.
 
     Returns:
         The card as a dict (what ``card.json`` holds).
@@ -96,7 +98,7 @@ def write_card(
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     started = time.perf_counter()
-    accuracy = greedy_accuracy(model, scales, ops, n_per_scale, tokenizer=tokenizer, seed=seed)
+    accuracy = greedy_accuracy(model, scales, ops, n_per_scale, tokenizer=tokenizer, seed=seed, progress=progress)
     card = {
         "name": name or folder.name,
         "architecture": info["architecture"],

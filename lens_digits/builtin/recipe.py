@@ -3,8 +3,9 @@
 :class:`TrainConfig` is the recipe (the defaults are the shipped model's);
 :func:`sample_problems` draws training problems written exactly as
 :mod:`lens_digits.tasks` writes them with the ``compact`` template
-(``12+34=``), and :func:`encode_batch` turns them into tokens and labels
-(``<s>12+34=46</s>``, loss on the answer and EOS only).
+(``12+34=``), which :func:`lens_digits.builtin.train.encode_batch` turns into tokens and
+labels (``<s>12+34=46</s>``, loss on the answer and EOS only). Importing this
+module loads no torch, so the command line's help stays fast.
 """
 
 import dataclasses
@@ -14,11 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from lens_digits.chartok import SPECIALS, word_tokenizer
-from lens_digits.config import known_fields
+from lens_digits.config import known_fields, option
 from lens_digits.errors import LensDigitsError
 from lens_digits.operations import OPERATIONS, operand_range
 from lens_digits.tasks import TEMPLATES, format_answer, parse_scales
@@ -51,20 +50,20 @@ class TrainConfig:
         seed: Seeds the weights and the training problems.
     """
 
-    n_layers: int = 4
-    d_model: int = 96
-    n_heads: int = 4
-    d_mlp: int | None = None
-    n_ctx: int = 128
-    scales: Sequence[int] | str = (1, 2, 3)
-    ops: Sequence[str] | str = ("add",)
-    mixed: float = 0.2
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup: int | None = None
-    weight_decay: float = 0.1
-    seed: int = 0
+    n_layers: int = option(4, "transformer blocks", flag="--layers")
+    d_model: int = option(96, "residual stream width")
+    n_heads: int = option(4, "attention heads", flag="--heads")
+    d_mlp: int | None = option(None, "MLP hidden width (default: 4 x --d-model)", type=int)
+    n_ctx: int = option(128, "longest input in tokens")
+    scales: Sequence[int] | str = option((1, 2, 3), "digit scales of the training problems", metavar="SCALES")
+    ops: Sequence[str] | str = option(("add",), "operations, comma-separated: add, sub, mul", metavar="OPS")
+    mixed: float = option(0.2, "fraction of problems whose operands differ in length")
+    steps: int = option(3000, "optimiser steps")
+    batch_size: int = option(128, "problems per step")
+    lr: float = option(1e-3, "peak learning rate (AdamW, warm-up then cosine decay)")
+    warmup: int | None = option(None, "warm-up steps (default: min(200, steps / 10))", type=int)
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices")
+    seed: int = option(0, "seed of the weights and the training problems")
 
     def __post_init__(self) -> None:
         """Validate every field."""
@@ -157,24 +156,3 @@ def sample_problems(rng: np.random.Generator, n: int, config: TrainConfig) -> li
             a, b = b, a
         out.append((TEMPLATE.format(a=a, b=b, op=op.symbol), format_answer(op.fn(a, b))))
     return out
-
-
-def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tuple[Tensor, Tensor]:
-    """Tokens ``<s> prompt answer </s>`` right-padded, and labels (``-100`` except answer and EOS).
-
-    Right padding needs no attention mask under a causal model: no real token
-    attends to a later pad.
-    """
-    seqs, labels = [], []
-    for prompt, answer in problems:
-        p = [ids["<s>"]] + [ids[c] for c in prompt]
-        a = [ids[c] for c in answer] + [ids["</s>"]]
-        seqs.append(p + a)
-        labels.append([-100] * len(p) + a)
-    width = max(len(s) for s in seqs)
-    tokens = torch.full((len(seqs), width), ids["<pad>"], dtype=torch.long)
-    target = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
-        tokens[i, : len(s)] = torch.tensor(s)
-        target[i, : len(lab)] = torch.tensor(lab)
-    return tokens, target

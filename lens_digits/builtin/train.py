@@ -35,11 +35,33 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from lens_digits.builtin.recipe import TEMPLATE, TrainConfig, builtin_tokenizer, char_ids, encode_batch, sample_problems
+from lens_digits.builtin.recipe import TEMPLATE, TrainConfig, builtin_tokenizer, char_ids, sample_problems
 from lens_digits.errors import LensDigitsError
 from lens_digits.rundir import Reservation
+
+
+def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tuple[Tensor, Tensor]:
+    """Tokens ``<s> prompt answer </s>`` right-padded, and labels (``-100`` except answer and EOS).
+
+    Right padding needs no attention mask under a causal model: no real token
+    attends to a later pad.
+    """
+    seqs, labels = [], []
+    for prompt, answer in problems:
+        p = [ids["<s>"]] + [ids[c] for c in prompt]
+        a = [ids[c] for c in answer] + [ids["</s>"]]
+        seqs.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), ids["<pad>"], dtype=torch.long)
+    target = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        target[i, : len(lab)] = torch.tensor(lab)
+    return tokens, target
 
 
 def build_llama(config: TrainConfig, tokenizer: Any) -> Any:

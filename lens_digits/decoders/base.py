@@ -65,6 +65,9 @@ class Decoder(abc.ABC):
 
     name: ClassVar[str]
     targets: ClassVar[tuple[str, ...]] = ("first", "answer")
+    fits: ClassVar[bool] = False
+    """True for decoders that learn from train residuals (probes): only then does a sweep run the model on
+    train and validation problems; otherwise :meth:`fit` gets their tokens and gold ids without residuals."""
 
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> "Decoder":

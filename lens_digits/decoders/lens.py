@@ -9,6 +9,7 @@ at a time, and the ``Scores`` of targets ``first``, ``answer`` and ``model``
 """
 
 import abc
+from collections import Counter
 from typing import Any
 
 import torch
@@ -23,9 +24,11 @@ class Lens(Decoder):
     """Base class of token-level decoders; subclasses implement :meth:`layer_logits`.
 
     Metrics per cell: ``gold_rank`` (mean rank of the gold token, 0 = top-1;
-    for ``answer`` averaged over the answer's tokens) and ``gold_prob`` (mean
+    for ``answer`` averaged over the answer's tokens), ``gold_prob`` (mean
     probability of the gold token; for ``answer`` of the whole answer under
-    teacher forcing, the product over its tokens). Target ``model`` is scored
+    teacher forcing, the product over its tokens) and ``baseline`` (the
+    accuracy of always answering the most common gold answer of the scale's
+    train problems: what a layer that reads nothing but a constant scores). Target ``model`` is scored
     like ``answer`` on residuals collected with the model's greedy answer as
     the answer tokens.
     """
@@ -37,6 +40,23 @@ class Lens(Decoder):
         self.d_vocab = int(d_vocab)
         self.max_logits = int(max_logits)
         self._last: tuple[ResidualSet, Tensor, Tensor, Tensor] | None = None
+        self._common: dict[str, dict[int, tuple[int, ...]]] = {}
+
+    def fit(self, train: ResidualSet, val: ResidualSet) -> None:
+        """Note the most common gold answer of each scale's train problems: the ``baseline`` guess.
+
+        Only tokens are read (a lens learns nothing from residuals), so the model
+        need not run on train problems.
+        """
+        first: dict[int, Counter[tuple[int, ...]]] = {}
+        whole: dict[int, Counter[tuple[int, ...]]] = {}
+        for p, e in zip(train.problems, train.encoded, strict=True):
+            first.setdefault(p.scale, Counter())[tuple(e.answer_ids[:1])] += 1
+            whole.setdefault(p.scale, Counter())[tuple(e.answer_ids)] += 1
+        self._common = {
+            "first": {s: c.most_common(1)[0][0] for s, c in first.items()},
+            "answer": {s: c.most_common(1)[0][0] for s, c in whole.items()},
+        }
 
     @abc.abstractmethod
     def layer_logits(self, resid: Float[Tensor, "batch pos d_model"], layer: int) -> Float[Tensor, "batch pos d_vocab"]:
@@ -85,7 +105,12 @@ class Lens(Decoder):
         correct = ((top1 == gold[:, None, :]) | ~m).all(-1)
         mean_rank = (rank * m).sum(-1) / m.sum(-1).clamp(min=1)
         prob = (logp * m).sum(-1).exp()
-        return Scores(correct, {"gold_rank": mean_rank, "gold_prob": prob})
+        metrics = {"gold_rank": mean_rank, "gold_prob": prob}
+        common = self._common.get("first" if target == "first" else "answer")
+        if common:  # always answering the train problems' most common answer (for model: the gold one, against its own)
+            hit = [float(common.get(p.scale) == tuple(g[g >= 0].tolist())) for p, g in zip(data.problems, gold, strict=True)]
+            metrics["baseline"] = torch.tensor(hit)[:, None].expand_as(prob).clone()
+        return Scores(correct, metrics)
 
     def settings(self) -> dict[str, Any]:
         """Nothing beyond the name (subclasses add theirs)."""

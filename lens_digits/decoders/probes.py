@@ -96,6 +96,7 @@ class LinearProbe(Decoder):
 
     name = "probe"
     targets = ("first", "answer")
+    fits = True
 
     def __init__(
         self,
@@ -109,6 +110,7 @@ class LinearProbe(Decoder):
         control: bool = True,
         history: int = 10,
         max_bytes: int = 4 * 2**30,
+        progress: bool = False,
     ) -> None:
         """Set up an unfitted probe.
 
@@ -123,6 +125,7 @@ class LinearProbe(Decoder):
             control: Also fit probes on the control task (doubles the work).
             history: L-BFGS memory.
             max_bytes: Working-memory budget of the solver; layers are solved in chunks that fit it.
+            progress: Show the solver's iterations.
         """
         if scope not in ("per_scale", "pooled"):
             raise LensDigitsError(f"scope must be 'per_scale' or 'pooled', got {scope!r}")
@@ -144,6 +147,7 @@ class LinearProbe(Decoder):
         self.control = bool(control)
         self.history = history
         self.max_bytes = int(max_bytes)
+        self.progress = bool(progress)
         self._weights: ProbeWeights | None = None
         self._control: ProbeWeights | None = None
         self.group_scales: list[list[int]] = []
@@ -245,6 +249,7 @@ class LinearProbe(Decoder):
             history=self.history,
             max_ls=25,
             max_bytes=self.max_bytes,
+            progress=self.progress,
         )
         del x
         n_c = len(self.Cs)

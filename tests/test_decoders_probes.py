@@ -1,47 +1,18 @@
-"""Linear probes per digit place: agreement with scikit-learn, planted signal, save/load, end to end."""
+"""Linear probes per digit place: agreement with scikit-learn, planted signal, save/load, scopes and signs."""
 
 import numpy as np
 import pytest
 import torch
+from conftest import splits, synthetic_set
 
-import lens_digits as ld
-from lens_digits.decoders import DECODERS, LinearProbe, Scores, fit_multinomial
-from lens_digits.decoders.labels import control_labels, digit_labels, digit_permutation, first_token_digits, place_name, relabel
+from lens_digits.decoders import DECODERS, LinearProbe, Scores
+from lens_digits.decoders.labels import control_labels, digit_labels
 from lens_digits.errors import LensDigitsError
-from lens_digits.residuals import ResidualSet
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import Problem
-
-
-def synthetic_set(answers, splits, signal_layers, *, n_layers=5, d_model=24, strength=1.5, seed=0, scales=None, answer_tokens=None):
-    """Residuals where each answer digit is written linearly (one random direction per place and digit) at ``signal_layers``."""
-    gen = torch.Generator().manual_seed(seed)
-    n = len(answers)
-    places = max(len(a.lstrip("-")) for a in answers)
-    labels = digit_labels(answers, places)
-    codes = torch.randn(places, 10, d_model, generator=gen)
-    signal = sum(codes[p][labels[:, p]] for p in range(places))  # (n, d)
-    resid = torch.randn(n, n_layers, 1, d_model, generator=gen)
-    for layer in signal_layers:
-        resid[:, layer, 0] += strength * signal
-    resid[:, :, 0, 0] += 3.0  # an offset, so standardisation matters
-    scales = scales or [3] * n
-    problems = [
-        Problem(s, "add", i, i * 7919 % 1000, f"{i}+{i * 7919 % 1000}=", a, sp)
-        for i, (a, sp, s) in enumerate(zip(answers, splits, scales, strict=True))
-    ]
-    tokens = answer_tokens or [len(a) for a in answers]
-    encoded = [EncodedProblem((1, 2, 3), tuple(range(4, 4 + k))) for k in tokens]
-    return ResidualSet(resid, torch.zeros(n, 1, dtype=torch.long), problems, encoded, {})
 
 
 def random_answers(n, low=100, high=1000, seed=0):
     rng = np.random.default_rng(seed)
     return [str(v) for v in rng.integers(low, high, size=n)]
-
-
-def splits(n_train, n_val, n_test):
-    return ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
 
 
 @pytest.fixture(scope="module")
@@ -51,27 +22,6 @@ def planted():
     probe = LinearProbe(Cs=(0.1, 1.0), seed=0)
     probe.fit(data.split("train"), data.split("val"))
     return data, probe
-
-
-# ---- helpers -----------------------------------------------------------------------------------
-
-
-def test_place_names_and_labels():
-    assert [place_name(p) for p in range(5)] == ["units", "tens", "hundreds", "thousands", "10^4"]
-    assert digit_labels(["5", "-31", "120"], 3).tolist() == [[5, 0, 0], [1, 3, 0], [0, 2, 1]]
-    with pytest.raises(LensDigitsError, match="decimal integer"):
-        digit_labels(["1.5"], 2)
-
-
-def test_first_token_digits_rules():
-    data = synthetic_set(["123", "45", "6", "789"], splits(0, 0, 4), [], answer_tokens=[3, 1, 1, 2])
-    # one token per digit -> 1; a one-token answer is covered whole; otherwise 1 without a tokenizer
-    assert first_token_digits(data) == [1, 2, 1, 1]
-    data.info["first_token_digits"] = [3, 5, 0, 2]
-    assert first_token_digits(data) == [3, 2, 1, 2]  # clamped to 1..len(digits)
-    data.info["first_token_digits"] = [1, 1]
-    with pytest.raises(LensDigitsError, match="aligned"):
-        first_token_digits(data)
 
 
 def test_registered_and_validated():
@@ -85,24 +35,7 @@ def test_registered_and_validated():
         LinearProbe().weights  # noqa: B018
 
 
-# ---- 1. agreement with scikit-learn -------------------------------------------------------------
-
-
-def test_solver_matches_sklearn_objective():
-    from sklearn.linear_model import LogisticRegression
-
-    gen = torch.Generator().manual_seed(1)
-    y = torch.randint(0, 10, (2, 300, 1), generator=gen)
-    x = torch.randn(2, 300, 12, generator=gen) + 0.8 * torch.randn(2, 10, 12, generator=gen).gather(1, y.expand(-1, -1, 12))
-    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=0)
-    res = fit_multinomial(x, y, [0.1, 1.0], max_iter=300, tol=1e-5)
-    for block in range(2):
-        for ci, c in enumerate([0.1, 1.0]):
-            sk = LogisticRegression(C=c, max_iter=1000, tol=1e-7).fit(x[block].double().numpy(), y[block, :, 0].numpy())
-            w = torch.from_numpy(sk.coef_.T).float()
-            b = torch.from_numpy(sk.intercept_).float()
-            assert torch.allclose(res.W[block, ci, 0], w, atol=2e-3 * max(1.0, float(w.abs().max())))
-            assert torch.allclose(res.b[block, ci, 0], b - b.mean(), atol=2e-3 * max(1.0, float(b.abs().max())))
+# ---- 1. agreement with scikit-learn (the solver alone: test_optim.py) ----------------------------
 
 
 def test_probe_agrees_with_sklearn_per_layer():
@@ -131,7 +64,7 @@ def test_probe_agrees_with_sklearn_per_layer():
             assert (sk_pred == ours).float().mean() >= 0.95
 
 
-# ---- 2. planted signal ----------------------------------------------------------------------------
+# ---- 2. planted signal ---------------------------------------------------------------------------
 
 
 def test_planted_signal_found_only_where_planted(planted):
@@ -197,7 +130,7 @@ def test_shapes_dtypes_and_weights(planted):
     assert settings["group_scales"] == [[3]] and len(settings["chosen_C"][0]) == 5
 
 
-# ---- 3. save / load, determinism ------------------------------------------------------------------
+# ---- 3. save / load, determinism -----------------------------------------------------------------
 
 
 def test_save_load_round_trip(planted, tmp_path):
@@ -228,7 +161,7 @@ def test_deterministic_given_seed(planted):
     assert not torch.equal(other.control_weights.W, probe.control_weights.W)
 
 
-# ---- scopes, signs, groups ------------------------------------------------------------------------
+# ---- scopes, signs, groups -----------------------------------------------------------------------
 
 
 def test_per_scale_and_pooled_groups():
@@ -262,79 +195,9 @@ def test_negative_answers_probe_magnitude():
     assert acc[1] > 0.8 and acc[0] < 0.2
 
 
-# ---- 4. end to end ------------------------------------------------------------------------------------
-
-
-def test_run_sweep_with_logit_lens_and_probe():
-    grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1, 2], n_per_scale=40, methods=["logit_lens", "probe"], target="both", seed=0)
-    df = grid.to_dataframe()
-    assert {"place", "chance", "control", "selectivity"} <= set(df.columns)
-    probe_rows = df[df["method"] == "probe"]
-    assert set(probe_rows["place"]) == {"all", "units", "tens", "hundreds"}
-    assert probe_rows["chance"].notna().all() and probe_rows["control"].notna().all()
-    assert set(probe_rows["target"]) == {"first", "answer"}
-    main = df[df["place"] == "all"]
-    key = ["target", "scale", "layer"]
-    n_lens = main[main["method"] == "logit_lens"].set_index(key)["n"].sort_index()
-    n_probe = main[main["method"] == "probe"].set_index(key)["n"].sort_index()
-    assert n_lens.equals(n_probe)
-    assert grid.info["methods"]["probe"]["scope"] == "per_scale"
-
-
-# ---- control task and chance ------------------------------------------------------------------------
-
-
-def digitwise(a, b, width=3):
-    """An answer each of whose digits depends only on the operand digits at its own place (no carries)."""
-    return "".join(str((a // 10**q % 10 + b // 10**q % 10) % 10) for q in reversed(range(width)))
-
-
-def test_control_task_measures_reading_the_operands():
-    """Residuals that hold operand identity (one-hot of each place's digit pair), not the answer.
-
-    The task (here an operation each of whose answer digits depends only on the operand digits at its
-    place) and the control task (the same operation on relabelled digits) are then equally readable by
-    memorising operand digits: selectivity is about 0, the control's point. The planted-signal test
-    above has the opposite case (the answer written, the operands not): selectivity about 1.
-    """
-    if "digitwise_test" not in ld.OPERATIONS:
-        ld.register_operation(ld.Operation("digitwise_test", "#", lambda a, b: int(digitwise(a, b))))
-    rng = np.random.default_rng(3)
-    a, b = rng.integers(100, 1000, 900).tolist(), rng.integers(100, 1000, 900).tolist()
-    problems = [
-        Problem(3, "digitwise_test", x, y, f"{x}#{y}=", digitwise(x, y), sp) for x, y, sp in zip(a, b, splits(600, 100, 200), strict=True)
-    ]
-    keys = torch.tensor([[(x // 10**q % 10) * 10 + y // 10**q % 10 for q in range(3)] for x, y in zip(a, b, strict=True)])
-    features = torch.nn.functional.one_hot(keys, 100).float().reshape(len(problems), 300)
-    resid = features[:, None, None, :].repeat(1, 2, 1, 1) + 0.05 * torch.randn(len(problems), 2, 1, 300)
-    data = ResidualSet(resid, torch.zeros(len(problems), 1, dtype=torch.long), problems, [EncodedProblem((1,), (2,))] * len(problems), {})
-    probe = LinearProbe(Cs=(1.0, 10.0), seed=0)
-    probe.fit(data.split("train"), data.split("val"))
-    test = data.split("test")
-    for name, sub in probe.score(test, "answer").breakdown["place"].items():
-        acc, ctrl = sub.correct.float().mean(0), sub.metrics["control"].mean(0)
-        assert (acc > 0.8).all() and (ctrl > 0.8).all(), (name, acc, ctrl)
-        assert (sub.metrics["selectivity"].mean(0).abs() < 0.1).all(), name
-
-
-def test_control_labels_are_the_operation_on_relabelled_digits():
-    perm = digit_permutation(0)
-    problems = [Problem(2, "add", 47, 85, "47+85=", "132", "test"), Problem(2, "add", 99, 10, "99+10=", "109", "test")]
-    labels = control_labels(problems, perm, 4)
-    for p, row in zip(problems, labels.tolist(), strict=True):
-        value = relabel(p.a, perm) + relabel(p.b, perm)
-        assert row == [value // 10**q % 10 for q in range(4)]
-    assert relabel(47, perm) == int(f"{perm[4]}{perm[7]}")
-
-
-def test_chance_is_the_train_majority_label():
-    # train answers are mostly 111; test answers mostly 222: chance must not peek at the test labels
-    answers = ["111"] * 40 + ["333"] * 20 + ["111"] * 5 + ["222"] * 15 + ["111"] * 5
-    data = synthetic_set(answers, splits(60, 5, 20), signal_layers=[], n_layers=2)
-    probe = LinearProbe(Cs=(1.0,), control=False)
-    probe.fit(data.split("train"), data.split("val"))
-    test = data.split("test")
-    scores = probe.score(test, "answer")
-    assert scores.metrics["chance"][:, 0].tolist() == [float(p.answer == "111") for p in test.problems]
-    units = scores.breakdown["place"]["units"].metrics["chance"][:, 0]
-    assert units.mean().item() == pytest.approx(5 / 20)
+def test_fitting_shows_its_progress(capsys):
+    answers = random_answers(200, seed=4)
+    data = synthetic_set(answers, splits(120, 40, 40), signal_layers=[1], n_layers=2)
+    LinearProbe(Cs=(1.0,), control=False, progress=True).fit(data.split("train"), data.split("val"))
+    err = capsys.readouterr().err
+    assert "fitting probes" in err and "fits" in err

@@ -1,0 +1,128 @@
+"""The Lens base class: top-1, gold rank and gold probability per layer and position, and the scores of targets first and answer."""
+
+import math
+
+import pytest
+import torch
+from conftest import problems_for
+
+from lens_digits.decoders import LogitLens
+from lens_digits.decoders.lens import Lens
+from lens_digits.residuals import ResidualSet, collect_residuals
+from lens_digits.targets import EncodedProblem
+from lens_digits.tasks import Problem
+
+
+def test_gold_rank_and_prob_are_consistent(llama_model):
+    rs = collect_residuals(llama_model, problems_for(scales=(2,), n=20))
+    scores = LogitLens.from_model(llama_model).score(rs, "first")
+    rank, prob = scores.metrics["gold_rank"], scores.metrics["gold_prob"]
+    assert torch.equal(scores.correct, rank == 0)
+    assert ((prob > 0) & (prob <= 1)).all()
+
+
+# ---- a toy lens with fixed logits, scored by hand ------------------------------------------------
+
+V = 4  # vocabulary size
+N_LAYERS = 3  # layer columns
+ANSWERS = ["12", "7", "345"]
+GOLD = [[1, 2], [3], [0, 2, 1]]  # gold token ids of each answer, one per position
+# RANK[i][layer][j]: rank of the gold token of problem i at answer position j (0 = top-1)
+RANK = [
+    [[1, 1], [0, 1], [0, 0]],
+    [[2], [0], [0]],
+    [[0, 2, 0], [1, 0, 0], [0, 0, 0]],
+]
+P_TOP = math.exp(2) / (math.exp(2) + 3)  # gold 2, three others 0
+P_SECOND = math.exp(1) / (math.exp(2) + math.exp(1) + 2)  # another token 2, gold 1, two others 0
+P_THIRD = math.exp(1) / (math.exp(2) + math.exp(1.5) + math.exp(1) + 1)  # two tokens above the gold (2 and 1.5), one 0
+P_GOLD = {0: P_TOP, 1: P_SECOND, 2: P_THIRD}
+
+
+def fixed_logits(gold, rank):
+    """Logits over V tokens that put the gold token at the given rank."""
+    logits = torch.zeros(V)
+    logits[gold] = 2.0 if rank == 0 else 1.0
+    above = [(gold + 1) % V, (gold + 2) % V][:rank]
+    for token, value in zip(above, (2.0, 1.5), strict=False):
+        logits[token] = value
+    return logits
+
+
+class TableLens(Lens):
+    """A lens whose logits are a fixed table: residual channel 0 holds the problem's index, channel 1 the position."""
+
+    name = "test_table_lens"
+
+    def __init__(self, table, max_logits=2**25):
+        super().__init__(d_vocab=table.shape[-1], max_logits=max_logits)
+        self.table = table  # (problem, layer, pos, vocab)
+
+    def layer_logits(self, resid, layer):
+        return self.table[resid[..., 0].long(), layer, resid[..., 1].long()]
+
+
+def toy_set():
+    """Three problems with answers of 2, 1 and 3 tokens, and the table of their logits.
+
+    Past an answer's end the table makes token 3 top-1 with probability P_TOP: counted, it would
+    make answers wrong (the gold there is read as token 0) and change the gold probability.
+    """
+    n, n_pos = len(ANSWERS), max(len(g) for g in GOLD)
+    table = torch.zeros(n, N_LAYERS, n_pos, V)
+    table[..., 3] = 2.0
+    target_ids = torch.full((n, n_pos), -1)
+    resid = torch.zeros(n, N_LAYERS, n_pos, 2)
+    for i, gold in enumerate(GOLD):
+        target_ids[i, : len(gold)] = torch.tensor(gold)
+        for layer in range(N_LAYERS):
+            for j in range(n_pos):
+                resid[i, layer, j] = torch.tensor([i, j])
+                if j < len(gold):
+                    table[i, layer, j] = fixed_logits(gold[j], RANK[i][layer][j])
+    problems = [Problem(len(a), "add", int(a), 0, f"{a}+0=", a, "test") for a in ANSWERS]
+    encoded = [EncodedProblem((1, 2, 3), tuple(range(4, 4 + len(g)))) for g in GOLD]
+    return ResidualSet(resid, target_ids, problems, encoded, {}), table
+
+
+def test_toy_logits_put_the_gold_token_where_the_table_says():
+    for gold in range(V):
+        for rank, p in P_GOLD.items():
+            logits = fixed_logits(gold, rank)
+            assert int((logits > logits[gold]).sum()) == rank
+            assert logits.softmax(-1)[gold].item() == pytest.approx(p)
+
+
+@pytest.mark.parametrize("max_logits", [2**25, 1])
+def test_first_and_answer_scores_by_hand(max_logits):
+    data, table = toy_set()
+    lens = TableLens(table, max_logits=max_logits)  # max_logits=1: one problem at a time
+    first = lens.score(data, "first")
+    assert first.correct.tolist() == [[False, True, True], [False, True, True], [True, False, True]]
+    assert first.metrics["gold_rank"].tolist() == [[1, 0, 0], [2, 0, 0], [0, 1, 0]]
+    want = [[P_GOLD[RANK[i][layer][0]] for layer in range(N_LAYERS)] for i in range(len(ANSWERS))]
+    torch.testing.assert_close(first.metrics["gold_prob"], torch.tensor(want), rtol=1e-5, atol=1e-6)
+
+    # an answer counts at a layer only if every one of its positions is top-1 there; positions past its end do not count
+    answer = lens.score(data, "answer")
+    assert answer.correct.tolist() == [[False, False, True], [False, True, True], [False, False, True]]
+    want_rank = [[1.0, 0.5, 0.0], [2.0, 0.0, 0.0], [2 / 3, 1 / 3, 0.0]]
+    torch.testing.assert_close(answer.metrics["gold_rank"], torch.tensor(want_rank))
+    want_prob = [[math.prod(P_GOLD[r] for r in RANK[i][layer]) for layer in range(N_LAYERS)] for i in range(len(ANSWERS))]
+    assert want_prob[0][2] == pytest.approx(P_TOP**2) and want_prob[2][0] == pytest.approx(P_TOP**2 * P_THIRD)
+    torch.testing.assert_close(answer.metrics["gold_prob"], torch.tensor(want_prob), rtol=1e-5, atol=1e-6)
+    assert answer.correct.dtype == torch.bool and answer.correct.shape == (len(ANSWERS), N_LAYERS)
+
+
+def test_decode_gives_top1_rank_and_log_probability_per_position():
+    data, table = toy_set()
+    top1, rank, logp = TableLens(table).decode(data)
+    assert top1.shape == rank.shape == logp.shape == (len(ANSWERS), N_LAYERS, 3)
+    for i, gold in enumerate(GOLD):
+        for layer in range(N_LAYERS):
+            for j, g in enumerate(gold):
+                r = RANK[i][layer][j]
+                assert rank[i, layer, j] == r
+                assert (top1[i, layer, j] == g) == (r == 0)
+                assert logp[i, layer, j].item() == pytest.approx(math.log(P_GOLD[r]), abs=1e-5)
+            assert (top1[i, layer, len(gold) :] == 3).all()  # past the end: the table's token 3
