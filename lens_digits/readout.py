@@ -93,15 +93,15 @@ class Readout:
         self.steps = [*steps, "unembedding", *transforms]
 
     @torch.inference_mode()
-    def __call__(self, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
-        """Logits of the residual as if it were the final one."""
+    def __call__(self, resid: Float[Tensor, "*batch d_model"], upcast: bool = True) -> Float[Tensor, "*batch d_vocab"]:
+        """Logits of the residual as if it were the final one: float32, or the model's dtype with ``upcast=False``."""
         x = resid.to(self.device, self.dtype)
         if self.norm == "final":
             x = self.ln_final(x)
         logits = self.unembed(x)
         if self.transform is not None:
             logits = self.transform(logits)
-        return logits.float()
+        return logits.float() if upcast else logits
 
     def describe(self) -> dict[str, Any]:
         """What the readout applies, for ``run.json``."""

@@ -11,7 +11,10 @@ position 0 is the last prompt token (target ``first``, and what probes read),
 positions ``1..`` exist only under teacher forcing (target ``answer``).
 
 Problems are batched by equal token length, so no padding is ever needed and
-every batch gives exactly what the same problems would give one at a time.
+every batch gives exactly what the same problems would give one at a time. The
+forward pass stops at the final residual: the model's final norm and its
+unembedding over every position (the largest matrix product of a big
+vocabulary) are never run, since nothing reads them.
 """
 
 from collections.abc import Sequence
@@ -179,11 +182,14 @@ def collect_residuals(
         gather = (starts[:, None] + torch.arange(n_pos, device=device)).clamp(max=tokens.shape[1] - 1)  # (B, pos)
         valid = (target_ids[rows] >= 0).to(store)  # (B, pos)
         row_idx = torch.tensor(rows, device=store)
-        hooks = [
+        hooks: list[tuple[str, Any]] = [
             (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid)) for layer, name in enumerate(names)
         ]
+        hooks.append((names[-1], _stop))  # nothing after the final residual is read: skip the final norm and unembedding
         try:
             adapter.run_with_hooks(tokens, hooks)
+        except _Collected:
+            pass
         except torch.OutOfMemoryError:
             raise LensDigitsError(
                 f"out of memory on {device} with a batch of {len(rows)} problems of {tokens.shape[1]} tokens; lower the batch "
@@ -193,6 +199,15 @@ def collect_residuals(
     bar.close()
     info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(adapter.dtype).replace("torch.", "")}
     return ResidualSet(resid, target_ids.to(store), problems, encoded, info)
+
+
+class _Collected(Exception):
+    """Raised by the last hook: every kept position is copied, the rest of the forward pass is not needed."""
+
+
+def _stop(x: Tensor, hook: Any) -> None:
+    """Forward hook on the final residual, after :func:`_keep`: end the forward pass there."""
+    raise _Collected
 
 
 def _keep(

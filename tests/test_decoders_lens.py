@@ -125,4 +125,26 @@ def test_decode_gives_top1_rank_and_log_probability_per_position():
                 assert rank[i, layer, j] == r
                 assert (top1[i, layer, j] == g) == (r == 0)
                 assert logp[i, layer, j].item() == pytest.approx(math.log(P_GOLD[r]), abs=1e-5)
-            assert (top1[i, layer, len(gold) :] == 3).all()  # past the end: the table's token 3
+            # past the end nothing is decoded (the table's token 3 there is never read)
+            assert (top1[i, layer, len(gold) :] == -1).all() and (rank[i, layer, len(gold) :] == 0).all()
+
+
+def test_fused_reduction_equals_the_straightforward_one_ties_included():
+    from lens_digits.decoders.lens import reduce_logits
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, 1000, generator=gen)
+    logits[:50, :10] = 3.0  # ties at the maximum
+    logits[50:100] = torch.randint(0, 4, (50, 1000), generator=gen).float()  # many ties everywhere
+    gold = torch.randint(0, 1000, (300,), generator=gen)
+    gold[:25] = torch.randint(0, 10, (25,), generator=gen)  # gold tied with the maximum
+    kept = logits.clone()
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = logits.to(dtype)
+        top1, rank, logp = reduce_logits(x.clone(), gold)
+        assert torch.equal(top1, x.argmax(-1))
+        assert torch.equal(rank, (x > x.gather(-1, gold[:, None])).sum(-1).float())
+        want = x.float().log_softmax(-1).gather(-1, gold[:, None])[:, 0]
+        torch.testing.assert_close(logp, want, rtol=1e-5, atol=1e-5)
+    reduce_logits(logits, gold)
+    assert torch.equal(logits, kept), "the caller's logits are left as they were"

@@ -59,8 +59,8 @@ class Lens(Decoder):
         }
 
     @abc.abstractmethod
-    def layer_logits(self, resid: Float[Tensor, "batch pos d_model"], layer: int) -> Float[Tensor, "batch pos d_vocab"]:
-        """Float32 logits of residuals taken at layer column ``layer``."""
+    def layer_logits(self, resid: Float[Tensor, "row d_model"], layer: int) -> Float[Tensor, "row d_vocab"]:
+        """Logits of residuals taken at layer column ``layer`` (in the model's dtype, or float32)."""
 
     @torch.inference_mode()
     def decode(
@@ -68,25 +68,32 @@ class Lens(Decoder):
     ) -> tuple[Int[Tensor, "problem layer pos"], Float[Tensor, "problem layer pos"], Float[Tensor, "problem layer pos"]]:
         """Top-1 token id, rank of the gold token (0 = top-1) and its log-probability.
 
-        Computed for every problem, layer and answer position (the first
-        ``n_pos`` positions; all by default), a chunk of problems at a time so
-        that at most ``max_logits`` logits are held at once.
+        Computed at every layer for the real answer positions only (the first
+        ``n_pos``; all by default): positions past an answer's end are never
+        decoded (they hold top-1 ``-1``, rank and log-probability 0). Logits are
+        made a bounded chunk of rows at a time (at most ``max_logits`` of them),
+        and each chunk is reduced in place: one pass for the maximum and top-1,
+        a comparison with the gold logit only on rows whose top-1 is wrong (the
+        rank is 0 where it is right), and one pass for the log-sum-exp.
         """
         n, n_columns, all_pos, _ = data.resid.shape
         n_pos = all_pos if n_pos is None else n_pos
-        gold = data.target_ids[:, :n_pos].clamp(min=0)  # (N, pos)
-        top1 = torch.zeros(n, n_columns, n_pos, dtype=torch.long)
+        real = data.target_ids[:, :n_pos] >= 0  # (N, pos)
+        problem, position = real.nonzero(as_tuple=True)  # the rows to decode
+        gold = data.target_ids[problem, position]  # (R,)
+        top1 = torch.full((n, n_columns, n_pos), -1, dtype=torch.long)
         rank = torch.zeros(n, n_columns, n_pos)
         logp = torch.zeros(n, n_columns, n_pos)
-        chunk = max(1, self.max_logits // max(1, n_pos * self.d_vocab))
+        chunk = max(1, self.max_logits // max(1, self.d_vocab))
+        where = problem.to(data.resid.device), position.to(data.resid.device)
         for layer in range(n_columns):
-            for s in range(0, n, chunk):
-                logits = self.layer_logits(data.resid[s : s + chunk, layer, :n_pos], layer)  # (b, pos, vocab)
-                g = gold[s : s + chunk].to(logits.device)  # (b, pos)
-                gold_logit = logits.gather(-1, g[..., None])  # (b, pos, 1)
-                top1[s : s + chunk, layer] = logits.argmax(-1).cpu()
-                rank[s : s + chunk, layer] = (logits > gold_logit).sum(-1).float().cpu()
-                logp[s : s + chunk, layer] = (gold_logit[..., 0] - logits.logsumexp(-1)).cpu()
+            for s in range(0, len(gold), chunk):
+                rows = slice(s, s + chunk)
+                resid = data.resid[where[0][rows], layer, where[1][rows]]  # (r, d)
+                best, hit, lp = reduce_logits(self.layer_logits(resid, layer), gold[rows])
+                top1[problem[rows], layer, position[rows]] = best.cpu()
+                rank[problem[rows], layer, position[rows]] = hit.cpu()
+                logp[problem[rows], layer, position[rows]] = lp.cpu()
         return top1, rank, logp
 
     def score(self, data: ResidualSet, target: Target) -> Scores:
@@ -115,3 +122,30 @@ class Lens(Decoder):
     def settings(self) -> dict[str, Any]:
         """Nothing beyond the name (subclasses add theirs)."""
         return {}
+
+
+def reduce_logits(
+    logits: Float[Tensor, "row d_vocab"], gold: Int[Tensor, " row"]
+) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
+    """Top-1, rank of ``gold`` (how many logits are strictly above it) and ``log_softmax`` at ``gold``, per row.
+
+    Fused for large vocabularies: one pass gives the maximum and its index; the
+    rank compares the gold logit with the row only where the top-1 is not the
+    gold token; the log-sum-exp reuses the maximum in one more pass (into one
+    float32 temporary the size of ``logits``, which is left unchanged). Ties: the
+    top-1 is the first maximal index, and a gold token tied with it has rank 0.
+
+    >>> reduce_logits(torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 5.0]]), torch.tensor([2, 2]))[:2]
+    (tensor([1, 0]), tensor([1., 0.]))
+    """
+    gold = gold.to(logits.device)
+    best_value, best = logits.max(-1)  # (r,), (r,)
+    gold_logit = logits.gather(-1, gold[:, None])[:, 0]  # (r,)
+    rank = torch.zeros(len(gold), dtype=torch.float32, device=logits.device)
+    wrong = (best != gold).nonzero()[:, 0]
+    if len(wrong):
+        rank[wrong] = (logits[wrong] > gold_logit[wrong, None]).sum(-1).float()
+    shift = best_value.float()[:, None]
+    z = logits - shift if logits.dtype == torch.float32 else logits.float().sub_(shift)  # one new float32 tensor
+    lse = shift[:, 0] + z.exp_().sum(-1).log_()
+    return best, rank, gold_logit.float() - lse

@@ -38,9 +38,9 @@ class LogitLens(Lens):
         """A logit lens reading through ``model``'s final norm, unembedding and output transforms."""
         return cls(Readout(model), **options)
 
-    def layer_logits(self, resid: Float[Tensor, "batch pos d_model"], layer: int) -> Float[Tensor, "batch pos d_vocab"]:
-        """The readout of the residual, whatever its layer."""
-        return self.readout(resid)
+    def layer_logits(self, resid: Float[Tensor, "row d_model"], layer: int) -> Float[Tensor, "row d_vocab"]:
+        """The readout of the residual, whatever its layer (in the model's dtype)."""
+        return self.readout(resid, upcast=False)
 
     def settings(self) -> dict[str, Any]:
         """The readout it applies (norm and output transforms)."""
