@@ -1,73 +1,40 @@
-"""Sweep throughput and memory against a plain forward pass over the same prompts.
+"""Throughput of a logit-lens sweep on a GPU, against its floor in the same run.
 
-A randomly initialised Qwen2 model with Qwen2.5-1.5B's shape (built from its
-config, no download) or a smaller shape for CPUs; a full sweep (every layer,
-digit scales 1-4, targets first and answer, logit lens) and, in the same run, a
-plain batched forward pass over the same prompt+answer tokens. The ratio of the
-two is the sweep's overhead.
+A randomly initialised Qwen2 with Qwen2.5-1.5B's shape (hidden 1,536, 28
+layers, 12 heads with 2 KV heads, MLP 8,960, vocabulary 151,936; built from its
+config, nothing downloaded) in bfloat16; digit scales 1-4, target ``answer``
+(every answer position, teacher-forced). Measured in one run, each the best of
+``--repeats``: the floor (Hugging Face forward with ``output_hidden_states``, final
+norm, unembedding and argmax at the decoded positions) and ``run_sweep`` with the
+logit lens (and, with ``--probes``, with probes fitted on 3x as many train
+problems). Reports problems per second and the ratio to the floor, as Markdown
+rows for benchmarks/RESULTS.md. One prepared command; within five minutes on one
+H100/H200-class GPU:
 
-    python benchmarks/gpu.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16
-    python benchmarks/gpu.py --shape small --device cpu --n 200
-
-Prints a markdown table row per measurement (paste into benchmarks/RESULTS.md).
+    python benchmarks/gpu.py --device cuda --dtype bfloat16 --probes
+    python benchmarks/gpu.py --shape tiny --device cpu --dtype float32 --n 5 --repeats 1   # the CPU check the tests run
 """
 
 import argparse
-import gc
 import json
 import platform
 import resource
-import tempfile
+import sys
 import time
+from pathlib import Path
 
 import torch
-import transformers
 
-import lens_digits as ld
-from lens_digits.adapter import ModelAdapter
-from lens_digits.batching import length_batches
-from lens_digits.targets import encode_for_model
-from lens_digits.tasks import TaskConfig, generate_problems
+sys.path.insert(0, str(Path(__file__).parent))
+from sweep_floor import build, floor, problems_and_encoding  # noqa: E402
+
+import lens_digits as ld  # noqa: E402
 
 SHAPES = {
-    # Qwen2.5-1.5B: hidden 1536, 28 layers, 12 heads (2 KV), MLP 8960, vocab 151936, tied embeddings
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2),
-    "small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8, num_key_value_heads=2),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
 }
-
-
-def build(shape: str, vocab: int, device: str, dtype: str):
-    tok = ld.testing.char_tokenizer()
-    cfg = transformers.Qwen2Config(
-        vocab_size=vocab,
-        max_position_embeddings=4096,
-        rope_theta=1_000_000.0,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        **SHAPES[shape],
-    )
-    torch.manual_seed(0)
-    folder = tempfile.mkdtemp(prefix="lens_digits_bench_")
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return ld.load_model(folder, device=device, dtype=dtype, progress=False)
-
-
-def peak_memory(device: str) -> float:
-    """Peak memory in GiB: CUDA allocator peak, or the process's max RSS on CPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def reset(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def sync(device: str) -> None:
@@ -75,64 +42,66 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-@torch.inference_mode()
-def plain_forward(model, problems, batch_size: int, device: str) -> float:
-    """Seconds for model(tokens) over the same prompt+answer tokens, same batches, nothing kept."""
-    encoded = encode_for_model(ModelAdapter.wrap(model), problems)
-    start = time.perf_counter()
-    for rows in length_batches([e.length for e in encoded], batch_size):
-        tokens = torch.tensor([list(encoded[i].prompt_ids) + list(encoded[i].answer_ids) for i in rows], device=device)
-        model(tokens)
-    sync(device)
-    return time.perf_counter() - start
+def best_seconds(fn, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
-def main() -> None:
+def peak_gib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
     p.add_argument("--vocab", type=int, default=151936)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
-    p.add_argument("--n", type=int, default=1000, help="problems per scale (scales 1-4)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2, help="timed repeats; the best is reported")
+    p.add_argument("--n", type=int, default=2000, help="test problems per scale (scales 1-4; scale 1 has 100 in all)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--probes", action="store_true", help="also time a sweep with probes (3x n train problems per scale)")
     args = p.parse_args()
 
-    model = build(args.shape, args.vocab, args.device, args.dtype)
-    problems = generate_problems(TaskConfig(scales=[1, 2, 3, 4], n_per_scale=args.n, seed=0))
-    n = len(problems)
-    # warm-up (kernels, allocator) on a few problems
-    ld.run_sweep(model, scales=[1], n_per_scale=20, target="both", batch_size=args.batch_size)
-    plain_forward(model, problems[:20], args.batch_size, args.device)
+    _, hf, model = build(args.vocab, SHAPES[args.shape], args.device, args.dtype)
+    task, problems, encoded = problems_and_encoding(model, args.n)
+    n_problems = len(encoded)
+    kw = dict(scales=task.scales, n_per_scale=task.n_per_scale, n_train=0, n_val=0, target="answer", batch_size=args.batch_size)
 
-    results = {}
-    for name in ("plain forward", "sweep"):
-        best, mem = float("inf"), 0.0
-        for _ in range(args.repeats):
-            reset(args.device)
-            if name == "sweep":
-                start = time.perf_counter()
-                ld.run_sweep(model, scales=[1, 2, 3, 4], n_per_scale=args.n, target="both", batch_size=args.batch_size)
-                sync(args.device)
-                seconds = time.perf_counter() - start
-            else:
-                seconds = plain_forward(model, problems, args.batch_size, args.device)
-            best = min(best, seconds)
-            mem = max(mem, peak_memory(args.device))
-        results[name] = {"seconds": best, "problems_per_s": n / best, "peak_gib": mem}
+    def sweep():
+        return ld.run_sweep(model, **kw)
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    print(json.dumps({"args": vars(args), "device": device_name, "problems": n, "results": results}, indent=2))
-    ratio = results["sweep"]["seconds"] / results["plain forward"]["seconds"]
-    print("\n| shape | device | dtype | problems | what | s | problems/s | peak GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        print(
-            f"| {args.shape} | {device_name} | {args.dtype} | {n} | {name} | {r['seconds']:.2f} | "
-            f"{r['problems_per_s']:.0f} | {r['peak_gib']:.2f} |"
-        )
-    print(f"\nsweep / plain forward time ratio: {ratio:.2f}")
+    floor(hf, encoded, "answer", args.batch_size)  # warm-up (CUDA kernels, allocator)
+    sweep()
+    t_floor = best_seconds(lambda: floor(hf, encoded, "answer", args.batch_size), args.repeats, args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t_sweep = best_seconds(sweep, args.repeats, args.device)
+    rows = {
+        "floor": (t_floor, n_problems),
+        "sweep (logit lens)": (t_sweep, n_problems),
+    }
+    if args.probes:
+        with_probes = dict(kw, n_train=3 * args.n, n_val=args.n, methods=["logit_lens", "probe"])
+        t_probes = best_seconds(lambda: ld.run_sweep(model, **with_probes), 1, args.device)
+        rows["sweep (logit lens + probes, train 3x)"] = (t_probes, n_problems)
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    print(json.dumps({"device": gpu, "shape": args.shape, "dtype": args.dtype, "problems": n_problems, "batch_size": args.batch_size}))
+    print("| contender | seconds | scored problems/s | ratio to floor |")
+    print("| --- | --- | --- | --- |")
+    for name, (seconds, n) in rows.items():
+        print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {seconds / t_floor:.2f} |")
+    print(f"peak memory: {peak_gib(args.device):.2f} GiB")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

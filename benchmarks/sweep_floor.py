@@ -43,7 +43,8 @@ from lens_digits.tasks import TaskConfig, generate_problems
 SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8, num_key_value_heads=2)
 
 
-def build(vocab: int) -> tuple[str, object, object]:
+def build(vocab: int, shape: dict | None = None, device: str = "cpu", dtype: str = "float32") -> tuple[str, object, object]:
+    """A random Qwen2 of ``shape`` saved to a temporary folder, as plain Hugging Face and through lens_digits."""
     tok = ld.testing.char_tokenizer()
     cfg = transformers.Qwen2Config(
         vocab_size=vocab,
@@ -52,14 +53,15 @@ def build(vocab: int) -> tuple[str, object, object]:
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        **SHAPE,
+        **(shape or SHAPE),
     )
     torch.manual_seed(0)
     folder = tempfile.mkdtemp(prefix="lens_digits_floor_")
-    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    hf.save_pretrained(folder)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
-    return folder, hf, ld.load_model(folder, device="cpu", progress=False)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
+    return folder, hf, ld.load_model(folder, device=device, dtype=dtype, progress=False)
 
 
 def problems_and_encoding(model, n: int):
@@ -86,19 +88,20 @@ def floor(hf, encoded, target: str, batch_size: int) -> torch.Tensor:
     rows = rows_of(encoded, target)
     norm, head = hf.model.norm, hf.lm_head
     tops = []
+    device = next(hf.parameters()).device
     for batch in length_batches([len(r[0]) for r in rows], batch_size):
-        tokens = torch.tensor([rows[i][0] for i in batch])
+        tokens = torch.tensor([rows[i][0] for i in batch], device=device)
         out = hf.model(tokens, output_hidden_states=True)
         hidden = out.hidden_states  # embeddings, block outputs; the last is already normed
-        pos = torch.tensor([rows[i][1] for i in batch])  # (B, k): equal length -> equal k
+        pos = torch.tensor([rows[i][1] for i in batch], device=device)  # (B, k): equal length -> equal k
         gold = torch.tensor([rows[i][2] for i in batch])
-        top1 = torch.zeros(len(batch), len(hidden), pos.shape[1], dtype=torch.long)
+        top1 = torch.zeros(len(batch), len(hidden), pos.shape[1], dtype=torch.long, device=device)
         for layer, h in enumerate(hidden):
             x = h.gather(1, pos[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, k, d)
             if layer < len(hidden) - 1:
                 x = norm(x)
             top1[:, layer] = head(x).argmax(-1)
-        tops += [t for t, i in sorted(zip(top1, batch, strict=True), key=lambda x: x[1])]
+        tops += [t.cpu() for t, i in sorted(zip(top1, batch, strict=True), key=lambda x: x[1])]
         del gold
     return _flat(tops, batch_order(rows, batch_size))
 
@@ -184,10 +187,12 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--memory", choices=["floor", "sweep", "naive", "tl_helper"], help="run one contender alone; print peak RSS")
+    p.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model: checks the script (and the agreement), not a benchmark")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, hf, model = build(args.vocab)
+    tiny = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    _, hf, model = build(args.vocab, tiny if args.tiny else SHAPE)
     task, _, encoded = problems_and_encoding(model, args.n)
     contenders = {
         "floor": lambda: floor(hf, encoded, args.target, args.batch_size),
@@ -219,8 +224,10 @@ def main() -> int:
             seconds, _ = cpu_seconds(contenders[name])
             times[name].append(seconds)
     base = statistics.median(times["floor"])
-    print(f"vocab {args.vocab}, target {args.target}, {len(encoded)} problems, {torch.get_num_threads()} threads, "
-          f"median CPU seconds of {args.repeats} interleaved repeats (the same top-1 everywhere)")
+    print(
+        f"vocab {args.vocab}, target {args.target}, {len(encoded)} problems, {torch.get_num_threads()} threads, "
+        f"median CPU seconds of {args.repeats} interleaved repeats (the same top-1 everywhere)"
+    )
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {statistics.median(ts) / base:.2f} |")
     return 0

@@ -108,3 +108,23 @@ def test_a_model_split_between_gpu_and_cpu_gives_the_unsplit_grid(llama_dir):
     b = ld.run_sweep(whole, **kw).to_dataframe()
     exact = ["method", "target", "scale", "layer", "accuracy", "n"]
     assert a[exact].equals(b[exact])
+
+
+def test_stopping_at_the_final_residual_leaves_the_model_as_it_was(llama_model):
+    tokens = torch.tensor([[1, 5, 6, 67, 7, 70]])
+    with torch.inference_mode():
+        before = llama_model(tokens)
+    problems = generate_problems(TaskConfig(scales=[1, 2], n_per_scale=10, n_train=0, n_val=0))
+    rs = collect_residuals(llama_model, problems, batch_size=4)
+    with torch.inference_mode():
+        after = llama_model(tokens)
+    torch.testing.assert_close(after, before)  # no hook left behind
+    # and the final column is still the residual the model's own readout turns into its prediction
+    from lens_digits.decoders import LogitLens
+
+    top1, _, _ = LogitLens.from_model(llama_model).decode(rs)
+    with torch.inference_mode():
+        for i, e in enumerate(rs.encoded):
+            logits = llama_model(torch.tensor([list(e.prompt_ids) + list(e.answer_ids)]))[0]
+            own = logits[len(e.prompt_ids) - 1 : len(e.prompt_ids) - 1 + len(e.answer_ids)].argmax(-1)
+            assert torch.equal(top1[i, -1, : len(e.answer_ids)], own)

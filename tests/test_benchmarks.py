@@ -1,0 +1,30 @@
+"""The benchmark scripts run (on a tiny model, on the CPU), and their contenders agree on every top-1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["first", "answer"])
+def test_sweep_floor_contenders_give_the_same_top1(target):
+    proc = run(BENCH / "sweep_floor.py", "--tiny", "--vocab", "3000", "--target", target, "--n", "10", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the same top-1 everywhere" in proc.stdout and "| sweep |" in proc.stdout and "| naive |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_cpu_with_a_small_shape():
+    proc = run(
+        BENCH / "gpu.py", "--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--vocab", "1000", "--n", "5", "--repeats", "1"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| floor |" in proc.stdout and "| sweep (logit lens) |" in proc.stdout and "scored problems/s" in proc.stdout
