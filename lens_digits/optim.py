@@ -280,7 +280,7 @@ def fit_multinomial(
     tol: float = 1e-4,
     history: int = 10,
     max_ls: int = 25,
-    max_bytes: int = 4 * 2**30,
+    max_bytes: int | None = None,
 ) -> SolverResult:
     """Fit ``block x len(Cs) x task`` multinomial logistic regressions at once.
 
@@ -314,7 +314,9 @@ def fit_multinomial(
         tol: Gradient tolerance (max-abs) of the mean objective.
         history: L-BFGS memory (correction pairs).
         max_ls: Line-search trials per iteration.
-        max_bytes: Working-memory budget; blocks are solved in chunks that fit it.
+        max_bytes: Working-memory budget of the solver (parameters, gradients, L-BFGS
+            history, logits); blocks are solved in chunks that fit it. Default: the
+            size of ``x`` itself, so the solver needs no more than its features.
 
     Returns:
         Weights ``W`` and intercepts ``b`` per block, strength and task, with the
@@ -353,7 +355,7 @@ def fit_augmented(
     tol: float,
     history: int,
     max_ls: int,
-    max_bytes: int,
+    max_bytes: int | None,
     progress: bool = False,
 ) -> SolverResult:
     """:func:`fit_multinomial` on features whose last column is the intercept's (all ones); ``progress`` shows iterations."""
@@ -381,7 +383,8 @@ def fit_augmented(
 
     # Memory per block: parameters, gradients and 2 * history pairs, plus logits-sized temporaries.
     per_block = 4 * ((2 * history + 8) * (dim + 1) * m * n_classes + 6 * n * m * n_classes + n * (dim + 1))
-    chunk = max(1, int(max_bytes // max(per_block, 1)))
+    budget = x.numel() * x.element_size() if max_bytes is None else max_bytes
+    chunk = max(1, int(budget // max(per_block, 1)))
     theta = torch.empty(nb, dim + 1, m, n_classes, device=dev, dtype=dt)
     n_iter = torch.empty(nb, m, dtype=torch.long, device=dev)
     converged = torch.empty(nb, m, dtype=torch.bool, device=dev)

@@ -20,3 +20,30 @@ def test_solver_matches_sklearn_objective():
             b = torch.from_numpy(sk.intercept_).float()
             assert torch.allclose(res.W[block, ci, 0], w, atol=2e-3 * max(1.0, float(w.abs().max())))
             assert torch.allclose(res.b[block, ci, 0], b - b.mean(), atol=2e-3 * max(1.0, float(b.abs().max())))
+
+
+def test_a_working_memory_budget_solves_in_chunks_with_the_same_result(monkeypatch):
+    from lens_digits import optim
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 80, 5, generator=gen)
+    y = (x[..., :2].sum(-1, keepdim=True) > 0).long().expand(-1, -1, 2).contiguous()
+    chunks = []
+    real = optim._solve_chunk
+
+    def spy(x, *args, **kwargs):
+        chunks.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(optim, "_solve_chunk", spy)
+    whole = fit_multinomial(x, y, [0.5, 2.0], n_classes=2, max_bytes=2**30)
+    assert chunks == [6]
+    chunks.clear()
+    default = fit_multinomial(x, y, [0.5, 2.0], n_classes=2)  # budget: the size of the features
+    assert max(chunks) < 6 and sum(chunks) == 6, chunks
+    chunks.clear()
+    tiny = fit_multinomial(x, y, [0.5, 2.0], n_classes=2, max_bytes=1)
+    assert chunks == [1] * 6
+    for res in (default, tiny):
+        torch.testing.assert_close(res.W, whole.W, rtol=1e-5, atol=1e-6)
+        assert torch.equal(res.n_iter, whole.n_iter)

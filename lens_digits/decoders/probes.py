@@ -109,7 +109,7 @@ class LinearProbe(Decoder):
         *,
         control: bool = True,
         history: int = 10,
-        max_bytes: int = 4 * 2**30,
+        max_bytes: int | None = None,
         progress: bool = False,
     ) -> None:
         """Set up an unfitted probe.
@@ -124,7 +124,8 @@ class LinearProbe(Decoder):
             device: Where to fit and score (default: where the train residuals are).
             control: Also fit probes on the control task (doubles the work).
             history: L-BFGS memory.
-            max_bytes: Working-memory budget of the solver; layers are solved in chunks that fit it.
+            max_bytes: Working-memory budget of the solver; layers are solved in chunks that fit it
+                (default: the size of the standardised train residuals it fits on).
             progress: Show the solver's iterations.
         """
         if scope not in ("per_scale", "pooled"):
@@ -146,7 +147,7 @@ class LinearProbe(Decoder):
         self.device = None if device is None else torch.device(device)
         self.control = bool(control)
         self.history = history
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
         self.progress = bool(progress)
         self._weights: ProbeWeights | None = None
         self._control: ProbeWeights | None = None
