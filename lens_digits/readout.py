@@ -95,13 +95,16 @@ class Readout:
     @torch.inference_mode()
     def __call__(self, resid: Float[Tensor, "*batch d_model"], upcast: bool = True) -> Float[Tensor, "*batch d_vocab"]:
         """Logits of the residual as if it were the final one: float32, or the model's dtype with ``upcast=False``."""
+        logits = self.logits(resid)
+        return logits.float() if upcast else logits
+
+    def logits(self, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
+        """The same in the model's dtype, differentiable in ``resid`` (what training a tuned lens goes through)."""
         x = resid.to(self.device, self.dtype)
         if self.norm == "final":
             x = self.ln_final(x)
         logits = self.unembed(x)
-        if self.transform is not None:
-            logits = self.transform(logits)
-        return logits.float() if upcast else logits
+        return self.transform(logits) if self.transform is not None else logits
 
     def describe(self) -> dict[str, Any]:
         """What the readout applies, for ``run.json``."""

@@ -4,6 +4,7 @@ from lens_digits.decoders.base import DECODERS, TARGETS, Decoder, Scores, make_d
 from lens_digits.decoders.lens import Lens
 from lens_digits.decoders.logit_lens import LogitLens
 from lens_digits.decoders.probes import LinearProbe, ProbeWeights
+from lens_digits.decoders.tuned_lens import TunedLens
 from lens_digits.optim import SolverResult, fit_multinomial
 from lens_digits.readout import Readout
 
@@ -17,6 +18,7 @@ __all__ = [
     "ProbeWeights",
     "Readout",
     "Scores",
+    "TunedLens",
     "SolverResult",
     "fit_multinomial",
     "make_decoder",
