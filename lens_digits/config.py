@@ -22,6 +22,7 @@ answer, teacher-forced (where each layer agrees with what the model will say).""
 
 SUBSETS = ("all", "solved", "unsolved")
 PROBE_SCOPES = ("per_scale", "pooled")
+NORMS = ("final", "none")
 MAX_BATCH_SIZE = 1_000_000
 
 
@@ -165,6 +166,12 @@ class SweepConfig:
     probe_scope: str = option(
         "per_scale", "probe: separate probes per digit scale, or one set fitted on all scales and scored per scale", choices=PROBE_SCOPES
     )
+    norm: str = option(
+        "final",
+        "the lenses' readout of layers before the last: final (the model's final norm, each residual's own statistics) "
+        "or none (the unembedding alone, as some published code does); the last column is the model's own prediction either way",
+        choices=NORMS,
+    )
     batch_size: int = option(64, "problems per forward pass")
     device: str | None = option(None, "where residuals are kept and decoders run (default: the model's device)", cli=False)
     progress: bool = option(False, "show progress bars", cli=False)
@@ -179,6 +186,8 @@ class SweepConfig:
             raise LensDigitsError(f"prepend_bos must be True, False or None (follow the model), got {self.prepend_bos!r}")
         if self.chat not in (True, False):
             raise LensDigitsError(f"chat must be True or False, got {self.chat!r}")
+        if self.norm not in NORMS:
+            raise LensDigitsError(f"unknown norm {self.norm!r}; choose final (the model's final norm) or none")
         if self.probe_scope not in PROBE_SCOPES:
             raise LensDigitsError(f"unknown probe scope {self.probe_scope!r}; choose {', '.join(PROBE_SCOPES)}")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)

@@ -221,6 +221,9 @@ class AccuracyGrid:
         parts.append(", ".join(dict.fromkeys(df["method"])))
         parts.append("target " + ", ".join(dict.fromkeys(df["target"])))
         parts += [f"{k} {v}" for k, v in breakdown.items() if k != "target"]
+        norm = (self.info.get("sweep") or {}).get("norm", "final")
+        if norm != "final" and any("lens" in str(m) for m in df["method"]):
+            parts.append(f"lens norm {norm}")
         if value != "accuracy":
             parts.append(value)
         n = df.groupby("scale")["n"].max()

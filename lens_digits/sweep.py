@@ -52,6 +52,7 @@ def run_sweep(
     prepend_bos: bool | None = None,
     chat: bool = False,
     probe_scope: str = "per_scale",
+    norm: str = "final",
     decoder_options: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -88,6 +89,8 @@ def run_sweep(
         chat: Wrap prompts in the tokenizer's chat template (instruct models).
         probe_scope: For ``probe``: ``per_scale`` (separate probes per digit
             scale) or ``pooled`` (one probe set fitted on all scales, scored per scale).
+        norm: The lenses' readout before the last layer: ``final`` (the model's final
+            norm with each residual's own statistics) or ``none`` (the unembedding alone).
         decoder_options: Constructor options of decoders named in ``methods``,
             by name, e.g. ``{"probe": {"Cs": [0.1, 1.0]}}``.
         batch_size: Problems per forward pass.
@@ -120,6 +123,7 @@ def run_sweep(
         prepend_bos=prepend_bos,
         chat=chat,
         probe_scope=probe_scope,
+        norm=norm,
         batch_size=batch_size,
         device=None if device is None else str(device),
         progress=progress,
@@ -142,7 +146,11 @@ def sweep(
     started = time.perf_counter()
     adapter = ModelAdapter.wrap(model)
     targets = list(config.targets)
-    options: dict[str, dict[str, Any]] = {"probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress}}
+    options: dict[str, dict[str, Any]] = {
+        "probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress},
+        "logit_lens": {"norm": config.norm},
+        "tuned_lens": {"seed": task.seed, "progress": config.progress},
+    }
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
     given = {d.name: d for d in decoders}

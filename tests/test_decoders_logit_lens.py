@@ -73,3 +73,18 @@ def test_answer_at_last_layer_is_greedy_exact_match(which, request):
     correct = LogitLens.from_model(model).score(rs, "answer").correct[:, -1]
     em = torch.tensor([greedy(model, e) == e.answer_ids for e in rs.encoded])
     assert torch.equal(correct, em)
+
+
+def test_norm_none_reads_the_unembedding_alone_but_the_last_column_is_the_models(llama_model):
+    rs = collect_residuals(llama_model, problems_for(scales=(2,), n=10))
+    plain = LogitLens.from_model(llama_model, norm="none")
+    top1, _, _ = plain.decode(rs)
+    with torch.inference_mode():
+        for layer in range(llama_model.cfg.n_layers):
+            want = llama_model.unembed(rs.resid[:, layer, :1].to(torch.float32)).argmax(-1)[:, 0]
+            assert torch.equal(top1[:, layer, 0], want)
+    normed, _, _ = LogitLens.from_model(llama_model).decode(rs)
+    assert torch.equal(top1[:, -1], normed[:, -1])
+    assert plain.settings()["readout"]["norm"] == "none"
+    grid = ld.run_sweep(llama_model, scales=[2], n_per_scale=10, norm="none", target="first")
+    assert grid.info["sweep"]["norm"] == "none" and "lens norm none" in grid.figure().layout.title.subtitle.text

@@ -28,18 +28,32 @@ class LogitLens(Lens):
 
     name = "logit_lens"
 
-    def __init__(self, readout: Readout, max_logits: int = 2**25) -> None:
-        """Read through ``readout``; ``max_logits`` caps how many logits are held at once."""
+    def __init__(self, readout: Readout, max_logits: int = 2**25, final: Readout | None = None, n_layers: int | None = None) -> None:
+        """Read through ``readout``; ``max_logits`` caps how many logits are held at once.
+
+        With a readout that skips the final norm (``norm="none"``), ``final`` (the
+        model's own readout) reads the last column, layer ``n_layers``, so that it
+        stays the model's own prediction.
+        """
         super().__init__(readout.d_vocab, max_logits)
         self.readout = readout
+        self.final = final
+        self.n_layers = n_layers
 
     @classmethod
-    def from_model(cls, model: Any, **options: Any) -> "LogitLens":
-        """A logit lens reading through ``model``'s final norm, unembedding and output transforms."""
-        return cls(Readout(model), **options)
+    def from_model(cls, model: Any, norm: str = "final", **options: Any) -> "LogitLens":
+        """A logit lens through ``model``'s final norm (``norm="final"``, or none: ``"none"``), unembedding and output transforms."""
+        from lens_digits.adapter import ModelAdapter
+
+        adapter = ModelAdapter.wrap(model)
+        if norm == "final":
+            return cls(Readout(adapter), **options)
+        return cls(Readout(adapter, norm=norm), final=Readout(adapter), n_layers=adapter.n_layers, **options)
 
     def layer_logits(self, resid: Float[Tensor, "row d_model"], layer: int) -> Float[Tensor, "row d_vocab"]:
-        """The readout of the residual, whatever its layer (in the model's dtype)."""
+        """The readout of the residual (the model's own at the final residual), in the model's dtype."""
+        if self.final is not None and layer == self.n_layers:
+            return self.final(resid, upcast=False)
         return self.readout(resid, upcast=False)
 
     def settings(self) -> dict[str, Any]:
