@@ -108,12 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _figure_arguments(parser: argparse.ArgumentParser) -> None:
+    from lens_digits.config import COLORSCALES
+
     parser.add_argument("--method", default=None, help="one method (default: all, one panel each)")
     parser.add_argument("--target", default=None, help="one target (default: all)")
-    parser.add_argument("--place", default=None, help="one digit place of the probes' breakdown: units, tens, ... (default: whole cells)")
+    parser.add_argument("--place", default=None, help="one digit place of the breakdown: units, tens, ... (default: whole cells)")
     parser.add_argument(
-        "--value", default="accuracy", help="column to colour: accuracy, or control, chance, selectivity (default: accuracy)"
+        "--row",
+        action="append",
+        default=[],
+        metavar="COLUMN=LABEL",
+        help="breakdown rows to draw, e.g. carries=1 or carry_in=yes (repeatable; default: whole cells)",
     )
+    parser.add_argument(
+        "--value",
+        default="accuracy",
+        help="column to draw: accuracy; lenses: gold_prob, within_1, numeric, ...; probes: control, chance, selectivity "
+        "(default: accuracy)",
+    )
+    parser.add_argument("--kind", default="heatmap", choices=["heatmap", "lines"], help="heatmap, or accuracy against layer per scale")
+    parser.add_argument("--facet", default=None, metavar="COLUMN", help="a column of panels per label of a breakdown: place, carries, seed")
+    parser.add_argument("--text", action="store_true", help="write each cell's value in it")
+    parser.add_argument("--colorscale", default="Viridis", choices=COLORSCALES, help="heatmap colour scale (default: Viridis)")
+    parser.add_argument("--no-markers", action="store_true", help="leave out the emergence-layer markers")
 
 
 def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
@@ -165,9 +182,24 @@ def _plot(args: argparse.Namespace) -> int:
                 if label not in set(keep[column]):
                     raise LensDigitsError(f"{args.run_dir!r} has no {column} {label!r}; it has {sorted(set(grid.table[column]))}")
                 keep = keep[keep[column] == label]
-        grid = AccuracyGrid(keep, grid.problems, grid.info)
-    fig = grid.figure(value=args.value, **({"place": args.place} if args.place else {}))
-    choices = [c for c in (args.method, args.target, args.place, None if args.value == "accuracy" else args.value) if c]
+        emergence = grid.emergence
+        for column, label in (("method", args.method), ("target", args.target)):
+            if label is not None:
+                emergence = emergence[emergence[column] == label]
+        grid = AccuracyGrid(keep, grid.problems, grid.info, emergence=emergence)
+    rows = {"place": args.place} if args.place else {}
+    for item in args.row:
+        column, sep, label = item.partition("=")
+        if not sep or not column or not label:
+            raise LensDigitsError(f"--row {item!r}: write COLUMN=LABEL, e.g. carries=1")
+        rows[column.strip()] = label.strip()
+    fig = grid.figure(
+        value=args.value, kind=args.kind, facet=args.facet, text=args.text, colorscale=args.colorscale, markers=not args.no_markers, **rows
+    )
+    picked = (v if k == "place" else f"{k}{v}" for k, v in rows.items())
+    choices = [args.method, args.target, *picked, None if args.value == "accuracy" else args.value]
+    choices += [None if args.kind == "heatmap" else args.kind, f"by-{args.facet}" if args.facet else None]
+    choices = [str(c).replace(" ", "") for c in choices if c]
     default = Path(args.run_dir) / ("heatmap-" + "-".join(choices) + ".html" if choices else "heatmap-redrawn.html")
     out = Path(args.out) if args.out else default
     ours = out.parent.resolve() == Path(args.run_dir).resolve() and FIGURE_NAME.fullmatch(out.name) is not None
@@ -208,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
         if m not in DECODERS:
             raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
 
-    from lens_digits.rundir import Reservation
+    from lens_digits.emergence import emergence_text
+    from lens_digits.rundir import RUN_FILES, Reservation
 
     # Reserve the output folder before any compute: a second run into it fails now, not after its sweep.
     with Reservation(args.out, args.overwrite) as reservation:
@@ -220,7 +253,10 @@ def _run(args: argparse.Namespace) -> int:
                 e.written = reservation.target  # type: ignore[attr-defined]
             raise
     print(grid.to_text())
-    print(f"wrote {out}/{{grid.csv, prompts.jsonl, heatmap.html, run.json}}")
+    if not grid.emergence.empty:
+        print("\nEmergence layers: the first layer whose accuracy reaches each threshold [95% bootstrap interval]")
+        print(emergence_text(grid.emergence))
+    print(f"wrote {out}/{{{', '.join(name for name in RUN_FILES if (out / name).exists())}}}")
     return 0
 
 

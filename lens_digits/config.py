@@ -24,6 +24,8 @@ SUBSETS = ("all", "solved", "unsolved")
 PROBE_SCOPES = ("per_scale", "pooled")
 NORMS = ("final", "none")
 MAX_BATCH_SIZE = 1_000_000
+COLORSCALES = ("Viridis", "Blues", "Cividis", "Plasma", "Greys")
+"""Heatmap colour scales the command line offers (any plotly name works from Python)."""
 
 
 def parse_targets(target: str | Sequence[str]) -> list[str]:
@@ -70,6 +72,33 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None, flag: s
     if high is not None and value > high:
         raise LensDigitsError(f"{shown} is {value:,}, above the limit of {high:,}")
     return value
+
+
+def _int_list(name: str, value: Any, low: int) -> tuple[int, ...]:
+    """Integers ``>= low`` from a list or a comma-separated string, duplicates dropped, order kept."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    out = []
+    for v in items:
+        try:
+            number = int(v) if not isinstance(v, float) or v.is_integer() else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(v, bool) or number < low:
+            raise LensDigitsError(f"{name} must be integers >= {low}, comma-separated (e.g. 0,1,2); got {value!r}")
+        out.append(number)
+    return tuple(dict.fromkeys(out))
+
+
+def _float_list(name: str, value: Any) -> tuple[float, ...]:
+    """Numbers in (0, 1] from a list or a comma-separated string, sorted."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        out = tuple(sorted({float(v) for v in items}))
+    except (TypeError, ValueError):
+        out = ()
+    if not out or any(not (0 < t <= 1) for t in out):
+        raise LensDigitsError(f"{name} must be accuracies in (0, 1], comma-separated (e.g. 0.5,0.9); got {value!r}")
+    return out
 
 
 def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, **argparse: Any) -> Any:
@@ -149,10 +178,16 @@ class SweepConfig:
         probe_scope: For probes: ``per_scale`` or ``pooled``.
         batch_size: Problems per forward pass.
         device: Where residuals are kept and decoders run (None: the model's device).
+        within: Lenses: the k of the ``within_k`` numeric scores.
+        thresholds: Accuracies whose first layer is an emergence layer.
+        n_boot: Bootstrap resamples of the emergence layers' intervals.
+        seeds: Several problem draws (their union is scored, and each draw alone); None: the task's seed.
         progress: Show progress bars.
     """
 
-    methods: Sequence[str] | str = option(("logit_lens",), "decoders, comma-separated: logit_lens, probe", metavar="LIST")
+    methods: Sequence[str] | str = option(
+        ("logit_lens",), "decoders, comma-separated: logit_lens, tuned_lens, probe, circular_probe (or your own)", metavar="LIST"
+    )
     targets: Sequence[str] | str = option(
         ("answer",),
         "what a decoder must read: first (first answer token), answer (the whole answer, teacher-forced), model (the "
@@ -171,6 +206,16 @@ class SweepConfig:
         "the lenses' readout of layers before the last: final (the model's final norm, each residual's own statistics) "
         "or none (the unembedding alone, as some published code does); the last column is the model's own prediction either way",
         choices=NORMS,
+    )
+    within: Sequence[int] | str = option(
+        (1, 10), "lenses: the k of the within_k scores (share of problems whose decoded number is within +-k)", metavar="LIST"
+    )
+    thresholds: Sequence[float] | str = option(
+        (0.5, 0.9), "accuracies whose first layer is reported as an emergence layer, with a bootstrap 95%% interval", metavar="LIST"
+    )
+    n_boot: int = option(1000, "bootstrap resamples of the emergence intervals", flag="--bootstrap")
+    seeds: Sequence[int] | str | None = option(
+        None, "run several problem draws (e.g. 0,1,2) and report their spread; replaces --seed", metavar="LIST"
     )
     batch_size: int = option(64, "problems per forward pass")
     device: str | None = option(None, "where residuals are kept and decoders run (default: the model's device)", cli=False)
@@ -191,14 +236,22 @@ class SweepConfig:
         if self.probe_scope not in PROBE_SCOPES:
             raise LensDigitsError(f"unknown probe scope {self.probe_scope!r}; choose {', '.join(PROBE_SCOPES)}")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        self.within = _int_list("within", self.within, 0)
+        self.thresholds = _float_list("thresholds", self.thresholds)
+        _check_int("n_boot", self.n_boot, 1, 1_000_000, flag="--bootstrap")
+        if self.seeds is not None:
+            self.seeds = _int_list("seeds", self.seeds, 0)
+            if not self.seeds:
+                raise LensDigitsError("seeds is empty; give e.g. 0,1,2 (or leave it out for one draw)")
         if self.device is not None:
             self.device = str(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
         d = dataclasses.asdict(self)
-        d["methods"] = list(self.methods)
-        d["targets"] = list(self.targets)
+        for key in ("methods", "targets", "within", "thresholds"):
+            d[key] = list(d[key])
+        d["seeds"] = None if self.seeds is None else list(self.seeds)
         return d
 
     @classmethod

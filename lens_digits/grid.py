@@ -20,11 +20,12 @@ import plotly.graph_objects as go
 import torch
 
 from lens_digits.decoders.base import Scores
+from lens_digits.emergence import EMERGENCE_COLUMNS, N_BOOT, THRESHOLDS, Bootstrap, check_thresholds
 from lens_digits.errors import LensDigitsError, RunDirectoryError
-from lens_digits.plotting import difference_heatmap, heatmap
+from lens_digits.plotting import difference_heatmap, heatmap, lines
 from lens_digits.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
 from lens_digits.rundir import RUN_FILES, Reservation, check_output, write_run_directory
-from lens_digits.runfiles import CONTRACT_COLUMNS, KEY_COLUMNS, read_grid_csv, read_prompts, read_run_json
+from lens_digits.runfiles import CONTRACT_COLUMNS, KEY_COLUMNS, read_emergence_csv, read_grid_csv, read_prompts, read_run_json
 from lens_digits.tasks import Problem
 
 FILES = RUN_FILES
@@ -45,10 +46,18 @@ def wilson_interval(k: int | float, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra: dict[str, str]) -> list[dict[str, Any]]:
+def _rows(
+    method: str,
+    target: str,
+    scores: Scores,
+    scales: torch.Tensor,
+    extra: dict[str, str],
+    emergence: "tuple[Bootstrap, tuple[float, ...], list[dict[str, Any]]] | None" = None,
+) -> list[dict[str, Any]]:
+    """Cells of one method and target (breakdown rows included); emergence rows go to ``emergence[2]``."""
     rows = []
     correct = scores.correct.float().cpu()
-    metrics = {k: v.float().cpu() for k, v in scores.metrics.items()}
+    metrics = {k: v.double().cpu() for k, v in scores.metrics.items()}
     applies = torch.ones_like(scales, dtype=torch.bool) if scores.applies is None else scores.applies.cpu()
     for scale in sorted(set(scales.tolist())):
         sel = (scales == scale) & applies
@@ -56,7 +65,7 @@ def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra:
         if n == 0:
             continue
         acc = correct[sel].mean(0)
-        means = {k: v[sel].mean(0) for k, v in metrics.items()}
+        means = {k: v[sel].nanmean(0) for k, v in metrics.items()}  # NaN: undefined for a problem (abs_error of a non-number)
         for layer in range(correct.shape[1]):
             k = float(correct[sel, layer].sum())
             lo, hi = wilson_interval(k, n)
@@ -64,10 +73,23 @@ def _rows(method: str, target: str, scores: Scores, scales: torch.Tensor, extra:
             row |= {"accuracy": float(acc[layer]), "n": n, "ci_low": lo, "ci_high": hi}
             row |= extra | {k: float(v[layer]) for k, v in means.items()}
             rows.append(row)
+        if emergence is not None:
+            boot, thresholds, out = emergence
+            for e in boot.emergence(scores.correct.cpu()[sel], thresholds):
+                out.append({"method": method, "target": target, "scale": int(scale)} | e | extra)
     for column, labelled in scores.breakdown.items():
         for label, sub in labelled.items():
-            rows += _rows(method, target, sub, scales, extra | {column: label})
+            rows += _rows(method, target, sub, scales, extra | {column: label}, emergence)
     return rows
+
+
+def _breakdown_columns(scores: Scores) -> list[str]:
+    """Breakdown columns of ``scores`` and of its breakdown rows, nested ones included (``place``, then ``carry_in``)."""
+    out = list(scores.breakdown)
+    for labelled in scores.breakdown.values():
+        for sub in labelled.values():
+            out += _breakdown_columns(sub)
+    return list(dict.fromkeys(out))
 
 
 SIGNIFICANT_DIGITS = 6
@@ -91,14 +113,23 @@ class AccuracyGrid:
     [0, 1, 2]
     """
 
-    def __init__(self, table: pd.DataFrame, problems: Sequence[Problem] = (), info: dict[str, Any] | None = None) -> None:
-        """Wrap a tidy table; ``problems`` and ``info`` go to ``prompts.jsonl`` and ``run.json``."""
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        problems: Sequence[Problem] = (),
+        info: dict[str, Any] | None = None,
+        *,
+        emergence: pd.DataFrame | None = None,
+    ) -> None:
+        """Wrap a tidy table; ``problems`` and ``info`` go to ``prompts.jsonl`` and ``run.json``, ``emergence`` to ``emergence.csv``."""
         missing = [c for c in CONTRACT_COLUMNS if c not in table.columns]
         if missing:
             raise LensDigitsError(f"a grid table needs columns {CONTRACT_COLUMNS}; missing {missing}")
         self.table = _rounded(table.reset_index(drop=True))
         self.problems = list(problems)
         self.info = dict(info or {})
+        self.emergence = _rounded(emergence.reset_index(drop=True)) if emergence is not None else pd.DataFrame(columns=EMERGENCE_COLUMNS)
+        """Emergence layers (see :mod:`lens_digits.emergence`): one row per cell and threshold; empty for derived grids."""
 
     @classmethod
     def from_scores(
@@ -107,15 +138,27 @@ class AccuracyGrid:
         scored: Sequence[Problem],
         problems: Sequence[Problem] = (),
         info: dict[str, Any] | None = None,
+        *,
+        thresholds: Sequence[float] = THRESHOLDS,
+        n_boot: int = N_BOOT,
+        seed: int = 0,
     ) -> "AccuracyGrid":
-        """Aggregate per-problem scores of the ``scored`` problems into cells."""
+        """Aggregate per-problem scores of the ``scored`` problems into cells, and find the emergence layers.
+
+        ``thresholds``, ``n_boot`` and ``seed`` set the emergence layers (see
+        :mod:`lens_digits.emergence`); empty ``thresholds``: none.
+        """
         scales = torch.tensor([p.scale for p in scored])
-        rows = [r for method, target, s in results for r in _rows(method, target, s, scales, {})]
+        found: list[dict[str, Any]] = []
+        boot = (Bootstrap(n_boot, seed), check_thresholds(thresholds), found) if len(thresholds) else None
+        rows = [r for method, target, s in results for r in _rows(method, target, s, scales, {}, boot)]
         table = pd.DataFrame(rows)
-        breakdown = [c for s in results for c in s[2].breakdown]
-        for column in dict.fromkeys(breakdown):
+        emergence = pd.DataFrame(found, columns=EMERGENCE_COLUMNS) if not found else pd.DataFrame(found)
+        for column in dict.fromkeys(c for _, _, s in results for c in _breakdown_columns(s)):
             table[column] = table[column].fillna("all")
-        return cls(table, problems, info)
+            if column in emergence.columns:
+                emergence[column] = emergence[column].fillna("all")
+        return cls(table, problems, info, emergence=emergence)
 
     # ---- data ----------------------------------------------------------------
 
@@ -222,7 +265,7 @@ class AccuracyGrid:
         parts.append("target " + ", ".join(dict.fromkeys(df["target"])))
         parts += [f"{k} {v}" for k, v in breakdown.items() if k != "target"]
         norm = (self.info.get("sweep") or {}).get("norm", "final")
-        if norm != "final" and any("lens" in str(m) for m in df["method"]):
+        if any("lens" in str(m) for m in df["method"]):
             parts.append(f"lens norm {norm}")
         if value != "accuracy":
             parts.append(value)
@@ -230,33 +273,76 @@ class AccuracyGrid:
         parts.append(f"n = {int(n.min())}" + ("" if n.min() == n.max() else f"-{int(n.max())}") + " test problems per scale")
         return " · ".join(p for p in parts if p)
 
-    def figure(self, value: str = "accuracy", **breakdown: str) -> go.Figure:
-        """The "Accuracy Breakdown" heatmap, one panel per method and target.
+    def figure(
+        self,
+        value: str = "accuracy",
+        *,
+        kind: str = "heatmap",
+        facet: str | None = None,
+        text: bool = False,
+        colorscale: str = "Viridis",
+        markers: bool = True,
+        **breakdown: str,
+    ) -> go.Figure:
+        """The "Accuracy Breakdown" figure: a heatmap, one panel per method and target (or a line plot).
 
         Keyword arguments pick breakdown rows, e.g. ``figure(place="units")``.
-        ``value`` picks the column to colour (``accuracy``; for probes also
-        ``control``, ``chance`` or ``selectivity``). A difference grid and
-        selectivity are drawn on a diverging scale. The title names the model,
-        methods, targets, breakdown and the test problems per scale; hovering a
-        cell shows its value, ``n``, 95% interval and baseline (chance for probes).
+        The title names the model, methods, targets, breakdown and the test
+        problems per scale; hovering a cell shows its value, ``n``, 95% interval
+        and baseline (chance for probes).
+
+        Args:
+            value: The column to draw (``accuracy``; for lenses also ``gold_prob``,
+                ``within_10``, ...; for probes ``control``, ``chance`` or
+                ``selectivity``). A difference grid and selectivity are drawn on a
+                diverging scale.
+            kind: ``heatmap``, or ``lines``: value against layer, one line per
+                digit scale with its 95% band (what papers print).
+            facet: A breakdown column (``place``, ``carries``, ``seed``, ...) whose
+                labels get a column of panels each.
+            text: Write each cell's value in it.
+            colorscale: The heatmap's colour scale (``Viridis``, ``Blues``, ...).
+            markers: Mark each scale's emergence layers (the first layer reaching
+                each threshold; see :attr:`emergence`) on the heatmap.
+            **breakdown: Breakdown rows to draw, as ``column=label``.
         """
-        df = self.main() if not breakdown else self.table
+        if kind not in ("heatmap", "lines"):
+            raise LensDigitsError(f"unknown figure kind {kind!r}; choose heatmap or lines")
+        df = self.table
         for column, label in breakdown.items():
             if column not in df.columns:
                 raise LensDigitsError(f"this grid has no {column!r} column; breakdown columns: {self.breakdown_columns}")
+            df = df[df[column] == label]
+        if facet is not None:
+            if facet not in self.breakdown_columns:
+                raise LensDigitsError(f"cannot facet by {facet!r}: breakdown columns are {self.breakdown_columns}")
+            if facet in breakdown:
+                raise LensDigitsError(f"{facet!r} is both the facet and a chosen breakdown row; give one")
+            df = df[df[facet] != "all"]
+        fixed = {c: "all" for c in self.breakdown_columns if c not in breakdown and c != facet}
+        for column, label in fixed.items():
             df = df[df[column] == label]
         if value not in df.columns:
             raise LensDigitsError(f"this grid has no {value!r} column; columns: {list(df.columns)}")
         df = df[df[value].notna()]  # e.g. selectivity exists for probes only
         if df.empty:
-            raise LensDigitsError(f"no cells with {value!r} match {breakdown or 'the grid'}")
+            raise LensDigitsError(f"no cells with {value!r} match {breakdown or 'the grid'}" + (f" faceted by {facet!r}" if facet else ""))
         caption = self._caption(df, value, breakdown)
+        if kind == "lines":
+            return lines(df, value=value, subtitle=caption)
+        emergence = None
+        if markers and value == "accuracy" and not self.emergence.empty:
+            emergence = self.emergence
+            for column, label in (fixed | breakdown).items():
+                if column in emergence.columns:
+                    emergence = emergence[emergence[column] == label]
+        options: dict[str, Any] = {"subtitle": caption, "facet": facet, "text": text, "emergence": emergence}
         if all(" - " in m for m in df["method"]):
             pairs = ", ".join(m.replace(" - ", " minus ") for m in dict.fromkeys(df["method"]))
-            return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", subtitle=caption)
+            return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", **options)
         if value == "selectivity":
-            return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", subtitle=caption)
-        return heatmap(df, value=value, subtitle=caption)
+            return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", **options)
+        return heatmap(df, value=value, colorscale=colorscale, **options)
 
     def to_text(self, value: str = "accuracy") -> str:
         """Text tables, one per method and target (what the CLI prints).
@@ -298,7 +384,7 @@ class AccuracyGrid:
     # ---- run directory ---------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False, *, reservation: "Reservation | None" = None) -> Path:
-        """Write the run directory (``grid.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
+        """Write the run directory (``grid.csv``, ``emergence.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
 
         The files are written to a temporary folder beside ``path``, flushed to
         disk and moved into place in one atomic step, so a failure or an
@@ -309,6 +395,8 @@ class AccuracyGrid:
 
         def fill(tmp: Path) -> None:
             self.table.to_csv(tmp / "grid.csv", index=False)
+            if not self.emergence.empty:
+                self.emergence.to_csv(tmp / "emergence.csv", index=False)
             with open(tmp / "prompts.jsonl", "w") as f:
                 for p in self.problems:
                     f.write(json.dumps(p.to_dict()) + "\n")
@@ -332,7 +420,8 @@ class AccuracyGrid:
         table = read_grid_csv(path / "grid.csv")
         problems = read_prompts(path / "prompts.jsonl") if (path / "prompts.jsonl").is_file() else []
         info = read_run_json(path / "run.json") if (path / "run.json").is_file() else {}
-        return cls(table, problems, RunRecord.from_dict(info, str(path / "run.json")).to_dict())
+        emergence = read_emergence_csv(path / "emergence.csv") if (path / "emergence.csv").is_file() else None
+        return cls(table, problems, RunRecord.from_dict(info, str(path / "run.json")).to_dict(), emergence=emergence)
 
     @property
     def record(self) -> RunRecord:

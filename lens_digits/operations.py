@@ -26,12 +26,21 @@ class Operation:
         fn: ``fn(a, b) -> int``, the exact result.
         allowed: Optional ``allowed(a, b) -> bool`` that filters operand pairs
             (for example ``a >= b`` for non-negative subtraction).
+        columns: How column arithmetic moves between places: ``"carry"`` (an addition:
+            grids get rows by the number of carries), ``"borrow"`` (a subtraction:
+            rows by borrows) or None (no such rows). See :mod:`lens_digits.carries`.
     """
 
     name: str
     symbol: str
     fn: Callable[[int, int], int]
     allowed: Callable[[int, int], bool] | None = None
+    columns: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check ``columns``."""
+        if self.columns not in (None, "carry", "borrow"):
+            raise LensDigitsError(f"operation {self.name!r}: columns must be 'carry', 'borrow' or None, got {self.columns!r}")
 
 
 OPERATIONS: dict[str, Operation] = {}
@@ -49,8 +58,8 @@ def register_operation(op: Operation) -> Operation:
     return op
 
 
-register_operation(Operation("add", "+", lambda a, b: a + b))
-register_operation(Operation("sub", "-", lambda a, b: a - b))
+register_operation(Operation("add", "+", lambda a, b: a + b, columns="carry"))
+register_operation(Operation("sub", "-", lambda a, b: a - b, columns="borrow"))
 register_operation(Operation("mul", "*", lambda a, b: a * b))
 
 

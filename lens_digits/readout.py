@@ -80,7 +80,10 @@ class Readout:
             raise LensDigitsError(f"unknown norm {norm!r}; choose 'final' (the model's final norm) or 'none'")
         from lens_digits.adapter import ModelAdapter
 
-        model = ModelAdapter.wrap(model).model
+        adapter = ModelAdapter.wrap(model)
+        model = adapter.model
+        self.tokenizer = getattr(model, "tokenizer", None)
+        """The model's tokenizer (None if it has none): lenses turn top-1 tokens into numbers with it."""
         self.norm = norm
         self.ln_final = model.ln_final
         self.unembed = model.unembed

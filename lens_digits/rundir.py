@@ -46,7 +46,7 @@ from lens_digits import atomic
 from lens_digits.errors import OutputError
 from lens_digits.record import RUN_FORMAT
 
-RUN_FILES = ("grid.csv", "prompts.jsonl", "heatmap.html", "run.json")
+RUN_FILES = ("grid.csv", "emergence.csv", "prompts.jsonl", "heatmap.html", "run.json")
 """The files of a run directory."""
 
 

@@ -72,8 +72,9 @@ def read_grid_csv(path: Path) -> pd.DataFrame:
     breakdown = []
     for column in numeric:
         values = pd.to_numeric(table[column], errors="coerce")
-        if column not in CONTRACT_COLUMNS and values.isna().all() and table[column].notna().any():
-            breakdown.append(column)  # a label column such as place
+        labels = table[column].astype(str)
+        if column not in CONTRACT_COLUMNS and table[column].notna().any() and (values.isna().all() or (labels == "all").any()):
+            breakdown.append(column)  # a label column such as place, or carries (0, 1, 2 and "all")
             table[column] = table[column].fillna("all").astype(str)
             continue
         unparsable = values.isna() & table[column].notna()
@@ -104,6 +105,35 @@ def read_grid_csv(path: Path) -> pd.DataFrame:
                 f"{path}: cell row {dict(zip(['method', 'target', 'scale', *breakdown], group, strict=True))} has layers "
                 f"{_span(layers)} but the grid has layers 0..{top}; the file is incomplete, rerun the sweep to rewrite it"
             )
+    return table
+
+
+def read_emergence_csv(path: Path) -> pd.DataFrame:
+    """The emergence layers of ``emergence.csv``, checked (see :mod:`lens_digits.emergence`).
+
+    Raises:
+        RunDirectoryError: Unparsable, a missing column, or a value that is not a number.
+    """
+    from lens_digits.emergence import EMERGENCE_COLUMNS
+
+    try:
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"method": str, "target": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirectoryError(f"{path} is not a readable emergence table ({first}); rerun the sweep to rewrite it") from None
+    missing = [c for c in EMERGENCE_COLUMNS if c not in table.columns]
+    if missing:
+        raise RunDirectoryError(f"{path} lacks column(s) {missing}; an emergence table has {EMERGENCE_COLUMNS}")
+    for column in EMERGENCE_COLUMNS[2:]:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() & table[column].notna()
+        if bad.any():
+            i = int(bad.idxmax())
+            raise RunDirectoryError(f"{_where(path, i + 2)}: {column} must be a number, got {table[column].iloc[i]!r}")
+        table[column] = values
+    for column in table.columns:
+        if column not in EMERGENCE_COLUMNS:
+            table[column] = table[column].fillna("all").astype(str)
     return table
 
 

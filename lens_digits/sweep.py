@@ -11,8 +11,9 @@ from typing import Any, cast
 import torch
 
 from lens_digits.adapter import ModelAdapter
+from lens_digits.carries import add_column_breakdown
 from lens_digits.config import SweepConfig, parse_methods
-from lens_digits.decoders.base import Decoder, Target, make_decoder
+from lens_digits.decoders.base import Decoder, Scores, Target, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
@@ -53,6 +54,10 @@ def run_sweep(
     chat: bool = False,
     probe_scope: str = "per_scale",
     norm: str = "final",
+    within: Sequence[int] = (1, 10),
+    thresholds: Sequence[float] = (0.5, 0.9),
+    n_boot: int = 1000,
+    seeds: Sequence[int] | None = None,
     decoder_options: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -91,6 +96,12 @@ def run_sweep(
             scale) or ``pooled`` (one probe set fitted on all scales, scored per scale).
         norm: The lenses' readout before the last layer: ``final`` (the model's final
             norm with each residual's own statistics) or ``none`` (the unembedding alone).
+        within: Lenses: the k of the ``within_k`` scores (share of problems whose
+            decoded number is within ±k of the target's).
+        thresholds: Accuracies whose first layer is an emergence layer (``grid.emergence``).
+        n_boot: Bootstrap resamples of the emergence layers' 95% intervals.
+        seeds: Several problem draws: every cell is over all of them, and ``seed``
+            rows give each draw alone (their spread); None: the one draw of ``seed``.
         decoder_options: Constructor options of decoders named in ``methods``,
             by name, e.g. ``{"probe": {"Cs": [0.1, 1.0]}}``.
         batch_size: Problems per forward pass.
@@ -124,6 +135,10 @@ def run_sweep(
         chat=chat,
         probe_scope=probe_scope,
         norm=norm,
+        within=within,
+        thresholds=thresholds,
+        n_boot=n_boot,
+        seeds=seeds,
         batch_size=batch_size,
         device=None if device is None else str(device),
         progress=progress,
@@ -148,8 +163,9 @@ def sweep(
     targets = list(config.targets)
     options: dict[str, dict[str, Any]] = {
         "probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress},
-        "logit_lens": {"norm": config.norm},
-        "tuned_lens": {"seed": task.seed, "progress": config.progress},
+        "logit_lens": {"norm": config.norm, "within": config.within},
+        "tuned_lens": {"seed": task.seed, "progress": config.progress, "within": config.within},
+        "circular_probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress},
     }
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
@@ -163,6 +179,46 @@ def sweep(
         if skipped and config.targets != ("first", "answer", "model"):  # "all" means every target each decoder reads
             warnings.warn(f"decoder {d.name!r} does not read target(s) {skipped}; it has no cells for them", stacklevel=2)
 
+    seeds = [int(s) for s in config.seeds] if config.seeds is not None else [task.seed]
+    draws = [_one_draw(adapter, dataclasses.replace(task, seed=seed), config, readers, plan) for seed in seeds]
+    draw = draws[0] if len(draws) == 1 else _merge_draws(draws, seeds)
+    results, scored, problems, runs, data = draw.results, draw.scored, draw.problems, draw.runs, draw.data
+    record = RunRecord(
+        model=adapter.describe(),
+        task=task.to_dict(),
+        sweep=config.to_dict(),
+        methods={d.name: d.settings() for d in readers},
+        targets=targets,
+        encoding=describe_encoding(adapter, data, config.prepend_bos, config.chat),
+        n_problems={s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
+        model_runs=runs,
+        versions=versions(),
+        seconds=round(time.perf_counter() - started, 2),
+        subset=config.subset,
+        prepend_bos=config.prepend_bos,
+        chat=config.chat,
+        seed=task.seed,
+        batch_size=config.batch_size,
+    )
+    return AccuracyGrid.from_scores(
+        results, scored, problems, record.to_dict(), thresholds=[float(t) for t in config.thresholds], n_boot=config.n_boot, seed=task.seed
+    )
+
+
+@dataclasses.dataclass
+class _Draw:
+    """One problem draw's scores: what :func:`sweep` aggregates into a grid."""
+
+    results: list[tuple[str, str, Scores]]
+    scored: list[Problem]
+    problems: list[Problem]
+    runs: dict[str, int]
+    data: ResidualSet
+
+
+def _one_draw(adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, readers: list[Decoder], plan: dict[str, list[str]]) -> _Draw:
+    """Problems of one seed -> residuals -> fitted and scored decoders."""
+    targets = list(config.targets)
     problems = generate_problems(task)
     try:
         encoded = encode_for_model(adapter, problems, prepend_bos=config.prepend_bos, chat=config.chat)
@@ -219,25 +275,21 @@ def sweep(
             torch.manual_seed(task.seed)
             d.fit(train, val)
             for t in plan[d.name]:
-                results.append((d.name, t, d.score(tests[t], cast(Target, t))))
-    record = RunRecord(
-        model=adapter.describe(),
-        task=task.to_dict(),
-        sweep=config.to_dict(),
-        methods={d.name: d.settings() for d in readers},
-        targets=targets,
-        encoding=describe_encoding(adapter, data, config.prepend_bos, config.chat),
-        n_problems={s: sum(p.split == s for p in problems) for s in ("train", "val", "test")},
-        model_runs=runs,
-        versions=versions(),
-        seconds=round(time.perf_counter() - started, 2),
-        subset=subset,
-        prepend_bos=config.prepend_bos,
-        chat=config.chat,
-        seed=task.seed,
-        batch_size=config.batch_size,
-    )
-    return AccuracyGrid.from_scores(results, scored.problems, problems, record.to_dict())
+                results.append((d.name, t, add_column_breakdown(d.score(tests[t], cast(Target, t)), tests[t].problems)))
+    return _Draw(results, list(scored.problems), problems, runs, data)
+
+
+def _merge_draws(draws: list[_Draw], seeds: list[int]) -> _Draw:
+    """Several draws as one: each method's scores over all their test problems, with ``seed`` rows for each draw alone."""
+    results = []
+    sizes = [len(d.scored) for d in draws]
+    which = torch.repeat_interleave(torch.arange(len(draws)), torch.tensor(sizes))
+    for i, (name, target, _) in enumerate(draws[0].results):
+        merged = Scores.concat([d.results[i][2] for d in draws])
+        merged.breakdown["seed"] = {str(s): Scores(merged.correct, merged.metrics, applies=which == k) for k, s in enumerate(seeds)}
+        results.append((name, target, merged))
+    runs = {k: sum(d.runs[k] for d in draws) for k in draws[0].runs}
+    return _Draw(results, [p for d in draws for p in d.scored], [p for d in draws for p in d.problems], runs, draws[0].data)
 
 
 def _warn_unknown_tokens(adapter: ModelAdapter, problems: Sequence[Problem], encoded: Sequence[EncodedProblem]) -> None:
@@ -271,7 +323,7 @@ def _warn_builtin_untrained(adapter: ModelAdapter, task: TaskConfig) -> None:
     if not same:
         return
     recipe = builtin_card()["recipe"]
-    if task.op not in recipe["ops"]:
+    if not any(_same_operation(task.op, trained) for trained in recipe["ops"]):
         warnings.warn(
             f"the built-in model was trained on {', '.join(recipe['ops'])} only, not {task.op!r}: expect a grid near 0 "
             "(train one with lens-digits train-model --ops ...)",
@@ -283,6 +335,20 @@ def _warn_builtin_untrained(adapter: ModelAdapter, task: TaskConfig) -> None:
             "or an answer prefix: other prompts read as nonsense to it",
             stacklevel=3,
         )
+
+
+def _same_operation(op: str, trained: str) -> bool:
+    """Whether operation ``op`` writes and computes what ``trained`` does (a filtered ``add`` is still addition)."""
+    from lens_digits.operations import OPERATIONS
+
+    a, b = OPERATIONS.get(op), OPERATIONS.get(trained)
+    if a is None or b is None:
+        return op == trained
+    pairs = [(0, 0), (3, 4), (9, 9), (47, 85), (12, 37), (999, 1), (5, 123)]
+    try:
+        return a.symbol == b.symbol and all(a.fn(x, y) == b.fn(x, y) for x, y in pairs)
+    except Exception:  # a custom function that rejects some of these operands
+        return False
 
 
 def describe_encoding(model: ModelAdapter, data: ResidualSet, prepend_bos: bool | None, chat: bool) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class Problem:
     answer_prefix: str = ""
     model_output: str | None = None
     model_correct: bool | None = None
+    seed: int | None = None
+    """The seed of the draw the problem comes from (several with ``seeds=``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the run-directory fields."""
@@ -326,5 +328,5 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
         for (a, b), split in zip(pairs, splits, strict=True):
             prompt = prefix + config.template.format(a=a, b=b, op=operation.symbol)
             answer = format_answer(operation.fn(a, b))
-            problems.append(Problem(scale, config.op, a, b, prompt, answer, split, config.answer_prefix))
+            problems.append(Problem(scale, config.op, a, b, prompt, answer, split, config.answer_prefix, seed=config.seed))
     return problems

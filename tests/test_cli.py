@@ -358,7 +358,7 @@ def test_run_spends_its_forward_passes_on_scored_problems(llama_dir, tmp_path, c
     info = json.loads((out / "run.json").read_text())
     assert info["n_problems"] == {"test": 60, "train": 180, "val": 60}
     assert info["model_runs"] == {"residuals": 60, "greedy": 0}
-    df = pd.read_csv(out / "grid.csv")
+    df = ld_load(out).to_dataframe(breakdown=False)
     assert set(df["n"]) == {30}
 
 

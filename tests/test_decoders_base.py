@@ -32,4 +32,8 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
     grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=20, methods=["logit_lens", "test_always_right"], target="first")
     df = grid.to_dataframe()
     assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()
-    assert len(grid.figure().data) == 2
+    assert len([t for t in grid.figure().data if t.type == "heatmap"]) == 2
+    # a decoder right everywhere reaches every threshold at layer 0, with no doubt: the marker sits on column 0
+    mine = grid.emergence[grid.emergence["method"] == "test_always_right"]
+    assert len(mine[mine["carries"] == "all"]) == 2 * 2  # two scales, two thresholds (and rows per number of carries)
+    assert (mine[["layer", "ci_low", "ci_high"]] == 0).all().all()

@@ -46,11 +46,73 @@ def test_every_cell_equals_plain_hugging_face(folder, kw, request):
     gold = rs.target_ids[test_idx][:, None, :]
     ref_correct = ((ref[test_idx] == gold) | (gold < 0)).all(-1).float()
     scales = torch.tensor([problems[i].scale for i in test_idx])
-    df = grid.to_dataframe()
+    df = grid.to_dataframe(breakdown=False)
+    numbers = reference_numbers(folder, ref[test_idx], rs.target_ids[test_idx])
+    answers = torch.tensor([float(problems[i].answer) for i in test_idx])
+    error = (numbers - answers[:, None]).abs()  # NaN where the read is not a number
     for _, row in df.iterrows():
         sel = scales == row["scale"]
-        assert row["accuracy"] == pytest.approx(ref_correct[sel, int(row["layer"])].mean().item())
+        layer = int(row["layer"])
+        assert row["accuracy"] == pytest.approx(ref_correct[sel, layer].mean().item())
         assert row["n"] == int(sel.sum())
+        # numeric scores of the number each layer reads, from the reference's top-1 and the tokenizer alone
+        assert row["numeric"] == pytest.approx((~error[sel, layer].isnan()).float().mean().item(), abs=1e-6)
+        assert row["within_1"] == pytest.approx((error[sel, layer] <= 1).float().mean().item(), abs=1e-6)
+        assert row["within_10"] == pytest.approx((error[sel, layer] <= 10).float().mean().item(), abs=1e-6)
+        if (~error[sel, layer].isnan()).any():
+            assert row["abs_error"] == pytest.approx(error[sel, layer].nanmean().item(), rel=1e-5)
+    # each digit place (one digit per token) or answer token (chunks, BPE) is read as the reference reads it
+    positions = reference_positions(folder, rs.target_ids[test_idx])
+    rows = grid.to_dataframe()
+    rows = rows[rows["place"] != "all"]
+    for column in {"carries", "carry_in"} & set(rows.columns):  # carry-in rows exist under digit places only
+        rows = rows[rows[column] == "all"]
+    assert set(rows["place"]) == set(positions), "one row label per place or answer token"
+    gold_ids = rs.target_ids[test_idx]
+    for _, row in rows.iterrows():
+        pos = positions[row["place"]]  # (problem,) position of the label's token, -1 where the answer has none
+        sel = (scales == row["scale"]) & (pos >= 0)
+        p = pos[sel]
+        hit = ref[test_idx][sel, int(row["layer"]), :].gather(1, p[:, None])[:, 0] == gold_ids[sel].gather(1, p[:, None])[:, 0]
+        assert row["n"] == int(sel.sum()) and row["accuracy"] == pytest.approx(hit.float().mean().item())
+
+
+def reference_numbers(folder, top1, gold_ids):
+    """The integer each layer's top-1 tokens spell (NaN if none), joined with the Hugging Face tokenizer."""
+    import re
+
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    out = torch.full(top1.shape[:2], float("nan"), dtype=torch.float64)
+    for i in range(top1.shape[0]):
+        k = int((gold_ids[i] >= 0).sum())
+        for layer in range(top1.shape[1]):
+            text = tok.decode(top1[i, layer, :k].tolist()).strip()
+            if re.fullmatch(r"-?\d+", text):
+                out[i, layer] = float(text)
+    return out
+
+
+def reference_positions(folder, gold_ids):
+    """Row label -> answer position per problem: digit places when every answer token holds at most one digit, else tokens."""
+    import transformers
+
+    from lens_digits.decoders.labels import place_name
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    digits = [[sum(c.isdigit() for c in tok.decode([t])) for t in row if t >= 0] for row in gold_ids.tolist()]
+    per_digit = all(d <= 1 for row in digits for d in row)
+    out: dict[str, torch.Tensor] = {}
+    for i, row in enumerate(digits):
+        if per_digit:
+            digit_positions = [j for j, d in enumerate(row) if d]
+            labels = {place_name(len(digit_positions) - 1 - k): j for k, j in enumerate(digit_positions)}
+        else:
+            labels = {f"token {j + 1}": j for j in range(len(row))}
+        for label, j in labels.items():
+            out.setdefault(label, torch.full((len(digits),), -1, dtype=torch.long))[i] = j
+    return out
 
 
 @pytest.mark.parametrize("which", ["native_model", "hooked_model"])

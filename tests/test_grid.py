@@ -12,12 +12,14 @@ from lens_digits.grid import CONTRACT_COLUMNS, FILES, AccuracyGrid, wilson_inter
 
 
 def test_table_has_contract_columns_and_one_row_per_cell(grid, native_model):
-    df = grid.to_dataframe()
+    df = grid.to_dataframe(breakdown=False)
     assert list(df.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
     assert {"ci_low", "ci_high", "gold_rank", "gold_prob"} <= set(df.columns)
     n_layers = native_model.cfg.n_layers
     assert len(df) == 2 * 3 * (n_layers + 1)
     assert not df.duplicated(["method", "target", "scale", "layer"]).any()
+    everything = grid.to_dataframe()
+    assert not everything.duplicated(["method", "target", "scale", "layer", *grid.breakdown_columns]).any()
     assert sorted(df["layer"].unique()) == list(range(n_layers + 1))
     assert ((df["ci_low"] <= df["accuracy"]) & (df["accuracy"] <= df["ci_high"])).all()
     # n is the number of test problems of the scale, the same for every cell of that scale

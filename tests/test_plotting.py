@@ -42,3 +42,40 @@ def test_static_image_of_a_grid_is_a_png_where_export_works(native_model):
     except ld.LensDigitsError as e:
         pytest.skip(str(e))
     assert png.startswith(PNG_MAGIC)
+
+
+def test_figure_options_cell_text_colours_facets_and_lines(native_model):
+    import lens_digits as ld
+
+    grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=30, methods=["logit_lens", "probe"], target="answer", seed=5)
+    fig = grid.figure(text=True, colorscale="Blues")
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert all(t.texttemplate == "%{z:.2f}" for t in heat) and fig.layout.coloraxis.colorscale[0][1] == "rgb(247,251,255)"
+    # emergence markers sit at the emergence table's layers, on their scale's row
+    marks = [t for t in fig.data if t.type == "scatter"]
+    e = grid.emergence
+    main = e[(e["place"] == "all") & (e["carries"] == "all") & e["layer"].notna()]
+    drawn = sorted((float(t.name.split("≥ ")[1]), int(x), str(y)) for t in marks for x, y in zip(t.x, t.y, strict=True))
+    want = sorted((float(r.threshold), int(r.layer), str(int(r.scale))) for r in main.itertuples())
+    assert drawn == want
+    faceted = grid.figure(facet="place")
+    panels = [t.name for t in faceted.data if t.type == "heatmap"]
+    assert "logit_lens · answer · tens" in panels and "probe · answer · units" in panels
+    assert [a.text for a in faceted.layout.annotations if a.text.startswith("place ")] == ["place units", "place tens", "place hundreds"]
+    by_carries = grid.figure(facet="carries", markers=False)
+    assert all(t.type == "heatmap" for t in by_carries.data) and len(by_carries.data) == 2 * len(set(grid.table["carries"]) - {"all"})
+    line = grid.figure(kind="lines")
+    bands = [t for t in line.data if t.fill == "toself"]
+    assert len(bands) == 2 * 2 and all(t.mode == "lines" for t in bands)  # a band per method and scale
+    with pytest.raises(ld.LensDigitsError, match="facet"):
+        grid.figure(facet="nope")
+    with pytest.raises(ld.LensDigitsError, match="kind"):
+        grid.figure(kind="bars")
+
+
+def test_subtitle_wraps_to_the_figure_width():
+    from lens_digits.plotting import wrap
+
+    text = " · ".join(["a-long-method-name"] * 12)
+    wrapped = wrap(text, width=60)
+    assert all(len(line) <= 60 for line in wrapped.split("<br>")) and wrapped.replace("<br>", " · ") == text

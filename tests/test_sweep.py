@@ -135,10 +135,12 @@ def test_difference_and_selectivity_figures(both):
     pd.testing.assert_frame_equal(diff.pivot("probe - logit_lens", "answer"), expected)
     assert diff.figure().layout.title.text == "Accuracy Difference: probe minus logit_lens"
     fig = both.figure(value="selectivity")
-    assert fig.layout.title.text.startswith("Selectivity") and len(fig.data) == 2  # probes only, two targets
-    units = both.figure(place="units")
-    assert all(t.name.startswith("probe") for t in units.data)
-    assert len(both.figure().data) == 4  # two methods x two targets, faceted
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert fig.layout.title.text.startswith("Selectivity") and len(heatmaps) == 2  # probes only, two targets
+    units = [t.name for t in both.figure(place="units").data if t.type == "heatmap"]
+    # probes have place rows for both targets; the lenses for whole answers only (a first token is not a place)
+    assert sorted(units) == ["logit_lens · answer", "probe · answer", "probe · first"]
+    assert len([t for t in both.figure().data if t.type == "heatmap"]) == 4  # two methods x two targets
 
 
 def test_probe_scope_from_api_and_cli(llama_dir, llama_model, tmp_path, capsys):
@@ -210,3 +212,16 @@ def test_the_builtin_model_warns_about_what_it_was_not_trained_on(builtin):
         ld.run_sweep(builtin, scales=[2], n_per_scale=5, op="sub")
     with pytest.warns(UserWarning, match="compact template"):
         ld.run_sweep(builtin, scales=[2], n_per_scale=5, template="spaced")
+
+
+def test_the_builtin_model_does_not_warn_about_a_filtered_addition(builtin):
+    import warnings
+
+    from lens_digits.operations import OPERATIONS
+
+    if "add_even_units" not in OPERATIONS:
+        ld.register_operation(ld.Operation("add_even_units", "+", lambda a, b: a + b, allowed=lambda a, b: (a + b) % 2 == 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid = ld.run_sweep(builtin, scales=[2], n_per_scale=5, op="add_even_units")
+    assert grid.to_dataframe()["n"].iloc[0] == 5

@@ -54,6 +54,43 @@ class Scores:
     breakdown: dict[str, dict[str, "Scores"]] = field(default_factory=dict)
     applies: Bool[Tensor, " problem"] | None = None
 
+    def __len__(self) -> int:
+        """Number of problems."""
+        return self.correct.shape[0]
+
+    @classmethod
+    def concat(cls, parts: "list[Scores]") -> "Scores":
+        """The scores of several problem sets, one after another (for example several seeds' draws).
+
+        A metric or breakdown row that some parts lack is NaN, or does not apply,
+        on those parts' problems.
+        """
+        import torch
+
+        def nan_like(p: "Scores") -> Tensor:
+            return torch.full(p.correct.shape, float("nan"))
+
+        correct = torch.cat([p.correct.cpu() for p in parts])
+        names = list(dict.fromkeys(k for p in parts for k in p.metrics))
+        metrics = {k: torch.cat([p.metrics[k].double().cpu() if k in p.metrics else nan_like(p).double() for p in parts]) for k in names}
+        applies = None
+        if any(p.applies is not None for p in parts):
+            applies = torch.cat([p.applies.cpu() if p.applies is not None else torch.ones(len(p), dtype=torch.bool) for p in parts])
+        breakdown: dict[str, dict[str, Scores]] = {}
+        for column in dict.fromkeys(c for p in parts for c in p.breakdown):
+            labels = dict.fromkeys(label for p in parts for label in p.breakdown.get(column, {}))
+            breakdown[column] = {
+                label: cls.concat([p.breakdown.get(column, {}).get(label) or cls._absent(p) for p in parts]) for label in labels
+            }
+        return cls(correct, metrics, breakdown, applies)
+
+    @classmethod
+    def _absent(cls, like: "Scores") -> "Scores":
+        """Scores that apply to none of ``like``'s problems."""
+        import torch
+
+        return cls(torch.zeros_like(like.correct.cpu()), {}, {}, torch.zeros(len(like), dtype=torch.bool))
+
 
 class Decoder(abc.ABC):
     """Reads a target from each layer's residual stream.

@@ -24,6 +24,19 @@ def place_name(place: int) -> str:
     return PLACE_NAMES[place] if place < len(PLACE_NAMES) else f"10^{place}"
 
 
+def place_index(label: str) -> int | None:
+    """Inverse of :func:`place_name` (None for a label that names no place, such as ``"token 2"``).
+
+    >>> place_index("hundreds"), place_index("10^5"), place_index("token 1")
+    (2, 5, None)
+    """
+    if label in PLACE_NAMES:
+        return PLACE_NAMES.index(label)
+    if label.startswith("10^") and label[3:].isdigit():
+        return int(label[3:])
+    return None
+
+
 def answer_digits(answer: str) -> str:
     """The digits of ``|answer|``, most significant first; the sign is dropped.
 

@@ -9,7 +9,10 @@ at a time, and the ``Scores`` of targets ``first``, ``answer`` and ``model``
 """
 
 import abc
+import math
+import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -17,7 +20,27 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target
+from lens_digits.decoders.labels import place_name
 from lens_digits.residuals import ResidualSet
+
+WITHIN = (1, 10)
+"""Default k of the lenses' ``within_k`` scores (Zhou et al. 2024 report +-1 and +-10)."""
+_INTEGER = re.compile(r"[-+]?\d+")
+
+
+def _number(text: str | None) -> float:
+    """The integer ``text`` spells (surrounding spaces allowed), else NaN."""
+    if text is None:
+        return math.nan
+    text = text.strip()
+    return float(int(text)) if _INTEGER.fullmatch(text) else math.nan
+
+
+def check_within(within: Sequence[int] | str) -> tuple[int, ...]:
+    """The k of ``within_k`` scores: non-negative integers, sorted, from a list or a string such as ``"1,10"``."""
+    from lens_digits.config import _int_list
+
+    return tuple(sorted(_int_list("within", within, 0)))
 
 
 class Lens(Decoder):
@@ -31,14 +54,33 @@ class Lens(Decoder):
     train problems: what a layer that reads nothing but a constant scores). Target ``model`` is scored
     like ``answer`` on residuals collected with the model's greedy answer as
     the answer tokens.
+
+    With a tokenizer, targets ``answer`` and ``model`` also get numeric scores
+    of the number a layer reads: its top-1 tokens at the answer positions
+    (teacher-forced), joined and read as an integer. ``numeric`` is the share of
+    problems where that is a number at all; ``abs_error`` the mean absolute
+    error against the target's number (the answer; for ``model`` the model's own
+    answer) over those; ``within_1``, ``within_10`` (``within`` sets the k) the
+    share of all problems whose number is within ±k of it. And they get
+    ``place`` rows: for tokenizers with at most one digit per token, one per
+    digit place (``units``, ``tens``, ...: the answer token holding that digit);
+    otherwise one per answer token (``token 1``, ``token 2``, ...).
     """
 
     targets = ("first", "answer", "model")
 
-    def __init__(self, d_vocab: int, max_logits: int = 2**25) -> None:
-        """``max_logits`` caps how many logits are held at once (memory knob)."""
+    def __init__(self, d_vocab: int, max_logits: int = 2**25, *, tokenizer: Any = None, within: Sequence[int] = WITHIN) -> None:
+        """``max_logits`` caps how many logits are held at once (memory knob).
+
+        ``tokenizer`` (the model's) turns top-1 tokens into numbers and answer
+        tokens into digit places; without one, no numeric scores and no place rows.
+        ``within`` are the k of the ``within_k`` scores.
+        """
         self.d_vocab = int(d_vocab)
         self.max_logits = int(max_logits)
+        self.tokenizer = tokenizer
+        self.within = check_within(within)
+        self._texts: dict[int, str] = {}
         self._last: tuple[ResidualSet, Tensor, Tensor, Tensor] | None = None
         self._common: dict[str, dict[int, tuple[int, ...]]] = {}
 
@@ -117,7 +159,65 @@ class Lens(Decoder):
         if common:  # always answering the train problems' most common answer (for model: the gold one, against its own)
             hit = [float(common.get(p.scale) == tuple(g[g >= 0].tolist())) for p, g in zip(data.problems, gold, strict=True)]
             metrics["baseline"] = torch.tensor(hit)[:, None].expand_as(prob).clone()
-        return Scores(correct, metrics)
+        scores = Scores(correct, metrics)
+        if target != "first" and self.tokenizer is not None:
+            metrics |= self.numeric_scores(data, top1, target)
+            scores.breakdown["place"] = self.place_scores(data, top1, rank, logp)
+        return scores
+
+    # ---- numbers and digit places ------------------------------------------------------------------
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (cached)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def numeric_scores(self, data: ResidualSet, top1: Int[Tensor, "problem layer pos"], target: str) -> dict[str, Tensor]:
+        """``numeric``, ``abs_error`` (NaN where the read is not a number) and ``within_k`` per problem and layer."""
+        n, n_columns, _ = top1.shape
+        gold = torch.tensor([_number(p.model_output if target == "model" else p.answer) for p in data.problems], dtype=torch.float64)
+        lengths = (data.target_ids >= 0).sum(1).tolist()
+        read = torch.full((n, n_columns), math.nan, dtype=torch.float64)
+        ids = top1.tolist()
+        for i, (p, k) in enumerate(zip(data.problems, lengths, strict=True)):
+            prefix = p.answer_prefix.strip()
+            for layer in range(n_columns):
+                text = "".join(self.token_text(t) for t in ids[i][layer][:k]).strip()
+                read[i, layer] = _number(text[len(prefix) :] if prefix and text.startswith(prefix) else text)
+        error = (read - gold[:, None]).abs()
+        out = {"numeric": (~read.isnan()).double(), "abs_error": error}
+        for k in self.within:
+            out[f"within_{k}"] = (error <= k).double()  # NaN compares False: a non-number is never within
+        return out
+
+    def place_scores(self, data: ResidualSet, top1: Int[Tensor, "problem layer pos"], rank: Tensor, logp: Tensor) -> dict[str, Scores]:
+        """Correctness of each digit place (one-digit tokens) or each answer token (other tokenizers)."""
+        gold = data.target_ids.cpu()
+        n, n_pos = gold.shape
+        digits = [[sum(c.isdigit() for c in self.token_text(t)) for t in row if t >= 0] for row in gold.tolist()]
+        by_place = all(d <= 1 for row in digits for d in row)
+        index = torch.full((n, n_pos), -1, dtype=torch.long)  # index[i, r]: position of row r's token in problem i
+        for i, row in enumerate(digits):
+            if by_place:
+                places = [sum(row[j + 1 :]) for j in range(len(row))]
+                for j, (d, place) in enumerate(zip(row, places, strict=True)):
+                    if d:
+                        index[i, place] = j
+            else:
+                index[i, : len(row)] = torch.arange(len(row))
+        width = int((index >= 0).any(0).nonzero().max()) + 1 if (index >= 0).any() else 0
+        labels = [place_name(r) if by_place else f"token {r + 1}" for r in range(width)]
+        out = {}
+        for r, label in enumerate(labels):
+            has = index[:, r] >= 0
+            pos = index[:, r].clamp(min=0)
+            pick = pos[:, None, None].expand(n, top1.shape[1], 1)
+            ok = top1.gather(2, pick)[..., 0] == gold.gather(1, pos[:, None])
+            metrics = {"gold_rank": rank.gather(2, pick)[..., 0], "gold_prob": logp.gather(2, pick)[..., 0].exp()}
+            out[label] = Scores(ok & has[:, None], metrics, applies=has)
+        return out
 
     def settings(self) -> dict[str, Any]:
         """Nothing beyond the name (subclasses add theirs)."""

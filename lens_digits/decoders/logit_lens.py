@@ -6,13 +6,14 @@ statistics, unembedded and passed through the model's output transforms
 full vocabulary. At the last layer this is exactly the model's own prediction.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from jaxtyping import Float
 from torch import Tensor
 
 from lens_digits.decoders.base import register_decoder
-from lens_digits.decoders.lens import Lens
+from lens_digits.decoders.lens import WITHIN, Lens
 from lens_digits.readout import Readout
 
 
@@ -28,14 +29,22 @@ class LogitLens(Lens):
 
     name = "logit_lens"
 
-    def __init__(self, readout: Readout, max_logits: int = 2**25, final: Readout | None = None, n_layers: int | None = None) -> None:
+    def __init__(
+        self,
+        readout: Readout,
+        max_logits: int = 2**25,
+        final: Readout | None = None,
+        n_layers: int | None = None,
+        *,
+        within: Sequence[int] = WITHIN,
+    ) -> None:
         """Read through ``readout``; ``max_logits`` caps how many logits are held at once.
 
         With a readout that skips the final norm (``norm="none"``), ``final`` (the
         model's own readout) reads the last column, layer ``n_layers``, so that it
-        stays the model's own prediction.
+        stays the model's own prediction. ``within``: the k of the ``within_k`` scores.
         """
-        super().__init__(readout.d_vocab, max_logits)
+        super().__init__(readout.d_vocab, max_logits, tokenizer=readout.tokenizer, within=within)
         self.readout = readout
         self.final = final
         self.n_layers = n_layers
@@ -58,4 +67,4 @@ class LogitLens(Lens):
 
     def settings(self) -> dict[str, Any]:
         """The readout it applies (norm and output transforms)."""
-        return {"readout": self.readout.describe()}
+        return {"readout": self.readout.describe(), "within": list(self.within)}

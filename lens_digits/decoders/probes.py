@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import einops
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target, register_decoder
@@ -65,7 +65,7 @@ from lens_digits.decoders.labels import (
 )
 from lens_digits.decoders.probe_weights import ProbeWeights, best_strength, default_c_index, load_weights, save_weights
 from lens_digits.errors import LensDigitsError
-from lens_digits.optim import fit_augmented
+from lens_digits.optim import SolverResult, fit_augmented
 from lens_digits.residuals import ResidualSet
 from lens_digits.tasks import Problem
 
@@ -238,19 +238,11 @@ class LinearProbe(Decoder):
         for g, r in enumerate(rows):
             classes[g] = torch.nn.functional.one_hot(labels[g, : len(r)], N_DIGITS).any(0)
 
-        res = fit_augmented(
+        res = self.solve(
             einops.rearrange(x, "group layer n d -> (group layer) n d"),  # one block per (group, layer)
             einops.repeat(labels, "group n task -> (group layer) n task", layer=n_layers),
-            self.Cs,
-            sample_weight=einops.repeat(sw, "group n -> (group layer) n", layer=n_layers),
-            classes=einops.repeat(classes, "group task digit -> (group layer) task digit", layer=n_layers),
-            n_classes=N_DIGITS,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            history=self.history,
-            max_ls=25,
-            max_bytes=self.max_bytes,
-            progress=self.progress,
+            einops.repeat(sw, "group n -> (group layer) n", layer=n_layers),
+            einops.repeat(classes, "group task digit -> (group layer) task digit", layer=n_layers),
         )
         del x
         n_c = len(self.Cs)
@@ -299,6 +291,34 @@ class LinearProbe(Decoder):
                 "raise max_iter for tighter fits",
                 stacklevel=2,
             )
+
+    def solve(
+        self,
+        x: Float[Tensor, "block problem d_model_1"],
+        labels: Int[Tensor, "block problem task"],
+        sample_weight: Float[Tensor, "block problem"],
+        classes: Bool[Tensor, "block task digit"],
+    ) -> SolverResult:
+        """Fit every (block, C, task) cell: 10-way logistic regressions by the batched L-BFGS of :mod:`lens_digits.optim`.
+
+        ``x`` holds standardised features with a last column of ones (the
+        intercept); rows of weight 0 are padding. Subclasses with another model
+        of the digits (:class:`CircularProbe`) override this alone.
+        """
+        return fit_augmented(
+            x,
+            labels,
+            self.Cs,
+            sample_weight=sample_weight,
+            classes=classes,
+            n_classes=N_DIGITS,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            history=self.history,
+            max_ls=25,
+            max_bytes=self.max_bytes,
+            progress=self.progress,
+        )
 
     # ---- score -----------------------------------------------------------------------------------
 
@@ -402,16 +422,17 @@ class LinearProbe(Decoder):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``probe.safetensors`` (tensors) and ``probe.json`` (settings) into folder ``path``."""
-        meta = self.settings() | {"train_labels": [list(t) for t in self.train_labels]}
+        meta = self.settings() | {"method": self.name, "train_labels": [list(t) for t in self.train_labels]}
         return save_weights(path, self.weights, self._control, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None) -> "LinearProbe":
         """Restore a probe written by :meth:`save`; it scores exactly as the saved one."""
         weights, control, meta = load_weights(path, device)
-        probe = cls(
-            meta["scope"], meta["Cs"], meta["seed"], meta["max_iter"], meta["tol"], device, control=meta["control"], history=meta["history"]
-        )
+        kind = meta.get("method", "probe")
+        if kind != cls.name:
+            raise LensDigitsError(f"{path} holds a {kind!r} probe, not a {cls.name!r} one; load it with that class")
+        probe = cls(**cls._init_args(meta), device=device)
         probe._weights, probe._control = weights, control
         if control is not None:
             probe.control_perm = [int(d) for d in meta["control_perm"]]
@@ -420,6 +441,12 @@ class LinearProbe(Decoder):
         probe.n_places = list(meta["n_places"])
         probe.fit_info = dict(meta.get("fit", {}))
         return probe
+
+    @classmethod
+    def _init_args(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments from saved settings."""
+        keys = ("scope", "Cs", "seed", "max_iter", "tol", "control", "history")
+        return {k: meta[k] for k in keys}
 
     def __repr__(self) -> str:
         """Recipe and fitted state."""

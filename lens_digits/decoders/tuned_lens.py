@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from lens_digits.adapter import ModelAdapter
 from lens_digits.batching import length_batches
 from lens_digits.decoders.base import register_decoder
-from lens_digits.decoders.lens import Lens
+from lens_digits.decoders.lens import WITHIN, Lens
 from lens_digits.errors import LensDigitsError
 from lens_digits.readout import Readout
 from lens_digits.residuals import ResidualSet
@@ -108,6 +108,7 @@ class TunedLens(Lens):
         max_length: Longest corpus document, in tokens (longer ones are cut).
         seed: Seeds the position sample and minibatches.
         progress: Show the training steps.
+        within: The k of the ``within_k`` numeric scores (see :class:`~lens_digits.decoders.lens.Lens`).
     """
 
     name = "tuned_lens"
@@ -125,9 +126,10 @@ class TunedLens(Lens):
         max_length: int = 128,
         seed: int = 0,
         progress: bool = False,
+        within: Sequence[int] = WITHIN,
     ) -> None:
         """An untrained (identity) lens; :meth:`fit` trains it unless it was loaded."""
-        super().__init__(readout.d_vocab)
+        super().__init__(readout.d_vocab, tokenizer=readout.tokenizer, within=within)
         self.readout = readout
         self.adapter = None if model is None else ModelAdapter.wrap(model)
         for name, value in (("steps", steps), ("batch_size", batch_size), ("max_positions", max_positions), ("max_length", max_length)):
@@ -239,7 +241,7 @@ class TunedLens(Lens):
     def settings(self) -> dict[str, Any]:
         """Recipe, readout and training record, for ``run.json``."""
         out = {"steps": self.steps, "lr": self.lr, "batch_size": self.batch_size, "corpus": self.corpus, "seed": self.seed}
-        return out | {"readout": self.readout.describe(), "trained": self.trained} | self.info
+        return out | {"readout": self.readout.describe(), "within": list(self.within), "trained": self.trained} | self.info
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``tuned_lens.safetensors`` (translators) and ``tuned_lens.json`` into folder ``path``."""
