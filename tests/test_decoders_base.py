@@ -37,3 +37,31 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
     mine = grid.emergence[grid.emergence["method"] == "test_always_right"]
     assert len(mine[mine["carries"] == "all"]) == 2 * 2  # two scales, two thresholds (and rows per number of carries)
     assert (mine[["layer", "ci_low", "ci_high"]] == 0).all().all()
+
+
+def test_a_decoder_with_fit_but_no_fits_is_warned_about_at_definition():
+    with pytest.warns(UserWarning, match="set `fits = True`"):
+
+        class Learner(ld.Decoder):
+            name = "test_learner_without_fits"
+
+            def fit(self, train, val):
+                self.mean = train.resid.mean()
+
+            def score(self, data, target):
+                raise AssertionError
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        class Honest(ld.Decoder):
+            name = "test_learner_with_fits"
+            fits = True
+
+            def fit(self, train, val):
+                self.mean = train.resid.mean()
+
+            def score(self, data, target):
+                raise AssertionError

@@ -106,6 +106,19 @@ class Decoder(abc.ABC):
     """True for decoders that learn from train residuals (probes): only then does a sweep run the model on
     train and validation problems; otherwise :meth:`fit` gets their tokens and gold ids without residuals."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Warn when a class defines ``fit`` but never says whether it learns from residuals (``fits``)."""
+        super().__init_subclass__(**kwargs)
+        says = any("fits" in vars(k) for k in cls.__mro__ if k is not Decoder)
+        if "fit" in vars(cls) and not says:
+            import warnings
+
+            warnings.warn(
+                f"{cls.__name__} defines fit() but not `fits`: set `fits = True` if it learns from train residuals (a sweep then "
+                "runs the model on train and validation problems), or `fits = False` if it reads their tokens only",
+                stacklevel=2,
+            )
+
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> "Decoder":
         """Build the decoder for ``model`` (default: ignore the model)."""
