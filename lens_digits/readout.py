@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 
@@ -92,6 +92,7 @@ class Readout:
         self.dtype = next(p for p in model.unembed.parameters() if p.is_floating_point()).dtype
         self.d_vocab = int(model.cfg.d_vocab)
         self.transform, transforms = output_transform(model)
+        self._weights: tuple[Tensor, Tensor | None] | bool | None = None  # (W_U, b_U) once checked; False: not a plain matrix
         steps = [f"final norm ({_norm_name(self.ln_final)}), the residual's own statistics"] if norm == "final" else []
         self.steps = [*steps, "unembedding", *transforms]
 
@@ -108,6 +109,45 @@ class Readout:
             x = self.ln_final(x)
         logits = self.unembed(x)
         return self.transform(logits) if self.transform is not None else logits
+
+    @torch.inference_mode()
+    def reduce(
+        self, resid: Float[Tensor, "row d_model"], gold: Int[Tensor, " row"], tile: int = 2048
+    ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
+        """Top-1, gold rank and gold log-probability of the readout of each residual row.
+
+        The logits are made and reduced a tile of the vocabulary at a time
+        (:func:`~lens_digits.reductions.reduce_tiled`) when the unembedding is a
+        plain matrix (checked once against the model's own unembedding); otherwise
+        all at once (:func:`~lens_digits.reductions.reduce_logits`).
+        """
+        from lens_digits.reductions import reduce_logits, reduce_tiled
+
+        weights = self._tiles()
+        if weights is None:
+            return reduce_logits(self.logits(resid), gold)
+        x = resid.to(self.device, self.dtype)
+        if self.norm == "final":
+            x = self.ln_final(x)
+        return reduce_tiled(x, weights[0], weights[1], gold, self.transform, tile)
+
+    def _tiles(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(W_U, b_U)`` if the unembedding is ``x @ W_U + b_U`` (the first call checks it), else None."""
+        if self._weights is False:
+            return None
+        if self._weights is None:
+            self._weights = False
+            W = getattr(self.unembed, "W_U", None)
+            b = getattr(self.unembed, "b_U", None)
+            if isinstance(W, Tensor) and W.ndim == 2 and W.shape[1] == self.d_vocab:
+                b = b if isinstance(b, Tensor) and b.shape == (self.d_vocab,) and bool(b.any()) else None
+                probe = torch.randn(3, W.shape[0], generator=torch.Generator().manual_seed(0)).to(W.device, W.dtype)
+                with torch.inference_mode():
+                    want = self.unembed(probe).float()
+                    got = (probe @ W + (b if b is not None else 0)).float()
+                if torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-6):
+                    self._weights = (W.detach(), None if b is None else b.detach())
+        return self._weights if isinstance(self._weights, tuple) else None
 
     def describe(self) -> dict[str, Any]:
         """What the readout applies, for ``run.json``."""

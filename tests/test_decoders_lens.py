@@ -148,3 +148,46 @@ def test_fused_reduction_equals_the_straightforward_one_ties_included():
         torch.testing.assert_close(logp, want, rtol=1e-5, atol=1e-5)
     reduce_logits(logits, gold)
     assert torch.equal(logits, kept), "the caller's logits are left as they were"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias,cap", [(False, None), (True, None), (True, 5.0)])
+def test_tiled_reduction_equals_the_straightforward_one_ties_included(dtype, bias, cap):
+    """Small integers make every logit exact in any summation order, so ties are real ties across tiles."""
+    from lens_digits.reductions import reduce_tiled
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(-2, 3, (200, 16), generator=gen).to(dtype)
+    W = torch.randint(-2, 3, (16, 1000), generator=gen).to(dtype)
+    W[:, 500:600] = W[:, 0:100]  # the same columns again, in later tiles
+    b = torch.randint(-1, 2, (1000,), generator=gen).to(dtype) if bias else None
+    transform = (lambda z: cap * torch.tanh(z / cap)) if cap else None
+    logits = x @ W + (b if b is not None else 0)
+    logits = transform(logits) if transform else logits
+    gold = torch.randint(0, 1000, (200,), generator=gen)
+    tied = logits[:40] == logits[:40].max(-1, keepdim=True).values
+    gold[:40] = tied.long().cumsum(-1).argmax(-1)  # the last of the maximal tokens: tied with the top-1, not it
+    assert (gold[:40] != logits[:40].argmax(-1)).sum() >= 10
+    top1, rank, logp = reduce_tiled(x, W, b, gold, transform, tile=64)
+    assert torch.equal(top1, logits.argmax(-1)), "ties at the maximum: the first index, across tiles"
+    assert torch.equal(rank, (logits > logits.gather(-1, gold[:, None])).sum(-1).float())
+    assert (rank[:40] == 0).all()
+    want = logits.float().log_softmax(-1).gather(-1, gold[:, None])[:, 0]
+    torch.testing.assert_close(logp, want, rtol=1e-5, atol=1e-5)
+
+
+def test_readout_reduces_in_tiles_where_the_unembedding_is_a_matrix(llama_model):
+    from lens_digits.readout import Readout
+    from lens_digits.reductions import reduce_logits
+
+    readout = Readout(llama_model)
+    resid = torch.randn(30, llama_model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    gold = torch.randint(0, readout.d_vocab, (30,), generator=torch.Generator().manual_seed(1))
+    tiled = readout.reduce(resid, gold, tile=16)
+    assert readout._tiles() is not None
+    whole = reduce_logits(readout(resid, upcast=False), gold)
+    assert torch.equal(tiled[0], whole[0]) and torch.equal(tiled[1], whole[1])
+    torch.testing.assert_close(tiled[2], whole[2], rtol=1e-5, atol=1e-5)
+    readout._weights = False  # an unembedding that is not a plain matrix: the whole logits, the same numbers
+    again = readout.reduce(resid, gold)
+    assert torch.equal(again[0], whole[0]) and torch.equal(again[1], whole[1])

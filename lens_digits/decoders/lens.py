@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target
 from lens_digits.decoders.labels import place_name
+from lens_digits.reductions import reduce_logits
 from lens_digits.residuals import ResidualSet
 
 WITHIN = (1, 10)
@@ -105,6 +106,17 @@ class Lens(Decoder):
     def layer_logits(self, resid: Float[Tensor, "row d_model"], layer: int) -> Float[Tensor, "row d_vocab"]:
         """Logits of residuals taken at layer column ``layer`` (in the model's dtype, or float32)."""
 
+    def reduce_layer(
+        self, resid: Float[Tensor, "row d_model"], layer: int, gold: Int[Tensor, " row"]
+    ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
+        """Top-1, gold rank and gold log-probability of residuals at layer column ``layer``.
+
+        By default :func:`~lens_digits.reductions.reduce_logits` of :meth:`layer_logits`;
+        lenses that end in the model's readout override this with the readout's
+        tiled reduction, which never holds a row's whole logits at once.
+        """
+        return reduce_logits(self.layer_logits(resid, layer), gold)
+
     @torch.inference_mode()
     def decode(
         self, data: ResidualSet, n_pos: int | None = None
@@ -133,7 +145,7 @@ class Lens(Decoder):
             for s in range(0, len(gold), chunk):
                 rows = slice(s, s + chunk)
                 resid = data.resid[where[0][rows], layer, where[1][rows]]  # (r, d)
-                best, hit, lp = reduce_logits(self.layer_logits(resid, layer), gold[rows])
+                best, hit, lp = self.reduce_layer(resid, layer, gold[rows])
                 top1[problem[rows], layer, position[rows]] = best.cpu()
                 rank[problem[rows], layer, position[rows]] = hit.cpu()
                 logp[problem[rows], layer, position[rows]] = lp.cpu()
@@ -223,30 +235,3 @@ class Lens(Decoder):
     def settings(self) -> dict[str, Any]:
         """Nothing beyond the name (subclasses add theirs)."""
         return {}
-
-
-def reduce_logits(
-    logits: Float[Tensor, "row d_vocab"], gold: Int[Tensor, " row"]
-) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
-    """Top-1, rank of ``gold`` (how many logits are strictly above it) and ``log_softmax`` at ``gold``, per row.
-
-    Fused for large vocabularies: one pass gives the maximum and its index; the
-    rank compares the gold logit with the row only where the top-1 is not the
-    gold token; the log-sum-exp reuses the maximum in one more pass (into one
-    float32 temporary the size of ``logits``, which is left unchanged). Ties: the
-    top-1 is the first maximal index, and a gold token tied with it has rank 0.
-
-    >>> reduce_logits(torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 5.0]]), torch.tensor([2, 2]))[:2]
-    (tensor([1, 0]), tensor([1., 0.]))
-    """
-    gold = gold.to(logits.device)
-    best_value, best = logits.max(-1)  # (r,), (r,)
-    gold_logit = logits.gather(-1, gold[:, None])[:, 0]  # (r,)
-    rank = torch.zeros(len(gold), dtype=torch.float32, device=logits.device)
-    wrong = (best != gold).nonzero()[:, 0]
-    if len(wrong):
-        rank[wrong] = (logits[wrong] > gold_logit[wrong, None]).sum(-1).float()
-    shift = best_value.float()[:, None]
-    z = logits - shift if logits.dtype == torch.float32 else logits.float().sub_(shift)  # one new float32 tensor
-    lse = shift[:, 0] + z.exp_().sum(-1).log_()
-    return best, rank, gold_logit.float() - lse

@@ -9,7 +9,7 @@ full vocabulary. At the last layer this is exactly the model's own prediction.
 from collections.abc import Sequence
 from typing import Any
 
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.base import register_decoder
@@ -64,6 +64,13 @@ class LogitLens(Lens):
         if self.final is not None and layer == self.n_layers:
             return self.final(resid, upcast=False)
         return self.readout(resid, upcast=False)
+
+    def reduce_layer(
+        self, resid: Float[Tensor, "row d_model"], layer: int, gold: Int[Tensor, " row"]
+    ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
+        """The readout's tiled reduction (never a row's whole logits at once)."""
+        readout = self.final if self.final is not None and layer == self.n_layers else self.readout
+        return readout.reduce(resid, gold)
 
     def settings(self) -> dict[str, Any]:
         """The readout it applies (norm and output transforms)."""

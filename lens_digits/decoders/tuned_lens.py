@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -165,6 +165,13 @@ class TunedLens(Lens):
         """The model's readout of the translated residual."""
         with torch.inference_mode():
             return self.readout(self.translate(resid, layer), upcast=False)
+
+    def reduce_layer(
+        self, resid: Float[Tensor, "row d_model"], layer: int, gold: Int[Tensor, " row"]
+    ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
+        """The readout's tiled reduction of the translated residual."""
+        with torch.inference_mode():
+            return self.readout.reduce(self.translate(resid, layer), gold)
 
     # ---- training --------------------------------------------------------------------------------
 
