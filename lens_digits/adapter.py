@@ -6,7 +6,7 @@ collection, greedy decoding, the lenses' readout, ``run.json``) takes a
 which accepts either kind of TransformerLens model (or an adapter, unchanged).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -15,6 +15,10 @@ from torch import Tensor
 
 from lens_digits.errors import LensDigitsError
 from lens_digits.models import model_kind
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once what is needed is kept."""
 
 
 @dataclass(eq=False)
@@ -47,6 +51,7 @@ class ModelAdapter:
     n_ctx: int | None
     dtype: torch.dtype
     device: torch.device
+    _readout: Any = field(default=None, repr=False)  # the model's readout, built on first use
 
     @classmethod
     def wrap(cls, model: Any) -> "ModelAdapter":
@@ -108,6 +113,29 @@ class ModelAdapter:
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         """The model's own output logits."""
         return self.model(tokens, return_type="logits")
+
+    def last_logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
+        """The model's own logits at the last position only (what greedy decoding reads).
+
+        The forward pass stops at the final residual; only its last position goes
+        through the model's readout (final norm, unembedding, output transforms),
+        instead of every position.
+        """
+        from lens_digits.readout import Readout
+
+        kept: list[Tensor] = []
+
+        def grab(x: Tensor, hook: Any) -> None:
+            kept.append(x[:, -1].clone())
+            raise _Stop
+
+        try:
+            self.run_with_hooks(tokens, [(self.resid_hook_names[-1], grab)])
+        except _Stop:
+            pass
+        if self._readout is None:
+            self._readout = Readout(self)
+        return self._readout(kept[0], upcast=False)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for ``run.json``."""

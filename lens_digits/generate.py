@@ -84,7 +84,9 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
     exact on every family (on a TransformerBridge over a rotary Llama,
     TransformerLens 4.3's ``generate(use_past_kv_cache=True)`` gives other
     tokens than the model's own step-by-step argmax), and exactness comes first.
-    Answers are a few tokens long, so this costs a few forward passes per batch.
+    Answers are a few tokens long, so this costs a few forward passes per batch,
+    each stopped at the final residual with only its last position read out
+    (:meth:`~lens_digits.adapter.ModelAdapter.last_logits`).
     """
     from lens_digits.adapter import ModelAdapter
 
@@ -94,7 +96,7 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
         def stepwise(tokens: Tensor, n: int) -> Tensor:
             start = tokens.shape[1]
             for _ in range(n):
-                tokens = torch.cat([tokens, adapter.logits(tokens)[:, -1].argmax(-1, keepdim=True)], dim=1)
+                tokens = torch.cat([tokens, adapter.last_logits(tokens).argmax(-1, keepdim=True)], dim=1)
             return tokens[:, start:]
 
         return stepwise, adapter.device

@@ -53,3 +53,19 @@ def test_bos_id_follows_the_tokenizer_unless_turned_off():
 def test_wrap_refuses_what_is_not_a_transformer_lens_model():
     with pytest.raises(ld.LensDigitsError, match="expected a TransformerLens"):
         ModelAdapter.wrap(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("which", ["native_model", "llama_model", "gpt2_model"])
+def test_last_logits_are_the_models_own_at_the_last_position(which, request):
+    import torch
+
+    from lens_digits.adapter import ModelAdapter
+
+    model = request.getfixturevalue(which)
+    adapter = ModelAdapter.wrap(model)
+    tokens = torch.randint(0, adapter.d_vocab, (5, 9), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model(tokens, return_type="logits")[:, -1]
+        got = adapter.last_logits(tokens)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-4, atol=1e-4)
