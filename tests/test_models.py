@@ -41,7 +41,7 @@ def test_bad_dtype_and_kind():
 def test_hooked_transformer_accepted_where_installed(hooked_model):
     assert model_kind(hooked_model) == "HookedTransformer"
     grid = ld.run_sweep(hooked_model, scales=[1, 2], n_per_scale=20, target="both")
-    assert len(grid.to_dataframe()) == 2 * 2 * (hooked_model.cfg.n_layers + 1)
+    assert len(grid.to_dataframe(breakdown=False)) == 2 * 2 * (hooked_model.cfg.n_layers + 1)
 
 
 def test_hooked_kind_built_where_available_else_refused():
