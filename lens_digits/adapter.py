@@ -114,10 +114,10 @@ class ModelAdapter:
         """The model's own output logits."""
         return self.model(tokens, return_type="logits")
 
-    def last_logits(self, tokens: Int[Tensor, "batch pos"], k: int = 1) -> Float[Tensor, "batch *k d_vocab"]:
-        """The model's own logits at the last position only (``k`` > 1: at the last ``k`` positions).
+    def last_logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
+        """The model's own logits at the last position only (what greedy decoding reads).
 
-        The forward pass stops at the final residual; only those positions go
+        The forward pass stops at the final residual; only its last position goes
         through the model's readout (final norm, unembedding, output transforms),
         instead of every position.
         """
@@ -126,7 +126,7 @@ class ModelAdapter:
         kept: list[Tensor] = []
 
         def grab(x: Tensor, hook: Any) -> None:
-            kept.append(x[:, x.shape[1] - k :].clone())
+            kept.append(x[:, -1].clone())
             raise _Stop
 
         try:
@@ -135,8 +135,7 @@ class ModelAdapter:
             pass
         if self._readout is None:
             self._readout = Readout(self)
-        logits = self._readout(kept[0], upcast=False)
-        return logits[:, 0] if k == 1 else logits
+        return self._readout(kept[0], upcast=False)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for ``run.json``."""

@@ -79,16 +79,14 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
     """``(tokens, n) -> up to n greedy new tokens`` for a model, and the device its tokens go to.
 
     A plain Hugging Face model generates with its own ``generate`` and key-value
-    cache (after an end-of-sequence token it pads). A TransformerBridge over a
-    Hugging Face model whose own forward gives the bridge's logits (checked once;
-    see :func:`_bridged_hf_model`) drafts with that cached ``generate``, then
-    checks the draft in one forward pass of the bridge: where the bridge's own
-    argmax differs (a near tie that the cache's rounding tipped), the answer is
-    redone step by step from there, so every token is the bridge's own argmax.
-    Any other TransformerLens model runs the whole sequence again for each new token: its cached generation is not
+    cache (after an end-of-sequence token it pads). A TransformerLens model runs
+    the whole sequence again for each new token: its cached generation is not
     exact on every family (on a TransformerBridge over a rotary Llama,
     TransformerLens 4.3's ``generate(use_past_kv_cache=True)`` gives other
-    tokens than the model's own step-by-step argmax), and exactness comes first.
+    tokens than the model's own step-by-step argmax; nor is the wrapped Hugging
+    Face model's own cached ``generate`` once the bridge has taken over its
+    modules: on a random Qwen2 it gave another token at the second step in 12
+    of 16 cases), and exactness comes first.
     Answers are a few tokens long, so this costs a few forward passes per batch,
     each stopped at the final residual with only its last position read out
     (:meth:`~lens_digits.adapter.ModelAdapter.last_logits`).
@@ -104,74 +102,13 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
                 tokens = torch.cat([tokens, adapter.last_logits(tokens).argmax(-1, keepdim=True)], dim=1)
             return tokens[:, start:]
 
-        inner = _bridged_hf_model(adapter)
-        if inner is None:
-            return stepwise, adapter.device
-        draft = _hf_cached(inner)
-
-        def checked(tokens: Tensor, n: int) -> Tensor:
-            """The HF model's cached draft, kept where the bridge's own argmax agrees; redone step by step after a disagreement."""
-            new = draft(tokens, n)
-            if n == 0:
-                return new
-            own = adapter.last_logits(torch.cat([tokens, new[:, :-1]], dim=1), k=n).argmax(-1).reshape(new.shape)  # (B, n)
-            wrong = own != new
-            for row in wrong.any(-1).nonzero()[:, 0].tolist():
-                m = int(wrong[row].nonzero()[0, 0])  # the first token the bridge would not have said
-                fixed = torch.cat([tokens[row : row + 1], new[row : row + 1, :m], own[row : row + 1, m : m + 1]], dim=1)
-                new[row] = torch.cat([fixed, stepwise(fixed, n - m - 1)], dim=1)[0, tokens.shape[1] :]
-            return new
-
-        return checked, adapter.device
+        return stepwise, adapter.device
 
     def cached(tokens: Tensor, n: int) -> Tensor:
         out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n, do_sample=False, num_beams=1)
         return out[:, tokens.shape[1] :]
 
     return cached, next(model.parameters()).device
-
-
-def _hf_cached(hf: Any) -> Callable[[Tensor, int], Tensor]:
-    """Exactly ``n`` greedy tokens from a Hugging Face model's own cached ``generate`` (no early stop, no sampling)."""
-    from transformers import GenerationConfig
-
-    pad = hf.config.pad_token_id if getattr(hf.config, "pad_token_id", None) is not None else 0
-
-    def cached(tokens: Tensor, n: int) -> Tensor:
-        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=None)
-        out = hf.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), generation_config=config)
-        return out[:, tokens.shape[1] :]
-
-    return cached
-
-
-def _bridged_hf_model(adapter: Any) -> Any:
-    """The Hugging Face model inside a TransformerBridge, if its own forward gives the bridge's logits (else None).
-
-    Then greedy answers use its cached ``generate``. Checked once per model on a
-    few random prompts: the same top-1 and logits within float tolerance at the
-    last position, so a bridge whose weights were processed (folded norms, ...)
-    falls back to step-by-step decoding.
-    """
-    cache = adapter.__dict__.setdefault("_generate_check", {})
-    if "model" in cache:
-        return cache["model"]
-    cache["model"] = None
-    hf = getattr(adapter.model, "original_model", None) if adapter.kind == "TransformerBridge" else None
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:  # pragma: no cover - transformers comes with TransformerLens
-        return None
-    if not isinstance(hf, PreTrainedModel) or not callable(getattr(hf, "generate", None)):
-        return None
-    tokens = torch.randint(0, adapter.d_vocab, (3, 7), generator=torch.Generator().manual_seed(0)).to(adapter.device)
-    with torch.inference_mode():
-        want = adapter.last_logits(tokens).float()
-        got = hf(input_ids=tokens, attention_mask=torch.ones_like(tokens)).logits[:, -1].float()
-    close = torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-5)
-    if close and torch.equal(got.argmax(-1), want.argmax(-1)):
-        cache["model"] = hf
-    return cache["model"]
 
 
 def greedy_answers(
