@@ -123,18 +123,25 @@ def heatmap(
                 e = e[e["layer"].notna() & e["scale"].isin(z.index)]
                 if e.empty:  # an empty trace with empty customdata breaks plotly.js's static export
                     continue
+                # side by side within the cell (thresholds met at the same layer stay visible); with text, at its left edge
+                shift = -0.4 + 0.13 * k if text else (k - (len(thresholds) - 1) / 2) * 0.26
                 fig.add_trace(
                     go.Scatter(
-                        x=e["layer"].astype(int).tolist(),
+                        x=(e["layer"].astype(int) + shift).tolist(),
                         y=[str(int(s)) for s in e["scale"]],
                         mode="markers",
-                        marker={"symbol": MARKERS.get(k, "x-open"), "size": 15, "color": MARKER_COLOUR, "line": {"width": 2.5}},
+                        marker={
+                            "symbol": MARKERS.get(k, "x-open"),
+                            "size": 10 if text else 14,
+                            "color": MARKER_COLOUR,
+                            "line": {"width": 2.5},
+                        },
                         name=f"first layer with {value} ≥ {t:g}",
                         legendgroup=f"t{t}",
                         showlegend=t not in shown,
-                        customdata=e[["ci_low", "ci_high"]].to_numpy(dtype=float),
-                        hovertemplate=f"first layer with {value} ≥ {t:g}: %{{x}}"
-                        "<br>95% interval %{customdata[0]} to %{customdata[1]}<extra></extra>",
+                        customdata=e[["layer", "ci_low", "ci_high"]].to_numpy(dtype=float),
+                        hovertemplate=f"first layer with {value} ≥ {t:g}: %{{customdata[0]}}"
+                        "<br>95% interval %{customdata[1]} to %{customdata[2]}<extra></extra>",
                     ),
                     row=row,
                     col=col,

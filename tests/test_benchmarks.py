@@ -28,3 +28,24 @@ def test_gpu_benchmark_runs_on_the_cpu_with_a_small_shape():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| floor |" in proc.stdout and "| sweep (logit lens) |" in proc.stdout and "scored problems/s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_greedy_benchmark_agrees_with_generate():
+    proc = run(BENCH / "greedy.py", "--tiny", "--vocab", "1000", "--n", "5", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| generate |" in proc.stdout and "| package |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_tuned_lens_trained_per_layer_matches_the_batched_training():
+    proc = run(BENCH / "readings.py", "--part", "tuned", "--model", "builtin", "--steps", "5", "--n", "10", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| batched |" in proc.stdout and "| per_layer |" in proc.stdout and "largest difference" in proc.stdout
+
+
+@pytest.mark.slow
+def test_readings_benchmark_runs_every_reading():
+    proc = run(BENCH / "readings.py", "--part", "sweep", "--model", "builtin", "--n", "10", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| every reading |" in proc.stdout and "circular_probe" in proc.stdout

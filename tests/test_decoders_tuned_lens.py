@@ -11,7 +11,7 @@ import lens_digits as ld
 from lens_digits.decoders import LogitLens, TunedLens
 from lens_digits.residuals import collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
-from lens_digits.testing import char_tokenizer, save_checkpoint
+from lens_digits.testing import ARCHITECTURES, char_tokenizer, save_checkpoint
 
 
 def random_translators(lens, scale=0.05, seed=0):
@@ -23,7 +23,7 @@ def random_translators(lens, scale=0.05, seed=0):
     return lens
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_translated_logits_equal_plain_hugging_face(arch, tmp_path):
     folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
     model = ld.load_model(folder, device="cpu", progress=False)

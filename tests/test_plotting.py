@@ -55,9 +55,12 @@ def test_figure_options_cell_text_colours_facets_and_lines(native_model):
     marks = [t for t in fig.data if t.type == "scatter"]
     e = grid.emergence
     main = e[(e["place"] == "all") & (e["carries"] == "all") & e["layer"].notna()]
-    drawn = sorted((float(t.name.split("≥ ")[1]), int(x), str(y)) for t in marks for x, y in zip(t.x, t.y, strict=True))
+    drawn = sorted((float(t.name.split("≥ ")[1]), int(c[0]), str(y)) for t in marks for c, y in zip(t.customdata, t.y, strict=True))
     want = sorted((float(r.threshold), int(r.layer), str(int(r.scale))) for r in main.itertuples())
     assert drawn == want
+    # each marker inside its layer's cell, thresholds side by side (two met at one layer stay visible)
+    assert all(abs(x - c[0]) < 0.5 for t in marks for x, c in zip(t.x, t.customdata, strict=True))
+    assert len({round(t.x[0] - t.customdata[0][0], 3) for t in marks}) == len({t.name for t in marks})
     faceted = grid.figure(facet="place")
     panels = [t.name for t in faceted.data if t.type == "heatmap"]
     assert "logit_lens · answer · tens" in panels and "probe · answer · units" in panels
