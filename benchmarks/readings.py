@@ -10,6 +10,10 @@ Two measurements:
   first). The loss is a sum over layers and Adam works per parameter, so both
   reach the same translators up to float rounding (checked: the largest
   difference of the final per-layer KL is printed).
+- ``--part patch``: activation patching (method ``patch``, targets ``first`` and
+  ``answer``) against one logit-lens sweep of the same test problems: the
+  patched forward passes (one per layer column and batch, and per greedy step
+  for ``answer``) against the sweep's one.
 - ``--part sweep``: a sweep with every reading (logit lens, tuned lens, linear
   probe, circular probe) against the logit lens alone, and each reading added to
   the logit lens on its own, on the same test problems. Readings that fit also
@@ -23,6 +27,7 @@ initialised Qwen2 (``--model qwen2``: hidden 512, 12 layers, vocabulary
     python benchmarks/readings.py --part tuned --model qwen2 --vocab 32000 --steps 30
     python benchmarks/readings.py --part tuned --model builtin --steps 300
     python benchmarks/readings.py --part sweep --model builtin --n 200
+    python benchmarks/readings.py --part patch --model builtin --n 200
 """
 
 import argparse
@@ -162,16 +167,39 @@ def part_sweep(args) -> None:
     print(grids["every reading"].to_text())
 
 
+def part_patch(args) -> None:
+    model = load(args.model, args.vocab)
+    contenders = {
+        "logit_lens, first and answer": dict(methods=["logit_lens"], target="both"),
+        "patch, target first": dict(methods=["patch"], target="first"),
+        "patch, target answer": dict(methods=["patch"], target="answer"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ld.run_sweep(model, scales="1-3", n_per_scale=args.n, target="answer", seed=0)  # warm-up, not timed
+        for _ in range(args.repeats):
+            for name, kw in contenders.items():
+                start = time.process_time()
+                grid = ld.run_sweep(model, scales="1-3", n_per_scale=args.n, seed=0, **kw)
+                times[name].append(time.process_time() - start)
+    pairs = int(grid.main().query("layer == 0")["n"].sum())
+    print(f"patching on {args.model}, scales 1-3, {args.n} test problems a scale ({pairs} pairs); CPU seconds, median of {args.repeats}")
+    base = statistics.median(times["logit_lens, first and answer"])
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(t) / base:.2f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["tuned", "sweep"], required=True)
+    p.add_argument("--part", choices=["tuned", "sweep", "patch"], required=True)
     p.add_argument("--model", choices=["builtin", "qwen2"], default="builtin")
     p.add_argument("--vocab", type=int, default=32000, help="vocabulary of the qwen2 model")
     p.add_argument("--n", type=int, default=200, help="problems a scale (test; train for --part tuned)")
     p.add_argument("--steps", type=int, default=300, help="tuned lens optimiser steps")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
-    part_tuned(args) if args.part == "tuned" else part_sweep(args)
+    {"tuned": part_tuned, "sweep": part_sweep, "patch": part_patch}[args.part](args)
     return 0
 
 

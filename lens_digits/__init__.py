@@ -46,6 +46,9 @@ _EXPORTS = {
     "register_operation": "lens_digits.operations",
     "load_builtin_model": "lens_digits.builtin",
     "train_model": "lens_digits.builtin",
+    "ActivationPatching": "lens_digits.patching",
+    "Intervention": "lens_digits.patching",
+    "register_intervention": "lens_digits.patching",
 }
 _SUBMODULES = (
     "adapter",
@@ -57,6 +60,7 @@ _SUBMODULES = (
     "grid",
     "models",
     "operations",
+    "patching",
     "plotting",
     "readout",
     "record",

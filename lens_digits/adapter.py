@@ -6,6 +6,7 @@ collection, greedy decoding, the lenses' readout, ``run.json``) takes a
 which accepts either kind of TransformerLens model (or an adapter, unchanged).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -114,12 +115,13 @@ class ModelAdapter:
         """The model's own output logits."""
         return self.model(tokens, return_type="logits")
 
-    def last_logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
+    def last_logits(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = ()) -> Float[Tensor, "batch d_vocab"]:
         """The model's own logits at the last position only (what greedy decoding reads).
 
         The forward pass stops at the final residual; only its last position goes
         through the model's readout (final norm, unembedding, output transforms),
-        instead of every position.
+        instead of every position. ``hooks`` are TransformerLens forward hooks
+        run on the way (an intervention's), before the final residual is read.
         """
         from lens_digits.readout import Readout
 
@@ -130,7 +132,7 @@ class ModelAdapter:
             raise _Stop
 
         try:
-            self.run_with_hooks(tokens, [(self.resid_hook_names[-1], grab)])
+            self.run_with_hooks(tokens, [*hooks, (self.resid_hook_names[-1], grab)])
         except _Stop:
             pass
         if self._readout is None:

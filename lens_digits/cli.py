@@ -236,9 +236,12 @@ def _run(args: argparse.Namespace) -> int:
 
     parse_dtype(args.dtype)
     resolve_device(args.device)
+    from lens_digits.patching import INTERVENTIONS
+
+    known = sorted(DECODERS) + sorted(INTERVENTIONS)
     for m in config.methods:
-        if m not in DECODERS:
-            raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(sorted(DECODERS))}")
+        if m not in known:
+            raise LensDigitsError(f"unknown method {m!r} in --methods; choose from {', '.join(known)}")
 
     from lens_digits.emergence import emergence_text
     from lens_digits.rundir import RUN_FILES, Reservation

@@ -176,6 +176,7 @@ class SweepConfig:
         prepend_bos: Put BOS before prompts; None follows the model's config.
         chat: Wrap prompts in the tokenizer's chat template (instruct models).
         probe_scope: For probes: ``per_scale`` or ``pooled``.
+        pairs: For ``patch``: (source, target) pairs per digit scale (None: every test problem with a source).
         batch_size: Problems per forward pass.
         device: Where residuals are kept and decoders run (None: the model's device).
         within: Lenses: the k of the ``within_k`` numeric scores.
@@ -217,6 +218,9 @@ class SweepConfig:
     seeds: Sequence[int] | str | None = option(
         None, "run several problem draws (e.g. 0,1,2) and report their spread; replaces --seed", metavar="LIST"
     )
+    pairs: int | None = option(
+        None, "patch: (source, target) pairs per digit scale (default: every test problem that has a source)", type=int, metavar="N"
+    )
     batch_size: int = option(64, "problems per forward pass")
     device: str | None = option(None, "where residuals are kept and decoders run (default: the model's device)", cli=False)
     progress: bool = option(False, "show progress bars", cli=False)
@@ -236,6 +240,8 @@ class SweepConfig:
         if self.probe_scope not in PROBE_SCOPES:
             raise LensDigitsError(f"unknown probe scope {self.probe_scope!r}; choose {', '.join(PROBE_SCOPES)}")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.pairs is not None:
+            _check_int("pairs", self.pairs, 1, 1_000_000, flag="--pairs")
         self.within = _int_list("within", self.within, 0)
         self.thresholds = _float_list("thresholds", self.thresholds)
         _check_int("n_boot", self.n_boot, 1, 1_000_000, flag="--bootstrap")

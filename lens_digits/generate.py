@@ -145,15 +145,17 @@ def greedy_answers(
         eos = tokenizer.eos_token_id
         kept = [g[: g.index(eos)] if eos in g else g for g in generated]
         return [GreedyOutput(tuple(k), tokenizer.decode(k)) for k in kept]
-    out = []
-    for gen in generated:
-        tokens: list[int] = []
-        text = ""
-        for t in gen:
-            piece = tokenizer.decode([t])
-            if not _continues_number(piece, text):
-                break
-            tokens.append(t)
-            text += piece
-        out.append(GreedyOutput(tuple(tokens or gen[:1]), text.strip()))
-    return out
+    return [number_text(tokenizer, gen) for gen in generated]
+
+
+def number_text(tokenizer: Any, generated: Sequence[int]) -> GreedyOutput:
+    """The tokens of ``generated`` up to where the text stops being a number (at least the first), and that text, stripped."""
+    tokens: list[int] = []
+    text = ""
+    for t in generated:
+        piece = tokenizer.decode([t])
+        if not _continues_number(piece, text):
+            break
+        tokens.append(t)
+        text += piece
+    return GreedyOutput(tuple(tokens or generated[:1]), text.strip())

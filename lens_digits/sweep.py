@@ -17,6 +17,7 @@ from lens_digits.decoders.base import Decoder, Scores, Target, make_decoder
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.generate import greedy_answers
 from lens_digits.grid import AccuracyGrid
+from lens_digits.patching import INTERVENTIONS, Intervention, make_intervention
 from lens_digits.record import RunRecord
 from lens_digits.residuals import ResidualSet, collect_residuals, tokens_only
 from lens_digits.targets import EncodedProblem, encode_for_model
@@ -39,7 +40,7 @@ def run_sweep(
     scales: Sequence[int] | str = (1, 2, 3, 4),
     n_per_scale: int = 200,
     op: str = "add",
-    methods: Sequence[str | Decoder] = ("logit_lens",),
+    methods: Sequence[str | Decoder | Intervention] = ("logit_lens",),
     target: str | Sequence[str] = "answer",
     seed: int = 0,
     *,
@@ -58,6 +59,7 @@ def run_sweep(
     thresholds: Sequence[float] = (0.5, 0.9),
     n_boot: int = 1000,
     seeds: Sequence[int] | None = None,
+    pairs: int | None = None,
     decoder_options: dict[str, dict[str, Any]] | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -102,6 +104,8 @@ def run_sweep(
         n_boot: Bootstrap resamples of the emergence layers' 95% intervals.
         seeds: Several problem draws: every cell is over all of them, and ``seed``
             rows give each draw alone (their spread); None: the one draw of ``seed``.
+        pairs: For method ``patch``: (source, target) pairs per digit scale
+            (None: every test problem that has a source).
         decoder_options: Constructor options of decoders named in ``methods``,
             by name, e.g. ``{"probe": {"Cs": [0.1, 1.0]}}``.
         batch_size: Problems per forward pass.
@@ -139,6 +143,7 @@ def run_sweep(
         thresholds=thresholds,
         n_boot=n_boot,
         seeds=seeds,
+        pairs=pairs,
         batch_size=batch_size,
         device=None if device is None else str(device),
         progress=progress,
@@ -151,7 +156,7 @@ def sweep(
     task: TaskConfig,
     config: SweepConfig,
     *,
-    decoders: Sequence[Decoder] = (),
+    decoders: Sequence[Decoder | Intervention] = (),
     decoder_options: dict[str, dict[str, Any]] | None = None,
 ) -> AccuracyGrid:
     """:func:`run_sweep` from its two configs: what the command line calls, and what ``run.json`` records.
@@ -166,11 +171,16 @@ def sweep(
         "logit_lens": {"norm": config.norm, "within": config.within},
         "tuned_lens": {"seed": task.seed, "progress": config.progress, "within": config.within},
         "circular_probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress},
+        "patch": {"pairs": config.pairs, "seed": task.seed, "batch_size": config.batch_size, "progress": config.progress},
     }
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
     given = {d.name: d for d in decoders}
-    readers = [given.get(m) or make_decoder(m, adapter.model, **options.get(m, {})) for m in config.methods]
+    acting = [m for m in config.methods if isinstance(given.get(m), Intervention) or (m not in given and m in INTERVENTIONS)]
+    readers: list[Decoder | Intervention] = [
+        given.get(m) or make_decoder(m, adapter.model, **options.get(m, {})) for m in config.methods if m not in acting
+    ]
+    readers += [given.get(m) or make_intervention(m, **options.get(m, {})) for m in acting]
     plan = {d.name: [t for t in targets if t in d.targets] for d in readers}
     for d in readers:
         if not plan[d.name]:
@@ -216,7 +226,9 @@ class _Draw:
     data: ResidualSet
 
 
-def _one_draw(adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, readers: list[Decoder], plan: dict[str, list[str]]) -> _Draw:
+def _one_draw(
+    adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, readers: list[Decoder | Intervention], plan: dict[str, list[str]]
+) -> _Draw:
     """Problems of one seed -> residuals -> fitted and scored decoders."""
     targets = list(config.targets)
     problems = generate_problems(task)
@@ -226,7 +238,7 @@ def _one_draw(adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, read
         raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     _warn_unknown_tokens(adapter, problems, encoded)
     _warn_builtin_untrained(adapter, task)
-    fits = any(d.fits for d in readers)
+    fits = any(getattr(d, "fits", False) for d in readers)
     # The model runs on the test problems, and on train and validation problems only for decoders that fit.
     run = [i for i, p in enumerate(problems) if fits or p.split == "test"]
     common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
@@ -269,6 +281,10 @@ def _one_draw(adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, read
         tests["model"] = own_data.select(keep)
     results = []
     for d in readers:
+        if isinstance(d, Intervention):  # runs the model itself, on the test problems (their residuals are the sources)
+            for t in plan[d.name]:
+                results.append((d.name, t, add_column_breakdown(d.score(adapter, tests[t], cast(Target, t)), tests[t].problems)))
+            continue
         # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
         # and the caller's generator is left as it was.
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
@@ -276,7 +292,13 @@ def _one_draw(adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, read
             d.fit(train, val)
             for t in plan[d.name]:
                 results.append((d.name, t, add_column_breakdown(d.score(tests[t], cast(Target, t)), tests[t].problems)))
-    return _Draw(results, list(scored.problems), problems, runs, data)
+    scored_problems = list(scored.problems)
+    for d in readers:
+        if isinstance(d, Intervention):
+            scored_problems = d.annotate(scored_problems)
+            noted = {id(old): new for old, new in zip(scored.problems, scored_problems, strict=True)}
+            problems = [noted.get(id(p), p) for p in problems]
+    return _Draw(results, scored_problems, problems, runs, data)
 
 
 def _merge_draws(draws: list[_Draw], seeds: list[int]) -> _Draw:

@@ -84,6 +84,8 @@ class Problem:
     model_correct: bool | None = None
     seed: int | None = None
     """The seed of the draw the problem comes from (several with ``seeds=``)."""
+    patch_source: str | None = None
+    """Method ``patch``: the prompt of the problem whose activations were patched into this one."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the run-directory fields."""

@@ -49,3 +49,10 @@ def test_readings_benchmark_runs_every_reading():
     proc = run(BENCH / "readings.py", "--part", "sweep", "--model", "builtin", "--n", "10", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| every reading |" in proc.stdout and "circular_probe" in proc.stdout
+
+
+@pytest.mark.slow
+def test_patching_benchmark_runs():
+    proc = run(BENCH / "readings.py", "--part", "patch", "--model", "builtin", "--n", "10", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| patch, target first |" in proc.stdout and "pairs" in proc.stdout

@@ -1,0 +1,246 @@
+"""Activation patching per layer: where the model decides the answer, not only where it can be read.
+
+An intervention runs the model itself, so it has its own seat beside the
+decoders (which only ever see residuals): an :class:`Intervention` scores test
+problems with the model in hand, and a sweep puts its scores on the same grid.
+
+:class:`ActivationPatching` (method ``patch``) is the interchange intervention
+of arithmetic papers (Stolfo et al. 2023). Each test problem ``t`` gets a
+*source* ``s``: another test problem of the same digit scale, with a prompt of
+the same token length and a different answer, drawn with the seed. For each
+layer column ``l`` (``0..n_layers``, the grid's layer axis), ``t``'s prompt is
+run with the residual at column ``l`` and the last prompt position replaced by
+``s``'s residual there (taken from the residuals the sweep already collected,
+so the source is never run again), and the model's answer is read:
+
+- target ``first``: the patched model's next token (its argmax) after the prompt;
+- target ``answer``: its whole greedy answer (step by step, the patch held at
+  its position; the text stops where it stops being a number, as for target
+  ``model``).
+
+A cell's accuracy is the *flip rate*: the share of pairs where the patched
+model gives ``s``'s answer. ``keep`` is the share that still gives ``t``'s,
+``neither`` the rest. Patching the final residual (column ``n_layers``) flips
+every first token; patching column 0 at the last prompt position swaps the
+embedding of the same token at the same position, so it flips nothing: both
+are tested, on several families.
+
+Pairs are recorded: each test problem's ``patch_source`` in ``prompts.jsonl``
+is its source's prompt.
+"""
+
+import abc
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lens_digits.adapter import ModelAdapter
+from lens_digits.batching import length_batches
+from lens_digits.decoders.base import Scores, Target
+from lens_digits.errors import LensDigitsError
+from lens_digits.generate import number_text
+from lens_digits.residuals import ResidualSet
+from lens_digits.tasks import Problem
+
+__all__ = ["INTERVENTIONS", "ActivationPatching", "Intervention", "draw_sources", "make_intervention", "register_intervention"]
+
+
+class Intervention(abc.ABC):
+    """A reading that runs the model with something changed, per test problem and layer column.
+
+    Subclasses set ``name`` (and ``targets``) and implement :meth:`score`, which
+    gets the model (a :class:`~lens_digits.adapter.ModelAdapter`) and the test
+    problems' residuals, and returns :class:`~lens_digits.decoders.base.Scores`
+    like a decoder's.
+    """
+
+    name: ClassVar[str]
+    targets: ClassVar[tuple[str, ...]] = ("first", "answer")
+
+    @abc.abstractmethod
+    def score(self, model: ModelAdapter, data: ResidualSet, target: Target) -> Scores:
+        """Score every problem of ``data`` at every layer column."""
+
+    def annotate(self, problems: Sequence[Problem]) -> list[Problem]:
+        """The problems as ``prompts.jsonl`` should record them after :meth:`score` (default: unchanged)."""
+        return list(problems)
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-ready settings recorded in ``run.json``."""
+        return {}
+
+
+INTERVENTIONS: dict[str, type[Intervention]] = {}
+
+
+def register_intervention(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make an intervention available by its ``name`` (in ``methods=`` and ``--methods``)."""
+    from lens_digits.decoders.base import DECODERS
+
+    if cls.name in DECODERS:
+        raise LensDigitsError(f"{cls.name!r} is already a decoder's name; give the intervention another")
+    INTERVENTIONS[cls.name] = cls
+    return cls
+
+
+def make_intervention(name: str, **options: Any) -> Intervention:
+    """An intervention by name, with its options."""
+    if name not in INTERVENTIONS:
+        raise LensDigitsError(f"unknown intervention {name!r}; choose from {', '.join(sorted(INTERVENTIONS))}")
+    return INTERVENTIONS[name](**options)
+
+
+def draw_sources(
+    problems: Sequence[Problem], prompt_lengths: Sequence[int], first_tokens: Sequence[int], seed: int = 0
+) -> list[int | None]:
+    """For each problem, the index of its source (None if it has none).
+
+    A source has the same digit scale and prompt length, and another first
+    answer token (so another answer, and target ``first`` can tell the two
+    apart). Problems are shuffled within each (scale, length) group with the
+    seed; each takes the next problem in that order that qualifies, so most
+    problems are also some other problem's source.
+
+    >>> from lens_digits.tasks import Problem
+    >>> ps = [Problem(1, "add", a, 1, f"{a}+1=", str(a + 1), "test") for a in (1, 2, 3, 4)]
+    >>> src = draw_sources(ps, [4, 4, 4, 4], [2, 3, 4, 4])
+    >>> all(s is not None and ps[s].answer[0] != p.answer[0] for p, s in zip(ps, src))
+    True
+    """
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (p, n) in enumerate(zip(problems, prompt_lengths, strict=True)):
+        groups[(p.scale, n)].append(i)
+    gen = torch.Generator().manual_seed(seed)
+    out: list[int | None] = [None] * len(problems)
+    for key in sorted(groups):
+        idx = groups[key]
+        order = [idx[k] for k in torch.randperm(len(idx), generator=gen).tolist()]
+        for k, i in enumerate(order):
+            for step in range(1, len(order)):
+                j = order[(k + step) % len(order)]
+                if first_tokens[j] != first_tokens[i]:
+                    out[i] = j
+                    break
+    return out
+
+
+class ActivationPatching(Intervention):
+    """Interchange interventions at the last prompt position, one layer column at a time (method ``patch``).
+
+    Args:
+        pairs: Pairs per digit scale (the first test problems of each scale that
+            have a source); None: every test problem that has one.
+        seed: Seeds the choice of sources.
+        batch_size: Problems per patched forward pass.
+        progress: Show progress.
+    """
+
+    name = "patch"
+    targets = ("first", "answer")
+
+    def __init__(self, pairs: int | None = None, seed: int = 0, batch_size: int = 64, progress: bool = False) -> None:
+        """Settings only; :meth:`score` does the work."""
+        if pairs is not None and (isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1):
+            raise LensDigitsError(f"pairs must be a positive integer (pairs per digit scale), got {pairs!r}")
+        self.pairs, self.seed, self.batch_size, self.progress = pairs, seed, batch_size, progress
+        self._sources: dict[str, str] = {}  # a test problem's prompt -> its source's prompt
+        self.info: dict[str, Any] = {}
+
+    def sources(self, data: ResidualSet) -> list[int | None]:
+        """Each test problem's source index in ``data`` (None: not patched), capped at ``pairs`` per scale."""
+        encoded = data.encoded
+        chosen = draw_sources(data.problems, [len(e.prompt_ids) for e in encoded], [e.answer_ids[0] for e in encoded], self.seed)
+        if self.pairs is not None:
+            taken: dict[int, int] = defaultdict(int)
+            for i, p in enumerate(data.problems):
+                if chosen[i] is not None:
+                    taken[p.scale] += 1
+                    if taken[p.scale] > self.pairs:
+                        chosen[i] = None
+        return chosen
+
+    def score(self, model: ModelAdapter, data: ResidualSet, target: Target) -> Scores:
+        """Flip, keep and neither per test problem and layer column."""
+        if target not in self.targets:
+            raise LensDigitsError(f"activation patching reads targets {list(self.targets)}, not {target!r}")
+        if not data.has_residuals:
+            raise LensDigitsError("activation patching needs the test problems' residuals (the sources' activations)")
+        chosen = self.sources(data)
+        rows = [i for i, s in enumerate(chosen) if s is not None]
+        n, n_cols = len(data), data.n_columns
+        flip = torch.zeros(n, n_cols, dtype=torch.bool)
+        keep = torch.zeros(n, n_cols, dtype=torch.bool)
+        tokenizer = model.tokenizer
+        for batch in length_batches([len(data.encoded[i].prompt_ids) for i in rows], self.batch_size):
+            t_idx = [rows[k] for k in batch]
+            s_idx = [chosen[i] for i in t_idx]
+            assert all(s is not None for s in s_idx)
+            prompts = torch.tensor([list(data.encoded[i].prompt_ids) for i in t_idx], dtype=torch.long, device=model.device)
+            src = data.resid[torch.tensor(s_idx, dtype=torch.long, device=data.resid.device), :, 0]  # (B, layer, d)
+            s_probs = [data.problems[j] for j in s_idx if j is not None]
+            t_probs = [data.problems[i] for i in t_idx]
+            if target == "first":
+                s_first = torch.tensor([data.encoded[j].answer_ids[0] for j in s_idx if j is not None])
+                t_first = torch.tensor([data.encoded[i].answer_ids[0] for i in t_idx])
+            steps = 1 if target == "first" else max(len(data.encoded[i].answer_ids) for i in [*t_idx, *s_idx] if i is not None) + 2
+            for layer in range(n_cols):
+                new = patched_greedy(model, prompts, layer, src[:, layer], steps).cpu()  # (B, steps)
+                if target == "first":
+                    got_s, got_t = new[:, 0] == s_first, new[:, 0] == t_first
+                else:
+                    texts = [number_text(tokenizer, row) for row in new.tolist()]
+                    got_s = torch.tensor([o.text == s.answer for o, s in zip(texts, s_probs, strict=True)])
+                    got_t = torch.tensor([o.text == t.answer for o, t in zip(texts, t_probs, strict=True)])
+                flip[t_idx, layer] = got_s
+                keep[t_idx, layer] = got_t
+        applies = torch.zeros(n, dtype=torch.bool)
+        applies[rows] = True
+        self._sources.update({data.problems[i].prompt: data.problems[s].prompt for i, s in enumerate(chosen) if s is not None})
+        self.info = {"pairs_patched": len(rows), "without_source": n - len(rows)}
+        return Scores(flip, {"keep": keep.double(), "neither": (~flip & ~keep).double()}, applies=applies)
+
+    def annotate(self, problems: Sequence[Problem]) -> list[Problem]:
+        """Each patched test problem with its source's prompt (``patch_source``)."""
+        import dataclasses
+
+        return [dataclasses.replace(p, patch_source=self._sources[p.prompt]) if p.prompt in self._sources else p for p in problems]
+
+    def settings(self) -> dict[str, Any]:
+        """Pairs, seed and where the patch goes, for ``run.json``."""
+        return {"pairs": self.pairs, "seed": self.seed, "position": "last prompt token", "source": "another test problem"} | self.info
+
+
+register_intervention(ActivationPatching)
+
+
+@torch.inference_mode()
+def patched_greedy(
+    model: ModelAdapter,
+    prompts: Int[Tensor, "batch pos"],
+    layer: int,
+    source: Float[Tensor, "batch d_model"],
+    steps: int,
+) -> Int[Tensor, "batch steps"]:
+    """Greedy tokens after ``prompts`` with layer column ``layer`` at the last prompt position set to ``source``.
+
+    Step by step (the whole sequence each step, the patch held at its
+    position), each step stopped at the final residual with only the last
+    position read out, as for the model's own greedy answers.
+    """
+    position = prompts.shape[1] - 1
+    name = model.resid_hook_names[layer]
+
+    def patch(x: Tensor, hook: Any) -> Tensor:
+        x = x.clone()
+        x[:, position] = source.to(x.device, x.dtype)
+        return x
+
+    tokens = prompts
+    for _ in range(steps):
+        nxt = model.last_logits(tokens, hooks=[(name, patch)]).argmax(-1, keepdim=True)
+        tokens = torch.cat([tokens, nxt], dim=1)
+    return tokens[:, prompts.shape[1] :]
