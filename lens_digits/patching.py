@@ -170,23 +170,23 @@ class ActivationPatching(Intervention):
         if not data.has_residuals:
             raise LensDigitsError("activation patching needs the test problems' residuals (the sources' activations)")
         chosen = self.sources(data)
-        rows = [i for i, s in enumerate(chosen) if s is not None]
+        source = {i: s for i, s in enumerate(chosen) if s is not None}  # test problem -> its source
+        rows = list(source)
         n, n_cols = len(data), data.n_columns
         flip = torch.zeros(n, n_cols, dtype=torch.bool)
         keep = torch.zeros(n, n_cols, dtype=torch.bool)
         tokenizer = model.tokenizer
         for batch in length_batches([len(data.encoded[i].prompt_ids) for i in rows], self.batch_size):
             t_idx = [rows[k] for k in batch]
-            s_idx = [chosen[i] for i in t_idx]
-            assert all(s is not None for s in s_idx)
+            s_idx = [source[i] for i in t_idx]
             prompts = torch.tensor([list(data.encoded[i].prompt_ids) for i in t_idx], dtype=torch.long, device=model.device)
             src = data.resid[torch.tensor(s_idx, dtype=torch.long, device=data.resid.device), :, 0]  # (B, layer, d)
-            s_probs = [data.problems[j] for j in s_idx if j is not None]
+            s_probs = [data.problems[j] for j in s_idx]
             t_probs = [data.problems[i] for i in t_idx]
             if target == "first":
-                s_first = torch.tensor([data.encoded[j].answer_ids[0] for j in s_idx if j is not None])
+                s_first = torch.tensor([data.encoded[j].answer_ids[0] for j in s_idx])
                 t_first = torch.tensor([data.encoded[i].answer_ids[0] for i in t_idx])
-            steps = 1 if target == "first" else max(len(data.encoded[i].answer_ids) for i in [*t_idx, *s_idx] if i is not None) + 2
+            steps = 1 if target == "first" else max(len(data.encoded[i].answer_ids) for i in [*t_idx, *s_idx]) + 2
             for layer in range(n_cols):
                 new = patched_greedy(model, prompts, layer, src[:, layer], steps).cpu()  # (B, steps)
                 if target == "first":
@@ -199,7 +199,7 @@ class ActivationPatching(Intervention):
                 keep[t_idx, layer] = got_t
         applies = torch.zeros(n, dtype=torch.bool)
         applies[rows] = True
-        self._sources.update({data.problems[i].prompt: data.problems[s].prompt for i, s in enumerate(chosen) if s is not None})
+        self._sources.update({data.problems[i].prompt: data.problems[s].prompt for i, s in source.items()})
         self.info = {"pairs_patched": len(rows), "without_source": n - len(rows)}
         return Scores(flip, {"keep": keep.double(), "neither": (~flip & ~keep).double()}, applies=applies)
 
