@@ -128,9 +128,7 @@ def part_tuned(args) -> None:
         f"tuned lens on {args.model} ({a.n_layers} layers, d_model {a.d_model}, vocab {a.d_vocab}): {len(sequences)} train sequences, "
         f"{args.steps} steps of 256 positions, CPU seconds, median of {args.repeats}"
     )
-    base = statistics.median(times["per_layer"])
-    for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(t) / base:.2f} |")
+    print_ratios(times, "per_layer")
     gap = max(abs(p - q) for p, q in zip(kls["batched"], kls["per_layer"], strict=True))
     print("KL per layer after training, batched:", [round(k, 4) for k in kls["batched"]])
     print("KL per layer after training, per layer:", [round(k, 4) for k in kls["per_layer"]], f"(largest difference {gap:.2e})")
@@ -139,31 +137,42 @@ def part_tuned(args) -> None:
         raise SystemExit(f"the batched and per-layer translators disagree: KL differs by {gap:.3g}")
 
 
+def timed_sweeps(model, n: int, repeats: int, contenders: dict[str, dict]) -> tuple[dict[str, list[float]], dict]:
+    """CPU seconds of each contender's sweep (scales 1-3, ``n`` test problems a scale), interleaved, after an untimed warm-up."""
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    grids = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ld.run_sweep(model, scales="1-3", n_per_scale=n, target="answer", seed=0)  # warm-up, not timed
+        for _ in range(repeats):
+            for name, kw in contenders.items():
+                start = time.process_time()
+                grids[name] = ld.run_sweep(model, scales="1-3", n_per_scale=n, seed=0, **kw)
+                times[name].append(time.process_time() - start)
+    return times, grids
+
+
+def print_ratios(times: dict[str, list[float]], base: str) -> None:
+    """A Markdown row per contender: median seconds and the ratio to ``base``'s."""
+    ref = statistics.median(times[base])
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(t) / ref:.2f} |")
+
+
 def part_sweep(args) -> None:
     model = load(args.model, args.vocab)
-    contenders = {
+    readings = {
         "logit_lens": ["logit_lens"],
         "+ tuned_lens": ["logit_lens", "tuned_lens"],
         "+ probe": ["logit_lens", "probe"],
         "+ circular_probe": ["logit_lens", "circular_probe"],
         "every reading": ["logit_lens", "tuned_lens", "probe", "circular_probe"],
     }
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    grids = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ld.run_sweep(model, scales="1-3", n_per_scale=args.n, target="answer", seed=0)  # warm-up, not timed
-        for _ in range(args.repeats):
-            for name, methods in contenders.items():
-                start = time.process_time()
-                grids[name] = ld.run_sweep(model, scales="1-3", n_per_scale=args.n, methods=methods, target="answer", seed=0)
-                times[name].append(time.process_time() - start)
+    times, grids = timed_sweeps(model, args.n, args.repeats, {k: dict(methods=m, target="answer") for k, m in readings.items()})
     lens = grids["logit_lens"].pivot("logit_lens", "answer")
     assert grids["every reading"].pivot("logit_lens", "answer").equals(lens), "the logit lens changed with other readings beside it"
     print(f"sweep on {args.model}, scales 1-3, {args.n} test problems a scale, target answer; CPU seconds, median of {args.repeats}")
-    base = statistics.median(times["logit_lens"])
-    for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(t) / base:.2f} |")
+    print_ratios(times, "logit_lens")
     print(grids["every reading"].to_text())
 
 
@@ -174,20 +183,10 @@ def part_patch(args) -> None:
         "patch, target first": dict(methods=["patch"], target="first"),
         "patch, target answer": dict(methods=["patch"], target="answer"),
     }
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ld.run_sweep(model, scales="1-3", n_per_scale=args.n, target="answer", seed=0)  # warm-up, not timed
-        for _ in range(args.repeats):
-            for name, kw in contenders.items():
-                start = time.process_time()
-                grid = ld.run_sweep(model, scales="1-3", n_per_scale=args.n, seed=0, **kw)
-                times[name].append(time.process_time() - start)
-    pairs = int(grid.main().query("layer == 0")["n"].sum())
+    times, grids = timed_sweeps(model, args.n, args.repeats, contenders)
+    pairs = int(grids["patch, target first"].main().query("layer == 0")["n"].sum())
     print(f"patching on {args.model}, scales 1-3, {args.n} test problems a scale ({pairs} pairs); CPU seconds, median of {args.repeats}")
-    base = statistics.median(times["logit_lens, first and answer"])
-    for name, t in times.items():
-        print(f"| {name} | {statistics.median(t):.2f} | {statistics.median(t) / base:.2f} |")
+    print_ratios(times, "logit_lens, first and answer")
 
 
 def main() -> int:

@@ -16,9 +16,9 @@ def own_prediction(model, rs):
     return out
 
 
-def final_norm(hf):
-    """The final norm module of a Hugging Face causal LM."""
-    for path in ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"):
+def _module(hf, paths, what):
+    """The first of ``paths`` (dotted attribute paths) that a Hugging Face model has."""
+    for path in paths:
         obj = hf
         try:
             for part in path.split("."):
@@ -26,7 +26,17 @@ def final_norm(hf):
         except AttributeError:
             continue
         return obj
-    raise AssertionError(f"no final norm found on {type(hf).__name__}")
+    raise AssertionError(f"no {what} found on {type(hf).__name__}")
+
+
+def final_norm(hf):
+    """The final norm module of a Hugging Face causal LM."""
+    return _module(hf, ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm"), "final norm")
+
+
+def blocks(hf):
+    """The transformer blocks of a Hugging Face causal LM, in order."""
+    return list(_module(hf, ("model.layers", "transformer.h", "gpt_neox.layers"), "blocks"))
 
 
 def hf_reference_top1(folder, rs):

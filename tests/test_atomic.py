@@ -1,26 +1,13 @@
 """Filesystem steps that cannot be half-done: signals that arrive while a run directory is moved into place wait until after the move."""
 
-import json
 import os
 import signal
 import time
-from pathlib import Path
+
+from runs import fill_with, tag_of
 
 from lens_digits import rundir
 from lens_digits.rundir import Reservation
-
-
-def fill_with(tag: str):
-    def fill(tmp: Path) -> None:
-        for name in rundir.RUN_FILES:
-            (tmp / name).write_text(tag)
-        (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
-
-    return fill
-
-
-def tag_of(folder: Path) -> str:
-    return json.loads((folder / "run.json").read_text())["tag"]
 
 
 def test_signals_arriving_during_the_move_are_delivered_after_it(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 import transformers
-from reference import final_norm
+from reference import blocks, final_norm
 
 import lens_digits as ld
 from lens_digits.adapter import ModelAdapter
@@ -14,19 +14,6 @@ from lens_digits.patching import ActivationPatching, draw_sources, patched_greed
 from lens_digits.residuals import collect_residuals
 from lens_digits.tasks import TaskConfig, generate_problems
 from lens_digits.testing import ARCHITECTURES, char_tokenizer, save_checkpoint
-
-
-def blocks(hf):
-    """The transformer blocks of a Hugging Face causal LM, in order."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers"):
-        obj = hf
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return list(obj)
-    raise AssertionError(f"no blocks found on {type(hf).__name__}")
 
 
 def hf_patched_next_token(hf, t_ids, s_ids, layer):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import fill_with, tag_of
 
 from lens_digits import atomic, rundir
 from lens_digits.errors import OutputError
@@ -30,19 +31,6 @@ def fake_run(folder: Path, tag: str = "old") -> Path:
         (folder / name).write_text(tag)
     (folder / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
     return folder
-
-
-def fill_with(tag: str):
-    def fill(tmp: Path) -> None:
-        for name in rundir.RUN_FILES:
-            (tmp / name).write_text(tag)
-        (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
-
-    return fill
-
-
-def tag_of(folder: Path) -> str:
-    return json.loads((folder / "run.json").read_text())["tag"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

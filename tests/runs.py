@@ -1,0 +1,22 @@
+"""Run-directory helpers shared by the filesystem tests: a fake run directory's contents and its tag."""
+
+import json
+from pathlib import Path
+
+from lens_digits import rundir
+
+
+def fill_with(tag: str):
+    """A fill step that writes every run file, with ``tag`` in run.json (a folder lens-digits would recognise)."""
+
+    def fill(tmp: Path) -> None:
+        for name in rundir.RUN_FILES:
+            (tmp / name).write_text(tag)
+        (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
+
+    return fill
+
+
+def tag_of(folder: Path) -> str:
+    """The tag a run directory made by :func:`fill_with` carries."""
+    return json.loads((folder / "run.json").read_text())["tag"]
