@@ -10,10 +10,11 @@ Two measurements:
   first). The loss is a sum over layers and Adam works per parameter, so both
   reach the same translators up to float rounding (checked: the largest
   difference of the final per-layer KL is printed).
-- ``--part patch``: activation patching (method ``patch``, targets ``first`` and
-  ``answer``) against one logit-lens sweep of the same test problems: the
+- ``--part patch``: activation patching (methods ``patch`` and
+  ``patch_operands``, targets ``first`` and ``answer``) against one logit-lens sweep of the same test problems: the
   patched forward passes (one per layer column and batch, and per greedy step
-  for ``answer``) against the sweep's one.
+  for ``answer``; ``patch_operands`` also runs the sources once to collect
+  their operand residuals) against the sweep's one.
 - ``--part sweep``: a sweep with every reading (logit lens, tuned lens, linear
   probe, circular probe) against the logit lens alone, and each reading added to
   the logit lens on its own, on the same test problems. Readings that fit also
@@ -182,6 +183,8 @@ def part_patch(args) -> None:
         "logit_lens, first and answer": dict(methods=["logit_lens"], target="both"),
         "patch, target first": dict(methods=["patch"], target="first"),
         "patch, target answer": dict(methods=["patch"], target="answer"),
+        "patch_operands, target first": dict(methods=["patch_operands"], target="first"),
+        "patch_operands, target answer": dict(methods=["patch_operands"], target="answer"),
     }
     times, grids = timed_sweeps(model, args.n, args.repeats, contenders)
     pairs = int(grids["patch, target first"].main().query("layer == 0")["n"].sum())

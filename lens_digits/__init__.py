@@ -47,6 +47,7 @@ _EXPORTS = {
     "load_builtin_model": "lens_digits.builtin",
     "train_model": "lens_digits.builtin",
     "ActivationPatching": "lens_digits.patching",
+    "OperandPatching": "lens_digits.patching",
     "Intervention": "lens_digits.patching",
     "register_intervention": "lens_digits.patching",
 }

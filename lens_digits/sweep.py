@@ -171,8 +171,16 @@ def sweep(
         "logit_lens": {"norm": config.norm, "within": config.within},
         "tuned_lens": {"seed": task.seed, "progress": config.progress, "within": config.within},
         "circular_probe": {"scope": config.probe_scope, "seed": task.seed, "progress": config.progress},
-        "patch": {"pairs": config.pairs, "seed": task.seed, "batch_size": config.batch_size, "progress": config.progress},
     }
+    for name in ("patch", "patch_operands"):
+        options[name] = {
+            "pairs": config.pairs,
+            "seed": task.seed,
+            "batch_size": config.batch_size,
+            "progress": config.progress,
+            "template": task.template,
+            "chat": config.chat,
+        }
     for name, extra in (decoder_options or {}).items():
         options[name] = {**options.get(name, {}), **extra}
     given = {d.name: d for d in decoders}

@@ -58,6 +58,7 @@ __all__ = [
     "generate_problems",
     "n_distinct",
     "operand_range",
+    "operand_spans",
     "parse_scales",
     "register_operation",
     "resolve_template",
@@ -260,6 +261,42 @@ def resolve_template(template: str) -> str:
     except (ValueError, TypeError, IndexError, KeyError) as e:
         raise LensDigitsError(f"template {template!r} cannot be filled in: {e}; check the format specs after ':'") from None
     return template
+
+
+def operand_spans(problem: Problem, template: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the operands of ``problem``'s question in its prompt (few-shot examples excluded).
+
+    The prompt ends with ``template`` filled in with the problem's operands;
+    each ``{a}`` and ``{b}`` field gives one span, in order.
+
+    Raises:
+        LensDigitsError: The prompt does not end with ``template`` filled in.
+
+    >>> p = Problem(2, "add", 12, 34, "1+2=3 12+34=", "46", "test")
+    >>> [p.prompt[s:e] for s, e in operand_spans(p, "{a}+{b}=")]
+    ['12', '34']
+    """
+    template = resolve_template(template)
+    values = {"a": problem.a, "b": problem.b, "op": OPERATIONS[problem.op].symbol if problem.op in OPERATIONS else problem.op}
+    question = template.format(**values)
+    if not problem.prompt.endswith(question):
+        raise LensDigitsError(
+            f"prompt {problem.prompt!r} does not end with template {template!r} filled in ({question!r}); "
+            "give the template the problems were made with"
+        )
+    pos, spans = len(problem.prompt) - len(question), []
+    for literal, field, spec, conv in string.Formatter().parse(template):
+        pos += len(literal)
+        if field is None:
+            continue
+        value: Any = values[field]
+        converters: dict[str, Any] = {"r": repr, "s": str, "a": ascii}
+        value = converters[conv](value) if conv else value
+        text = format(value, spec or "")
+        if field in ("a", "b"):
+            spans.append((pos, pos + len(text)))
+        pos += len(text)
+    return spans
 
 
 def share_out(available: int, wanted: dict[str, int]) -> dict[str, int]:

@@ -10,25 +10,26 @@ from reference import blocks, final_norm
 import lens_digits as ld
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
-from lens_digits.patching import ActivationPatching, draw_sources, patched_greedy
+from lens_digits.patching import ActivationPatching, OperandPatching, draw_sources, operand_positions, patched_greedy, residuals_at
 from lens_digits.residuals import collect_residuals
-from lens_digits.tasks import TaskConfig, generate_problems
-from lens_digits.testing import ARCHITECTURES, char_tokenizer, save_checkpoint
+from lens_digits.tasks import Problem, TaskConfig, generate_problems, operand_spans
+from lens_digits.testing import ARCHITECTURES, bpe_tokenizer, char_tokenizer, save_checkpoint
 
 
-def hf_patched_next_token(hf, t_ids, s_ids, layer):
-    """The next token after prompt t with the input of block ``layer`` (the final norm's input for the last column) at the
-    last position replaced by prompt s's, with transformers' own forward hooks."""
+def hf_patched_next_token(hf, t_ids, s_ids, layer, positions=(-1,)):
+    """The next token after prompt t with the input of block ``layer`` (the final norm's input for the last column) at
+    ``positions`` (default: the last) replaced by prompt s's there, with transformers' own forward hooks."""
     modules = [*blocks(hf), final_norm(hf)]
     kept = {}
+    at = list(positions)
 
     def grab(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
-        kept["h"] = hidden[:, -1].clone()
+        kept["h"] = hidden[:, at].clone()
 
     def put(module, args, kwargs):
         hidden = (args[0] if args else kwargs["hidden_states"]).clone()
-        hidden[:, -1] = kept["h"]
+        hidden[:, at] = kept["h"]
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
@@ -140,3 +141,120 @@ def test_pairs_caps_the_pairs_per_scale_and_bad_values_are_refused(builtin):
     data = collect_residuals(builtin, generate_problems(TaskConfig(scales=[2], n_per_scale=4, n_train=0, n_val=0)), teacher_forcing=False)
     with pytest.raises(LensDigitsError, match="targets"):
         ActivationPatching().score(ModelAdapter.wrap(builtin), data, "model")
+
+
+def operand_pairs(data, template="compact", tokenizer=None):
+    """(test, source, operand positions) for every problem with a source whose operands sit at the same positions."""
+    where = operand_positions(tokenizer or char_tokenizer(), data.problems, data.encoded, template)
+    lengths = [len(e.prompt_ids) for e in data.encoded]
+    src = draw_sources(data.problems, lengths, [e.answer_ids[0] for e in data.encoded], 0, same=where)
+    return [(i, s, where[i]) for i, s in enumerate(src) if s is not None]
+
+
+def test_operand_spans_and_positions_find_the_question_operands_only():
+    few = generate_problems(TaskConfig(scales=[2], n_per_scale=3, n_train=0, n_val=0, few_shot=2, template="{a:>3} plus {b!r} is"))
+    for p in few:
+        assert [p.prompt[s:e] for s, e in operand_spans(p, "{a:>3} plus {b!r} is")] == [f"{p.a:>3}", repr(p.b)]
+        assert operand_spans(p, "{a:>3} plus {b!r} is")[0][0] > p.prompt.rindex("\n")  # the few-shot examples' operands are not
+    with pytest.raises(LensDigitsError, match="does not end with template"):
+        operand_spans(Problem(1, "add", 1, 2, "1+2=", "3", "test"), "spaced")
+    # one token per character: the operand digits are the operand positions (BOS shifts them by one)
+    tok = char_tokenizer()
+    p = Problem(2, "add", 12, 34, "12+34=", "46", "test")
+    from lens_digits.targets import encode_problems
+
+    enc = encode_problems(tok, [p.prompt], [p.answer], bos_token_id=tok.bos_token_id)
+    assert operand_positions(tok, [p], enc, "compact") == [(1, 2, 4, 5)]
+    # a BPE tokenizer merges digits and the space before them: those tokens count, the '+' and '=' do not
+    bpe = bpe_tokenizer()
+    q = Problem(2, "add", 12, 34, "12 + 34 =", "46", "test", answer_prefix=" ")
+    enc = encode_problems(bpe, [q.prompt], [" 46"])
+    (where,) = operand_positions(bpe, [q], enc, "{a} {op} {b} =")
+    pieces = [bpe.decode([enc[0].prompt_ids[k]]) for k in where]
+    assert "".join(pieces).replace(" ", "") == "1234" and all(any(c.isdigit() for c in x) for x in pieces)
+
+
+def test_slow_tokenizers_and_other_templates_are_refused_clearly():
+    class Slow:
+        is_fast = False
+
+    p = Problem(1, "add", 1, 2, "1+2=", "3", "test")
+    with pytest.raises(LensDigitsError, match="fast tokenizer"):
+        operand_positions(Slow(), [p], [], "compact")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_operand_patches_equal_plain_hugging_face_hooks(arch, tmp_path):
+    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
+    model = ld.load_model(folder, device="cpu", progress=False)
+    adapter = ModelAdapter.wrap(model)
+    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2], n_per_scale=8, n_train=0, n_val=0)), teacher_forcing=False)
+    pairs = operand_pairs(data)
+    assert len(pairs) >= 6
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    t_ids = torch.tensor([list(data.encoded[i].prompt_ids) for i, _, _ in pairs])
+    at = torch.tensor([w for _, _, w in pairs])
+    src = residuals_at(adapter, torch.tensor([list(data.encoded[s].prompt_ids) for _, s, _ in pairs]), at)
+    for layer in range(data.n_columns):
+        ours = patched_greedy(adapter, t_ids, layer, src[:, layer], steps=1, positions=at)[:, 0].tolist()
+        want = [
+            hf_patched_next_token(hf, list(data.encoded[i].prompt_ids), list(data.encoded[s].prompt_ids), layer, w) for i, s, w in pairs
+        ]
+        assert ours == want, f"layer {layer}"
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_operands_patched_at_column_0_ask_the_source_question_and_at_the_last_column_change_nothing(arch, tmp_path):
+    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
+    model = ld.load_model(folder, device="cpu", progress=False)
+    adapter = ModelAdapter.wrap(model)
+    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2, 3], n_per_scale=10, n_train=0, n_val=0)), teacher_forcing=False)
+    groups = {}
+    for i, s, w in operand_pairs(data):
+        groups.setdefault((len(data.encoded[i].prompt_ids), w), []).append((i, s))
+    checked = 0
+    for (_, w), group in groups.items():
+        t = torch.tensor([list(data.encoded[i].prompt_ids) for i, _ in group])
+        s = torch.tensor([list(data.encoded[j].prompt_ids) for _, j in group])
+        at = torch.tensor([w] * len(group))
+        others = [k for k in range(t.shape[1]) if k not in w]
+        assert torch.equal(t[:, others], s[:, others])  # the prompts differ at the operands only
+        src = residuals_at(adapter, s, at)
+        first = patched_greedy(adapter, t, 0, src[:, 0], steps=1, positions=at)[:, 0]
+        last = patched_greedy(adapter, t, data.n_columns - 1, src[:, -1], steps=1, positions=at)[:, 0]
+        assert torch.equal(first, adapter.last_logits(s).argmax(-1))  # the source's own question, token for token
+        assert torch.equal(last, adapter.last_logits(t).argmax(-1))  # nothing after the final residual reads the operands
+        checked += len(group)
+    assert checked >= 15
+
+
+def test_operand_patching_on_the_grid_beside_the_last_position(builtin, tmp_path):
+    """On the built-in model the answer moves from the operands (columns 0-1) to the last prompt token (2 onwards)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        grid = ld.run_sweep(builtin, scales=[2, 3], n_per_scale=30, methods=["patch", "patch_operands"], target="both", seed=1)
+    df = grid.main()
+    ops, last = df[df.method == "patch_operands"], df[df.method == "patch"]
+    n_cols = builtin.cfg.n_layers + 1
+    assert set(ops["layer"]) == set(range(n_cols)) and set(ops["target"]) == {"first", "answer"}
+    final = ops[ops.layer == n_cols - 1]
+    assert (final["accuracy"] == 0).all() and (final["keep"] == 1).all()  # the final residual's operands are read by nothing
+    # column 0: the patched model answers s's question as the model itself does (the built-in model solves these)
+    assert (ops[ops.layer == 0]["accuracy"] >= 0.9).all()
+    early = ops[ops.layer <= 1].groupby("scale")["accuracy"].mean()
+    late = last[last.layer <= 1].groupby("scale")["accuracy"].mean()
+    assert (early > late + 0.5).all()
+    assert grid.record.methods["patch_operands"]["position"] == "operand tokens of the question"
+    tests = [p for p in grid.problems if p.split == "test" and p.patch_source]
+    assert tests and all(len(p.patch_source) == len(p.prompt) for p in tests)
+
+
+def test_operand_patching_follows_the_template_and_its_grid_is_reproducible(builtin):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        a = ld.run_sweep(builtin, scales=[2], n_per_scale=12, methods=["patch_operands"], target="first", seed=4, few_shot=1)
+        b = ld.run_sweep(builtin, scales=[2], n_per_scale=12, methods=["patch_operands"], target="first", seed=4, few_shot=1)
+    assert a.main().equals(b.main())
+    data = collect_residuals(builtin, generate_problems(TaskConfig(scales=[2], n_per_scale=4, n_train=0, n_val=0)), teacher_forcing=False)
+    with pytest.raises(LensDigitsError, match="template"):
+        OperandPatching(template="{a} {op} {b} =").score(ModelAdapter.wrap(builtin), data, "first")
