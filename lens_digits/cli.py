@@ -66,7 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--device", default=None, help="device of the model: cpu, cuda, cuda:N or mps (default: cuda if available)")
     hardware.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype (default: float32)")
     hardware.add_argument("--overwrite", action="store_true", help="replace an earlier run directory written by lens-digits at --out")
+    hardware.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="keep residuals in memory only (default: written to --out/cache as they are computed, so a killed run resumes "
+        "and lens-digits fit can refit decoders without the model)",
+    )
+    hardware.add_argument("--shard-size", type=int, default=None, metavar="N", help="problems per residual cache shard (default: 256)")
     hardware.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit and score decoders on a run's cached residuals, without the model",
+        description="Read the residuals a run kept in RUN_DIR/cache, fit and score the decoders named by --methods on them, "
+        "and add their rows to the run's grid.csv, emergence.csv, heatmap and run.json (replacing rows of the same methods). "
+        "Probes need no model; lenses need --model (loaded, never run). Probes need the train and validation residuals: "
+        "a run with a probe, or with --cache-train.",
+    )
+    fit.add_argument("run_dir", help="a run directory written by lens-digits run (with its cache/)")
+    fit.add_argument("--methods", required=True, help="decoders to fit, comma-separated (e.g. probe,circular_probe)")
+    fit.add_argument("--probe-scope", default=None, choices=["per_scale", "pooled"], help="for probes (default: the run's)")
+    fit.add_argument(
+        "--model",
+        default=None,
+        help="the run's model, for decoders that read through it (logit_lens, tuned_lens); it is loaded but not run",
+    )
+    fit.add_argument("--device", default=None, help="device of --model (default: cuda if available)")
+    fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     plot = sub.add_parser(
         "plot",
@@ -248,9 +274,13 @@ def _run(args: argparse.Namespace) -> int:
 
     # Reserve the output folder before any compute: a second run into it fails now, not after its sweep.
     with Reservation(args.out, args.overwrite) as reservation:
-        grid = _sweep(args, task, config)
+        cache = None if args.no_cache else _run_cache(reservation.target, args)
+        grid = _sweep(args, task, config, cache)
+        if cache is not None:
+            cache.take_over()  # the shards it read from the run directory it replaces
+            grid.info["cache"] = {**grid.info.get("cache", {}), "folder": "cache"}
         try:
-            out = grid.save(args.out, overwrite=args.overwrite, reservation=reservation)
+            out = grid.save(args.out, overwrite=args.overwrite, reservation=reservation, cache=None if cache is None else cache.folder)
         except KeyboardInterrupt as e:  # a signal held back during the final move arrives after it
             if reservation.written:
                 e.written = reservation.target  # type: ignore[attr-defined]
@@ -259,11 +289,26 @@ def _run(args: argparse.Namespace) -> int:
     if not grid.emergence.empty:
         print("\nEmergence layers: the first layer whose accuracy reaches each threshold [95% bootstrap interval]")
         print(emergence_text(grid.emergence))
-    print(f"wrote {out}/{{{', '.join(name for name in RUN_FILES if (out / name).exists())}}}")
+    written = [name for name in RUN_FILES if (out / name).exists()] + (["cache/"] if (out / "cache").is_dir() else [])
+    print(f"wrote {out}/{{{', '.join(written)}}}")
     return 0
 
 
-def _sweep(args: argparse.Namespace, task: Any, config: Any) -> Any:
+def _run_cache(target: Path, args: argparse.Namespace) -> Any:
+    """The residual cache of a run into ``target``: shards of a killed run are resumed, those of a run it replaces reused."""
+    from lens_digits.cache import SHARD_SIZE, ResidualCache
+    from lens_digits.rundir import CACHE_FOLDER, pending_cache
+
+    done = target / CACHE_FOLDER
+    return ResidualCache(
+        pending_cache(target),
+        read_also=[done] if done.is_dir() else [],
+        discard_other_settings=args.overwrite,
+        shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
+    )
+
+
+def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) -> Any:
     """Load the model (tokenizer-level problems are caught before the weights load) and run the sweep."""
     from lens_digits.checkpoints import peek_checkpoint
     from lens_digits.models import load_model
@@ -286,7 +331,7 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any) -> Any:
         except BoundaryMergeError as e:
             raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
-    grid = sweep(model, task, config)
+    grid = sweep(model, task, config, cache=cache)
     grid.info["command"] = _command_line(args.argv)
     return grid
 
@@ -378,6 +423,19 @@ def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> No
     print(f"lens-digits: warning: {message}", file=sys.stderr)
 
 
+def _kept_for_resume(args: argparse.Namespace) -> str:
+    """Where an interrupted run's residuals wait for the same command to resume (empty if none were kept)."""
+    if args.command != "run" or args.no_cache:
+        return ""
+    from lens_digits.rundir import pending_cache, resolve_output
+
+    try:
+        pending = pending_cache(resolve_output(args.out))
+    except Exception:  # noqa: BLE001 - only a hint in a message
+        return ""
+    return f" (residuals computed so far are kept in {pending}: the same command resumes from them)" if pending.is_dir() else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lens-digits``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -398,6 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train_model(args)
             if args.command == "plot":
                 return _plot(args)
+            if args.command == "fit":
+                from lens_digits.refit import fit_command
+
+                return fit_command(args)
             if args.command == "compare":
                 return _compare(args)
     except LensDigitsError as e:
@@ -406,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         written = getattr(e, "written", None)
-        what = f"after writing {written}" if written else "nothing was written"
+        what = f"after writing {written}" if written else "nothing was written" + _kept_for_resume(args)
         print(f"lens-digits: stopped by {signal.Signals(signum).name}; {what}", file=sys.stderr)
         return 128 + signum
     finally:

@@ -178,6 +178,7 @@ class SweepConfig:
         probe_scope: For probes: ``per_scale`` or ``pooled``.
         pairs: For ``patch``: (source, target) pairs per digit scale (None: every test problem with a source).
         batch_size: Problems per forward pass.
+        cache_train: Run the model on train and validation problems even when no decoder fits (their residuals are cached).
         device: Where residuals are kept and decoders run (None: the model's device).
         within: Lenses: the k of the ``within_k`` numeric scores.
         thresholds: Accuracies whose first layer is an emergence layer.
@@ -222,6 +223,9 @@ class SweepConfig:
         None, "patch: (source, target) pairs per digit scale (default: every test problem that has a source)", type=int, metavar="N"
     )
     batch_size: int = option(64, "problems per forward pass")
+    cache_train: bool = option(
+        False, "also run the model on the train and validation problems and keep their residuals (to fit probes later: lens-digits fit)"
+    )
     device: str | None = option(None, "where residuals are kept and decoders run (default: the model's device)", cli=False)
     progress: bool = option(False, "show progress bars", cli=False)
 
@@ -235,6 +239,8 @@ class SweepConfig:
             raise LensDigitsError(f"prepend_bos must be True, False or None (follow the model), got {self.prepend_bos!r}")
         if self.chat not in (True, False):
             raise LensDigitsError(f"chat must be True or False, got {self.chat!r}")
+        if self.cache_train not in (True, False):
+            raise LensDigitsError(f"cache_train must be True or False, got {self.cache_train!r}")
         if self.norm not in NORMS:
             raise LensDigitsError(f"unknown norm {self.norm!r}; choose final (the model's final norm) or none")
         if self.probe_scope not in PROBE_SCOPES:

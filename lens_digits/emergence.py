@@ -9,8 +9,9 @@ and 97.5th percentiles of those layers (a resample that never reaches ``t``
 counts as later than every layer, so an upper end past the last layer reads
 "never"). ``reached`` is the share of resamples that reach ``t`` at all.
 
-The resampling weights are drawn from one generator seeded with the sweep's
-seed, so the same grid gives the same intervals.
+The resampling weights for ``n`` problems are drawn from a generator seeded with
+the sweep's seed and ``n``, so the same grid gives the same intervals, and a
+cell's interval does not depend on the other cells of the grid.
 """
 
 import math
@@ -47,20 +48,26 @@ def first_layer(accuracy: Float[Tensor, "*batch layer"], threshold: float) -> Fl
 
 
 class Bootstrap:
-    """Resampling weights over problems, one set per sample size, from one seeded generator."""
+    """Resampling weights over problems, one set per sample size, each from a generator seeded with the seed and the size.
+
+    So a cell's interval does not depend on which other cells were resampled
+    before it: a method added to a grid later (``lens-digits fit``) gets the
+    intervals it would have had in the first run.
+    """
 
     def __init__(self, n_boot: int = N_BOOT, seed: int = 0) -> None:
         """``n_boot`` resamples; ``seed`` makes them reproducible."""
         if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
             raise LensDigitsError(f"n_boot must be a positive integer, got {n_boot!r}")
         self.n_boot = n_boot
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
         self._weights: dict[int, Tensor] = {}
 
     def weights(self, n: int) -> Float[Tensor, "boot problem"]:
         """How often each of ``n`` problems is drawn in each resample (rows sum to ``n``)."""
         if n not in self._weights:
-            idx = torch.randint(n, (self.n_boot, n), generator=self.generator)
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + n) % (1 << 63))
+            idx = torch.randint(n, (self.n_boot, n), generator=generator)
             self._weights[n] = torch.zeros(self.n_boot, n).scatter_add_(1, idx, torch.ones(self.n_boot, n))
         return self._weights[n]
 

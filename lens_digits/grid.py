@@ -383,7 +383,14 @@ class AccuracyGrid:
 
     # ---- run directory ---------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], overwrite: bool = False, *, reservation: "Reservation | None" = None) -> Path:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        overwrite: bool = False,
+        *,
+        reservation: "Reservation | None" = None,
+        cache: str | os.PathLike[str] | None = None,
+    ) -> Path:
         """Write the run directory (``grid.csv``, ``emergence.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
 
         The files are written to a temporary folder beside ``path``, flushed to
@@ -391,6 +398,7 @@ class AccuracyGrid:
         interrupt leaves nothing half-written. ``overwrite`` replaces only a run
         directory this package wrote (see :mod:`lens_digits.rundir`); a
         ``reservation`` taken before a long computation is used if given.
+        ``cache``: a residual cache folder moved in as ``cache/`` (by a rename).
         """
 
         def fill(tmp: Path) -> None:
@@ -404,7 +412,7 @@ class AccuracyGrid:
             info = self.info | {"format": RUN_FORMAT, "schema": RUN_SCHEMA}
             (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
-        return write_run_directory(path, fill, overwrite, reservation)
+        return write_run_directory(path, fill, overwrite, reservation, carry=None if cache is None else Path(cache))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "AccuracyGrid":

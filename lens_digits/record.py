@@ -41,6 +41,9 @@ class RunRecord:
         versions: Python and library versions.
         seconds: Wall time of the sweep.
         command: The command line (shell-quoted), for runs made by ``lens-digits``.
+        cache: Where the residuals were kept (``cache/`` in a run directory), the
+            shard size, and how many problems' residuals were read back or computed.
+        refits: Methods added later from the cache (``lens-digits fit``), with when.
     """
 
     format: str = RUN_FORMAT
@@ -56,6 +59,8 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float | None = None
     command: str | None = None
+    cache: dict[str, Any] | None = None
+    refits: list[dict[str, Any]] = field(default_factory=list)
     # Schema 1 kept these at the top level; schema 2 has them in ``sweep`` too.
     subset: str | None = None
     prepend_bos: bool | None = None

@@ -49,6 +49,11 @@ from lens_digits.record import RUN_FORMAT
 RUN_FILES = ("grid.csv", "emergence.csv", "prompts.jsonl", "heatmap.html", "run.json")
 """The files of a run directory."""
 
+CACHE_FOLDER = "cache"
+"""The run directory's residual cache (see :mod:`lens_digits.cache`)."""
+SHARD_FILE = re.compile(r"seed\d+-(first|answer|model)-(test|train|val)-scale\d+-\d{4}\.(safetensors|json)")
+"""The files a residual cache holds."""
+
 
 FIGURE_NAME = re.compile(r"heatmap[-\w.]*\.(html|png|svg|pdf)")
 """Figures ``lens-digits plot`` writes into a run directory (they keep it a run directory)."""
@@ -109,6 +114,10 @@ def is_run_directory(folder: Path, files: tuple[str, ...] = RUN_FILES, marker: s
     except OSError:
         return False
     redrawn = {n for n in names if FIGURE_NAME.fullmatch(n)}  # figures lens-digits plot adds
+    if CACHE_FOLDER in names and files == RUN_FILES:
+        if not is_cache_folder(folder / CACHE_FOLDER):
+            return False
+        names.discard(CACHE_FOLDER)
     if marker not in names or not names - redrawn <= set(files):
         return False
     try:
@@ -121,6 +130,22 @@ def is_run_directory(folder: Path, files: tuple[str, ...] = RUN_FILES, marker: s
         return True
     versions = info.get("versions")
     return isinstance(versions, dict) and "lens-digits" in versions
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a folder of residual shards and nothing else (temporary files of a killed write included)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:
+        return False
+    return all(SHARD_FILE.fullmatch(n) or (n.startswith(".") and n.endswith(".part")) for n in names)
+
+
+def pending_cache(target: Path) -> Path:
+    """Where a run into ``target`` keeps its residual shards until its run directory is written (kept after a kill)."""
+    return target.with_name(f".{target.name}.{TAG}.cache")
 
 
 def check_output(
@@ -311,6 +336,9 @@ class Reservation:
             if not entry.name.startswith(prefix) or entry.is_symlink() or not entry.is_dir():
                 continue
             if entry.name.endswith(".tmp") and ((entry / PARTIAL_MARKER).is_file() or self.is_ours(entry)):
+                kept = entry / CACHE_FOLDER  # a run killed while its cache was being moved in: keep the shards for the next run
+                if is_cache_folder(kept) and not pending_cache(self.target).exists():
+                    os.rename(kept, pending_cache(self.target))
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.name.endswith(".old") and self.is_ours(entry):
                 # The non-Linux replace moved the old run aside and died before finishing.
@@ -319,8 +347,12 @@ class Reservation:
                 else:
                     os.rename(entry, self.target)
 
-    def write(self, fill: Callable[[Path], None]) -> Path:
+    def write(self, fill: Callable[[Path], None], carry: Path | None = None) -> Path:
         """Fill a temporary folder with ``fill(folder)`` and move it into place as the target.
+
+        ``carry``: a residual cache folder moved in as ``cache/`` (by a rename,
+        so it costs nothing whatever its size); it is moved back if the run
+        directory cannot be written.
 
         Raises:
             OutputError: The target was filled by someone else meanwhile (nothing is lost).
@@ -329,8 +361,11 @@ class Reservation:
             raise RuntimeError("acquire the reservation before writing")
         tmp = self._tmp if self._tmp is not None and self._tmp.is_dir() else self._make_temp()
         self._tmp = None
+        carried = tmp / CACHE_FOLDER
         try:
             fill(tmp)
+            if carry is not None and carry.is_dir():
+                os.rename(carry, carried)
             (tmp / PARTIAL_MARKER).unlink()
             if self.target.is_dir():
                 os.chmod(tmp, stat.S_IMODE(self.target.stat().st_mode))  # keep the permissions of the folder replaced
@@ -339,6 +374,8 @@ class Reservation:
                 self._move_into_place(tmp)
                 self.written = True
         finally:
+            if carry is not None and not self.written and carried.is_dir() and not carry.exists():
+                os.rename(carried, carry)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         atomic.fsync_dir(self.target.parent)
@@ -426,11 +463,15 @@ def write_run_directory(
     fill: Callable[[Path], None],
     overwrite: bool = False,
     reservation: Reservation | None = None,
+    carry: Path | None = None,
 ) -> Path:
-    """Write a run directory through ``fill(tmp_folder)``, with a reservation of its own unless one is given."""
+    """Write a run directory through ``fill(tmp_folder)``, with a reservation of its own unless one is given.
+
+    ``carry``: a residual cache folder to move in as ``cache/``.
+    """
     if reservation is not None:
         if reservation.target != resolve_output(path):
             raise ValueError(f"the reservation is for {str(reservation.target)!r}, not {str(path)!r}")
-        return reservation.write(fill)
+        return reservation.write(fill, carry)
     with Reservation(path, overwrite) as r:
-        return r.write(fill)
+        return r.write(fill, carry)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.metadata
+import os
 import platform
 import time
 import warnings
@@ -11,6 +12,7 @@ from typing import Any, cast
 import torch
 
 from lens_digits.adapter import ModelAdapter
+from lens_digits.cache import ResidualCache, cache_key
 from lens_digits.carries import add_column_breakdown
 from lens_digits.config import SweepConfig, parse_methods
 from lens_digits.decoders.base import Decoder, Scores, Target, make_decoder
@@ -64,6 +66,8 @@ def run_sweep(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = False,
+    cache: "str | os.PathLike[str] | ResidualCache | None" = None,
+    cache_train: bool = False,
 ) -> AccuracyGrid:
     """Accuracy of each decoder at each digit scale and layer.
 
@@ -111,6 +115,12 @@ def run_sweep(
         batch_size: Problems per forward pass.
         device: Where residuals are kept and decoders run (default: the model's).
         progress: Show progress bars.
+        cache: A folder (or :class:`~lens_digits.cache.ResidualCache`) to keep the
+            residuals in, shard by shard: a sweep run again with the same settings
+            reads them instead of running the model (see :mod:`lens_digits.cache`).
+        cache_train: Also run the model on the train and validation problems
+            (and cache their residuals) when no decoder fits, so that probes can be
+            fitted later from the cache (:func:`lens_digits.refit.refit`).
 
     >>> import lens_digits as ld
     >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1], n_per_scale=10, target="first")
@@ -145,10 +155,14 @@ def run_sweep(
         seeds=seeds,
         pairs=pairs,
         batch_size=batch_size,
+        cache_train=cache_train,
         device=None if device is None else str(device),
         progress=progress,
     )
-    return sweep(model, task, config, decoders=[m for m in method_list if not isinstance(m, str)], decoder_options=decoder_options)
+    if cache is not None and not isinstance(cache, ResidualCache):
+        cache = ResidualCache(cache)
+    decoders = [m for m in method_list if not isinstance(m, str)]
+    return sweep(model, task, config, decoders=decoders, decoder_options=decoder_options, cache=cache)
 
 
 def sweep(
@@ -158,10 +172,12 @@ def sweep(
     *,
     decoders: Sequence[Decoder | Intervention] = (),
     decoder_options: dict[str, dict[str, Any]] | None = None,
+    cache: ResidualCache | None = None,
 ) -> AccuracyGrid:
     """:func:`run_sweep` from its two configs: what the command line calls, and what ``run.json`` records.
 
-    ``decoders`` are instances to use for the methods of the same name (others are built by name).
+    ``decoders`` are instances to use for the methods of the same name (others are built by name);
+    ``cache`` keeps the residuals on disk (and reads those already there).
     """
     started = time.perf_counter()
     adapter = ModelAdapter.wrap(model)
@@ -198,7 +214,12 @@ def sweep(
             warnings.warn(f"decoder {d.name!r} does not read target(s) {skipped}; it has no cells for them", stacklevel=2)
 
     seeds = [int(s) for s in config.seeds] if config.seeds is not None else [task.seed]
-    draws = [_one_draw(adapter, dataclasses.replace(task, seed=seed), config, readers, plan) for seed in seeds]
+    base = None
+    if cache is not None:
+        cache.clear_partial()
+        bos = None if config.chat else adapter.bos_id(config.prepend_bos)
+        base = cache_key(adapter, {}, bos, config.chat, cache.shard_size)
+    draws = [_one_draw(adapter, dataclasses.replace(task, seed=seed), config, readers, plan, cache, base) for seed in seeds]
     draw = draws[0] if len(draws) == 1 else _merge_draws(draws, seeds)
     results, scored, problems, runs, data = draw.results, draw.scored, draw.problems, draw.runs, draw.data
     record = RunRecord(
@@ -218,6 +239,8 @@ def sweep(
         seed=task.seed,
         batch_size=config.batch_size,
     )
+    if cache is not None:
+        record.cache = {"folder": str(cache.folder), "shard_size": cache.shard_size, "problems": dict(cache.counts)}
     return AccuracyGrid.from_scores(
         results, scored, problems, record.to_dict(), thresholds=[float(t) for t in config.thresholds], n_boot=config.n_boot, seed=task.seed
     )
@@ -235,9 +258,15 @@ class _Draw:
 
 
 def _one_draw(
-    adapter: ModelAdapter, task: TaskConfig, config: SweepConfig, readers: list[Decoder | Intervention], plan: dict[str, list[str]]
+    adapter: ModelAdapter,
+    task: TaskConfig,
+    config: SweepConfig,
+    readers: list[Decoder | Intervention],
+    plan: dict[str, list[str]],
+    cache: ResidualCache | None = None,
+    key: dict[str, Any] | None = None,
 ) -> _Draw:
-    """Problems of one seed -> residuals -> fitted and scored decoders."""
+    """Problems of one seed -> residuals (from the cache where it has them) -> fitted and scored decoders."""
     targets = list(config.targets)
     problems = generate_problems(task)
     try:
@@ -246,13 +275,19 @@ def _one_draw(
         raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     _warn_unknown_tokens(adapter, problems, encoded)
     _warn_builtin_untrained(adapter, task)
-    fits = any(getattr(d, "fits", False) for d in readers)
+    fits = any(getattr(d, "fits", False) for d in readers) or config.cache_train
     # The model runs on the test problems, and on train and validation problems only for decoders that fit.
     run = [i for i, p in enumerate(problems) if fits or p.split == "test"]
     common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
-    data = collect_residuals(
-        adapter, [problems[i] for i in run], encoded=[encoded[i] for i in run], teacher_forcing="answer" in targets, **common
-    )
+
+    def collect(probs: list[Problem], enc: list[EncodedProblem], kind: str) -> ResidualSet:
+        forcing = kind != "first"
+        if cache is None:
+            return collect_residuals(adapter, probs, encoded=enc, teacher_forcing=forcing, **common)
+        shard_key = {**(key or {}), "task": task.to_dict()}
+        return cache.collect(adapter, shard_key, probs, enc, kind=kind, seed=task.seed, teacher_forcing=forcing, **common)
+
+    data = collect([problems[i] for i in run], [encoded[i] for i in run], "answer" if "answer" in targets else "first")
     runs = {"residuals": len(run), "greedy": 0}
     test_idx = [j for j, p in enumerate(data.problems) if p.split == "test"]
     test = data.select(test_idx)
@@ -270,7 +305,7 @@ def _one_draw(
         problems = [answered.get(id(p), p) for p in problems]
         if "model" in targets:
             own = [EncodedProblem(e.prompt_ids, o.token_ids) for e, o in zip(test.encoded, outputs, strict=True)]
-            own_data = collect_residuals(adapter, test.problems, encoded=own, **common)
+            own_data = collect(test.problems, own, "model")
             runs["residuals"] += len(own)
     subset = config.subset
     keep = [i for i, p in enumerate(test.problems) if subset == "all" or p.model_correct == (subset == "solved")]
@@ -287,19 +322,7 @@ def _one_draw(
     tests = {"first": scored, "answer": scored}
     if own_data is not None:
         tests["model"] = own_data.select(keep)
-    results = []
-    for d in readers:
-        if isinstance(d, Intervention):  # runs the model itself, on the test problems (their residuals are the sources)
-            for t in plan[d.name]:
-                results.append((d.name, t, add_column_breakdown(d.score(adapter, tests[t], cast(Target, t)), tests[t].problems)))
-            continue
-        # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
-        # and the caller's generator is left as it was.
-        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
-            torch.manual_seed(task.seed)
-            d.fit(train, val)
-            for t in plan[d.name]:
-                results.append((d.name, t, add_column_breakdown(d.score(tests[t], cast(Target, t)), tests[t].problems)))
+    results = score_readers(adapter, readers, plan, train, val, tests, task.seed)
     scored_problems = list(scored.problems)
     for d in readers:
         if isinstance(d, Intervention):
@@ -307,6 +330,37 @@ def _one_draw(
             noted = {id(old): new for old, new in zip(scored.problems, scored_problems, strict=True)}
             problems = [noted.get(id(p), p) for p in problems]
     return _Draw(results, scored_problems, problems, runs, data)
+
+
+def score_readers(
+    adapter: ModelAdapter | None,
+    readers: Sequence[Decoder | Intervention],
+    plan: dict[str, list[str]],
+    train: ResidualSet,
+    val: ResidualSet,
+    tests: dict[str, ResidualSet],
+    seed: int,
+) -> list[tuple[str, str, Scores]]:
+    """Fit each decoder on ``train`` and ``val`` and score it (interventions: run them) on each target's test set.
+
+    ``adapter`` None (refitting from a residual cache) allows decoders only.
+    """
+    results = []
+    for d in readers:
+        if isinstance(d, Intervention):  # runs the model itself, on the test problems (their residuals are the sources)
+            if adapter is None:
+                raise LensDigitsError(f"method {d.name!r} runs the model; it cannot be scored from cached residuals alone")
+            for t in plan[d.name]:
+                results.append((d.name, t, add_column_breakdown(d.score(adapter, tests[t], cast(Target, t)), tests[t].problems)))
+            continue
+        # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
+        # and the caller's generator is left as it was.
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+            torch.manual_seed(seed)
+            d.fit(train, val)
+            for t in plan[d.name]:
+                results.append((d.name, t, add_column_breakdown(d.score(tests[t], cast(Target, t)), tests[t].problems)))
+    return results
 
 
 def _merge_draws(draws: list[_Draw], seeds: list[int]) -> _Draw:

@@ -28,7 +28,7 @@ def test_run_on_local_checkpoint_writes_run_directory(llama_dir, tmp_path, capsy
         capsys, "run", "--model", str(llama_dir), "--scales", "1-3", "--n", "30", "--target", "both", "--out", str(out), "--no-progress"
     )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, "cache"])  # the residual cache by default
     df = pd.read_csv(out / "grid.csv")
     assert set(df["scale"]) == {1, 2, 3} and set(df["target"]) == {"first", "answer"}
     assert "logit_lens · target answer" in stdout and str(out) in stdout
@@ -246,7 +246,8 @@ def test_cli_sigterm_in_the_save_exits_143_and_leaves_nothing(llama_dir, tmp_pat
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143 and "stopped by SIGTERM; nothing was written" in err
-    assert list(tmp_path.iterdir()) == []
+    # only the residual cache stays, hidden beside the folder, for the same command to resume from
+    assert [x.name for x in tmp_path.iterdir()] == [".run.lens-digits.cache"] and "the same command resumes" in err
 
 
 @pytest.mark.slow
@@ -259,7 +260,8 @@ def test_cli_sigkill_in_an_overwrite_keeps_the_old_run_and_a_rerun_cleans_up(lla
     p.kill()
     p.wait(timeout=60)
     assert (out / "grid.csv").read_bytes() == before
-    assert len(list(tmp_path.iterdir())) == 3  # the run, the dead run's temporary folder and its lock file
+    # the run, the dead run's temporary folder, its lock file and its residual cache
+    assert len(list(tmp_path.iterdir())) == 4
     assert run_cli(capsys, *args, "--seed", "1", "--overwrite")[0] == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert json.loads((out / "run.json").read_text())["seed"] == 1

@@ -105,6 +105,9 @@ class Decoder(abc.ABC):
     fits: ClassVar[bool] = False
     """True for decoders that learn from train residuals (probes): only then does a sweep run the model on
     train and validation problems; otherwise :meth:`fit` gets their tokens and gold ids without residuals."""
+    needs_model: ClassVar[bool] = False
+    """True for decoders built from the model (lenses: its unembedding): ``lens-digits fit`` cannot refit
+    them from cached residuals alone."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Warn when a class defines ``fit`` but never says whether it learns from residuals (``fits``)."""

@@ -70,6 +70,7 @@ class Lens(Decoder):
 
     targets = ("first", "answer", "model")
     fits = False  # a lens's fit reads the train problems' tokens only (for its baseline)
+    needs_model = True  # it reads through the model's unembedding
 
     def __init__(self, d_vocab: int, max_logits: int = 2**25, *, tokenizer: Any = None, within: Sequence[int] = WITHIN) -> None:
         """``max_logits`` caps how many logits are held at once (memory knob).

@@ -1,0 +1,345 @@
+"""Residuals kept on disk in shards: a killed sweep resumes, and decoders refit without the model.
+
+A :class:`ResidualCache` is a folder of shards. A shard holds the residuals of
+one block of problems of one draw, split, digit scale and kind (``first``:
+the last prompt position; ``answer``: every teacher-forced answer position;
+``model``: the model's own greedy answer): ``NAME.safetensors`` (tensors
+``resid`` and ``target_ids``, float32 and int64) and ``NAME.json`` beside it,
+written last, with the file's SHA-256, the problems' token ids (their hash)
+and the **key** the residuals were made with: the model (name, size and a
+fingerprint of its weights), the tokenizer (a hash of its full definition),
+the task settings, the BOS, chat wrapping, dtype and shard size.
+
+:meth:`ResidualCache.collect` goes shard by shard: a shard on disk whose key
+matches and whose checksum holds is read back (float32, bit for bit what was
+computed); a missing, truncated or corrupted one is computed and written; a
+shard made with other settings is refused with an error naming the setting
+(or, when the run replaces an older one, ignored and overwritten). A sweep
+collects shard by shard whether it is resumed or not, so a resumed sweep feeds
+every decoder exactly the residuals an uninterrupted one does.
+
+Each file is written to a temporary name, flushed and renamed, so a kill at
+any moment leaves whole shards and at most one temporary file, which the next
+run removes.
+"""
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lens_digits.adapter import ModelAdapter
+from lens_digits.errors import LensDigitsError
+from lens_digits.residuals import ResidualSet, collect_residuals
+from lens_digits.rundir import SHARD_FILE
+from lens_digits.targets import EncodedProblem
+from lens_digits.tasks import Problem
+
+__all__ = ["SHARD_FORMAT", "SHARD_SIZE", "ResidualCache", "cache_key", "tokenizer_hash", "weights_fingerprint"]
+
+SHARD_FORMAT = "lens_digits.shard"
+SHARD_SIZE = 256
+"""Problems per shard by default: a kill loses at most this many problems' work per kind."""
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A SHA-256 over every parameter's name, shape, dtype and a fixed sample of its values.
+
+    The sample (the first and last 1,024 values and 4,096 evenly spaced ones of
+    each tensor) is read exactly, so the fingerprint is the same on every load
+    of the same weights, costs next to nothing on a GPU, and changes with any
+    other checkpoint or fine-tune.
+    """
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
+        flat = p.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        sample = torch.cat([flat[:1024], flat[::step][:4096], flat[-1024:]]).cpu()
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+        h.update(sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b"")
+    return h.hexdigest()
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A SHA-256 of the tokenizer's full definition (vocabulary, merges, normaliser, special tokens, chat template)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps(
+        [getattr(tokenizer, "chat_template", None), getattr(tokenizer, "bos_token_id", None), type(tokenizer).__name__], default=str
+    )
+    return hashlib.sha256((text + extra).encode()).hexdigest()
+
+
+def cache_key(adapter: ModelAdapter, task: dict[str, Any], bos: int | None, chat: bool, shard_size: int) -> dict[str, Any]:
+    """What a shard's residuals depend on (besides its problems), JSON-ready."""
+    return {
+        "model": adapter.name,
+        "n_layers": adapter.n_layers,
+        "d_model": adapter.d_model,
+        "weights": weights_fingerprint(adapter.model),
+        "tokenizer": tokenizer_hash(adapter.tokenizer),
+        "dtype": str(adapter.dtype).replace("torch.", ""),
+        "bos": bos,
+        "chat": chat,
+        "task": task,
+        "shard_size": shard_size,
+    }
+
+
+def _difference(mine: Any, theirs: Any, path: str = "") -> str | None:
+    """The first setting (dotted path) where two keys differ, None if equal."""
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for k in sorted(set(mine) | set(theirs)):
+            found = _difference(mine.get(k), theirs.get(k), f"{path}.{k}" if path else k)
+            if found:
+                return found
+        return None
+    return None if mine == theirs else f"{path} ({theirs!r} there, {mine!r} in this run)"
+
+
+def _ids_hash(encoded: Sequence[EncodedProblem]) -> str:
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(json.dumps([e.prompt_ids, e.answer_ids]).encode())
+    return h.hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ResidualCache:
+    """A folder of residual shards (see the module docs).
+
+    Args:
+        folder: Where shards are written (and read first). Created on first write.
+        read_also: Further folders to read shards from (the cache of a run
+            directory being replaced); nothing is written there.
+        discard_other_settings: A shard made with other settings is ignored
+            and overwritten instead of refused (the run replaces the one that
+            made it).
+        shard_size: Problems per shard.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        read_also: Sequence[str | os.PathLike[str]] = (),
+        discard_other_settings: bool = False,
+        shard_size: int = SHARD_SIZE,
+    ) -> None:
+        """Nothing is read or written until :meth:`collect`."""
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 1 <= shard_size <= 1_000_000:
+            raise LensDigitsError(f"shard size must be an integer from 1 to 1,000,000 problems, got {shard_size!r}")
+        self.folder = Path(folder)
+        self.read_also = [Path(f) for f in read_also]
+        self.discard_other_settings = discard_other_settings
+        self.shard_size = shard_size
+        self.counts = {"read": 0, "computed": 0}
+        self.touched: set[str] = set()  # shards this cache read or wrote
+
+    def shard_files(self) -> list[Path]:
+        """The shard files (``.safetensors``) in the folder."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if p.suffix == ".safetensors" and SHARD_FILE.fullmatch(p.name))
+
+    def blocks(self, problems: Sequence[Problem], kind: str, seed: int) -> Iterator[tuple[str, list[int]]]:
+        """(shard name, problem indices) for every shard: by split and scale, in the problems' order, ``shard_size`` at a time."""
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, p in enumerate(problems):
+            groups.setdefault((p.split, p.scale), []).append(i)
+        for (split, scale), idx in groups.items():
+            for b, start in enumerate(range(0, len(idx), self.shard_size)):
+                yield f"seed{seed}-{kind}-{split}-scale{scale}-{b:04d}", idx[start : start + self.shard_size]
+
+    def collect(
+        self,
+        adapter: ModelAdapter,
+        key: dict[str, Any],
+        problems: Sequence[Problem],
+        encoded: Sequence[EncodedProblem],
+        *,
+        kind: str,
+        seed: int,
+        teacher_forcing: bool,
+        batch_size: int = 64,
+        store_device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> ResidualSet:
+        """The residuals of ``problems``, read from valid shards and computed (and written) for the rest."""
+        problems, encoded = list(problems), list(encoded)
+        parts: list[tuple[list[int], ResidualSet]] = []
+        bar = tqdm(total=len(problems), desc=f"residuals ({kind})", unit="problem", disable=not progress)
+        for name, idx in self.blocks(problems, kind, seed):
+            probs, enc = [problems[i] for i in idx], [encoded[i] for i in idx]
+            self.touched.add(name)
+            found = self.read(name, key, enc, store_device)
+            if found is None:
+                part = collect_residuals(
+                    adapter, probs, encoded=enc, teacher_forcing=teacher_forcing, batch_size=batch_size, store_device=store_device
+                )
+                self.write(name, key, part)
+                self.counts["computed"] += len(idx)
+            else:
+                part = ResidualSet(found[0], found[1], probs, enc, found[2])
+                self.counts["read"] += len(idx)
+            parts.append((idx, part))
+            bar.update(len(idx))
+        bar.close()
+        return merge_parts(parts, len(problems), adapter, store_device)
+
+    def load(self, problems: Sequence[Problem], *, kind: str, seed: int, task: dict[str, Any]) -> ResidualSet:
+        """Every shard of ``problems`` from disk, without the model (the token ids come from the shards).
+
+        Raises:
+            LensDigitsError: A shard is missing or damaged, the shards disagree
+                on their settings, or were made for another task than ``task``.
+        """
+        parts = []
+        key: dict[str, Any] | None = None
+        for name, idx in self.blocks(problems, kind, seed):
+            meta = self._meta(name)
+            if meta is None:
+                raise LensDigitsError(
+                    f"the residual cache {str(self.folder)!r} has no shard {name} ({kind} residuals of {len(idx)} {problems[idx[0]].split} "
+                    "problems); compute it with lens-digits run (train and validation residuals: run with a probe, or --cache-train)"
+                )
+            if key is None:
+                key = meta["key"]
+                differs = _difference(task, key.get("task"))
+                if differs:
+                    raise LensDigitsError(f"the residual cache {str(self.folder)!r} was made for other problems: task.{differs}")
+            encoded = [EncodedProblem(tuple(p), tuple(a), d) for p, a, d in meta.get("encoded", [])]
+            found = self.read(name, key, encoded, "cpu")
+            if found is None or len(encoded) != len(idx):
+                raise LensDigitsError(
+                    f"residual shard {name} in {str(self.folder)!r} is damaged; run lens-digits run again to recompute it"
+                )
+            parts.append((idx, ResidualSet(found[0], found[1], [problems[i] for i in idx], encoded, found[2])))
+        return merge_parts(parts, len(problems), None, "cpu")
+
+    def _meta(self, name: str) -> dict[str, Any] | None:
+        try:
+            meta = json.loads((self.folder / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) and meta.get("format") == SHARD_FORMAT else None
+
+    def read(
+        self, name: str, key: dict[str, Any], encoded: Sequence[EncodedProblem], store_device: Any
+    ) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
+        """A shard's ``(resid, target_ids, info)`` if it is on disk, whole and made with ``key`` for these token ids; None to compute it.
+
+        Raises:
+            LensDigitsError: The shard was made with other settings (unless ``discard_other_settings``).
+        """
+        from safetensors.torch import load
+
+        for folder in [self.folder, *self.read_also]:
+            meta_path, data_path = folder / f"{name}.json", folder / f"{name}.safetensors"
+            if not meta_path.is_file():
+                continue
+            try:
+                meta = json.loads(meta_path.read_text())
+                data = data_path.read_bytes()
+            except (OSError, ValueError):
+                warnings.warn(f"residual shard {name} in {str(folder)!r} cannot be read: computed again", stacklevel=3)
+                continue
+            if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
+                continue
+            differs = _difference(key, meta.get("key"))
+            if differs:
+                if self.discard_other_settings:
+                    if folder == self.folder:  # this run's own folder: the stale shard goes
+                        meta_path.unlink(missing_ok=True)
+                        data_path.unlink(missing_ok=True)
+                    continue
+                raise LensDigitsError(
+                    f"the residual cache {str(folder)!r} holds shard {name} made with other settings: {differs}. Run with the same "
+                    f"settings to resume, or --overwrite to discard it (or --no-cache)"
+                )
+            if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+                warnings.warn(
+                    f"residual shard {name} in {str(folder)!r} fails its checksum (truncated or damaged): computed again", stacklevel=3
+                )
+                continue
+            if meta.get("ids") != _ids_hash(encoded):
+                continue  # other problems (the model's own answers changed): computed again
+            tensors = load(data)
+            device = torch.device(store_device) if store_device is not None else None
+            resid, target_ids = tensors["resid"], tensors["target_ids"]
+            if device is not None:
+                resid, target_ids = resid.to(device), target_ids.to(device)
+            return resid, target_ids, dict(meta.get("info", {}))
+        return None
+
+    def write(self, name: str, key: dict[str, Any], part: ResidualSet) -> None:
+        """Write one shard: the tensors, then the sidecar that makes it valid."""
+        from safetensors.torch import save
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = save({"resid": part.resid.detach().cpu().contiguous(), "target_ids": part.target_ids.cpu().contiguous()})
+        meta = {
+            "format": SHARD_FORMAT,
+            "key": key,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "ids": _ids_hash(part.encoded),
+            "encoded": [[list(e.prompt_ids), list(e.answer_ids), e.first_token_digits] for e in part.encoded],
+            "n": len(part),
+            "info": part.info,
+        }
+        _write_atomically(self.folder / f"{name}.safetensors", data)
+        _write_atomically(self.folder / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
+
+    def take_over(self) -> None:
+        """Move the shards this run used from the ``read_also`` folders into its own (before the old run directory goes)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in self.read_also:
+            for name in sorted(self.touched):
+                meta, data = folder / f"{name}.json", folder / f"{name}.safetensors"
+                if meta.is_file() and data.is_file() and not (self.folder / f"{name}.json").exists():
+                    os.replace(data, self.folder / data.name)
+                    os.replace(meta, self.folder / meta.name)
+
+    def clear_partial(self) -> None:
+        """Remove temporary files that killed runs left in the folder."""
+        if self.folder.is_dir():
+            for p in self.folder.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".part"):
+                    p.unlink(missing_ok=True)
+
+
+def merge_parts(parts: list[tuple[list[int], ResidualSet]], n: int, adapter: ModelAdapter | None, store_device: Any) -> ResidualSet:
+    """Shards back into one residual set in the problems' order (answer positions padded to the longest)."""
+    if not parts:
+        raise LensDigitsError("no problems to collect residuals for")
+    first = parts[0][1]
+    n_pos = max(p.resid.shape[2] for _, p in parts)
+    resid = torch.zeros(n, first.resid.shape[1], n_pos, first.resid.shape[3], dtype=torch.float32, device=first.resid.device)
+    target_ids = torch.full((n, n_pos), -1, dtype=torch.long, device=first.target_ids.device)
+    problems: list[Any] = [None] * n
+    encoded: list[Any] = [None] * n
+    for idx, part in parts:
+        rows = torch.tensor(idx, dtype=torch.long, device=resid.device)
+        resid[rows, :, : part.resid.shape[2]] = part.resid.to(resid.device)
+        target_ids[rows.to(target_ids.device), : part.target_ids.shape[1]] = part.target_ids.to(target_ids.device)
+        for k, i in enumerate(idx):
+            problems[i], encoded[i] = part.problems[k], part.encoded[k]
+    info = dict(first.info)
+    if adapter is not None:
+        info.update(n_layers=adapter.n_layers, d_model=adapter.d_model, model_dtype=str(adapter.dtype).replace("torch.", ""))
+    return ResidualSet(resid, target_ids, problems, encoded, info)

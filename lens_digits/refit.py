@@ -1,0 +1,252 @@
+"""``lens-digits fit``: decoders fitted and scored on a run directory's cached residuals, without the model.
+
+A run directory written with its residual cache (``cache/``, the default of
+``lens-digits run``) holds every residual its decoders read. :func:`refit`
+rebuilds the run's train, validation and test sets from the shards (the
+problems from ``prompts.jsonl``, the token ids from the shards), fits and
+scores the decoders asked for exactly as the sweep does (same seed, same
+sets, same subsets), and adds their rows to the grid, replacing rows of the
+same methods. A decoder that reads through the model (the lenses) or runs it
+(patching) needs ``lens-digits run``.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lens_digits.cache import ResidualCache
+from lens_digits.config import SweepConfig, parse_methods
+from lens_digits.decoders.base import DECODERS, Decoder, make_decoder
+from lens_digits.errors import LensDigitsError
+from lens_digits.grid import AccuracyGrid
+from lens_digits.patching import INTERVENTIONS
+from lens_digits.residuals import ResidualSet, tokens_only
+from lens_digits.rundir import CACHE_FOLDER, Reservation, is_cache_folder, pending_cache
+from lens_digits.sweep import _Draw, _merge_draws, score_readers
+from lens_digits.tasks import TaskConfig
+
+__all__ = ["refit"]
+
+
+def _decoders(methods: Sequence[str | Decoder], options: dict[str, dict[str, Any]], model: Any) -> list[Decoder]:
+    out = []
+    for m in parse_methods(methods):
+        if isinstance(m, Decoder):
+            decoder = m
+        elif m in INTERVENTIONS:
+            raise LensDigitsError(f"method {m!r} runs the model; use lens-digits run (fit reads cached residuals only)")
+        elif m not in DECODERS:
+            raise LensDigitsError(f"unknown method {m!r}; decoders: {', '.join(sorted(DECODERS))}")
+        elif DECODERS[m].needs_model and model is None:
+            raise LensDigitsError(f"method {m!r} reads through the model's unembedding: give the model (--model; it is not run)")
+        else:
+            decoder = make_decoder(m, model, **options.get(m, {}))
+        out.append(decoder)
+    return out
+
+
+def refit(
+    run_dir: str | os.PathLike[str],
+    methods: Sequence[str | Decoder],
+    *,
+    decoder_options: dict[str, dict[str, Any]] | None = None,
+    probe_scope: str | None = None,
+    model: Any = None,
+    progress: bool = False,
+    save: bool = True,
+) -> AccuracyGrid:
+    """Fit and score ``methods`` on the cached residuals of ``run_dir`` and add them to its grid.
+
+    Args:
+        run_dir: A run directory with its ``cache/``.
+        methods: Decoder names (or instances) that need no model: ``probe``, ``circular_probe``, your own.
+        decoder_options: Constructor options by decoder name.
+        probe_scope: For probes: ``per_scale`` or ``pooled`` (default: the run's).
+        model: The run's model, for decoders that read through it (the lenses);
+            it is not run, and must be the model the residuals came from (its
+            weights' fingerprint is checked against the cache's).
+        progress: Show progress bars.
+        save: Write the updated run directory (atomically, its cache kept); False: only return the grid.
+
+    Returns:
+        The run's grid with the new methods' rows (and emergence layers) in place of any earlier ones.
+    """
+    run_dir = Path(run_dir).expanduser()
+    grid = AccuracyGrid.load(run_dir)
+    folder = run_dir / CACHE_FOLDER
+    if not is_cache_folder(folder):
+        stray = pending_cache(run_dir.resolve())
+        if not is_cache_folder(stray):
+            raise LensDigitsError(
+                f"{str(run_dir)!r} has no residual cache (it was run with --no-cache, or before caches existed); "
+                "run lens-digits run again without --no-cache"
+            )
+        folder = stray  # moved aside by an update that was interrupted
+    record = grid.record
+    task = TaskConfig.from_dict(record.task)
+    config = SweepConfig.from_dict(record.sweep)
+    scope = probe_scope or config.probe_scope
+    options: dict[str, dict[str, Any]] = {
+        "probe": {"scope": scope, "seed": task.seed, "progress": progress},
+        "circular_probe": {"scope": scope, "seed": task.seed, "progress": progress},
+    }
+    for name, extra in (decoder_options or {}).items():
+        options[name] = {**options.get(name, {}), **extra}
+    if model is not None:
+        options |= {
+            "logit_lens": {"norm": config.norm, "within": config.within},
+            "tuned_lens": {"seed": task.seed, "progress": progress, "within": config.within},
+        }
+        _check_model(model, folder)
+    readers = _decoders(methods, options, model)
+    targets = list(record.targets)
+    plan = {d.name: [t for t in targets if t in d.targets] for d in readers}
+    for d in readers:
+        if not plan[d.name]:
+            raise LensDigitsError(f"decoder {d.name!r} reads none of the run's targets {targets}; it reads {list(d.targets)}")
+    shard_size = int((record.cache or {}).get("shard_size", 0)) or None
+    if shard_size is None:
+        raise LensDigitsError(f"{str(run_dir / 'run.json')!r} does not say how its residual cache was sharded; run lens-digits run again")
+    cache = ResidualCache(folder, shard_size=shard_size)
+    seeds = [int(s) for s in config.seeds] if config.seeds is not None else [task.seed]
+    draws = []
+    for seed in seeds:
+        problems = [p for p in grid.problems if p.seed == seed or (p.seed is None and len(seeds) == 1)]
+        draws.append(_one_draw(cache, dataclasses.replace(task, seed=seed), config, targets, readers, plan, problems, model))
+    draw = draws[0] if len(draws) == 1 else _merge_draws(draws, seeds)
+    new = AccuracyGrid.from_scores(
+        draw.results, draw.scored, thresholds=[float(t) for t in config.thresholds], n_boot=config.n_boot, seed=task.seed
+    )
+    names = [d.name for d in readers]
+    table = _combined(grid.table, new.table, names)
+    emergence = _combined(grid.emergence, new.emergence, names)
+    info = dict(grid.info)
+    info["methods"] = {**info.get("methods", {}), **{d.name: d.settings() for d in readers}}
+    info["sweep"] = {**info.get("sweep", {}), "methods": list(dict.fromkeys([*info.get("sweep", {}).get("methods", []), *names]))}
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    info["refits"] = [*info.get("refits", []), {"methods": names, "when": when}]
+    updated = AccuracyGrid(table, grid.problems, info, emergence=emergence)
+    if save:
+        _save_in_place(updated, run_dir, folder)
+    return updated
+
+
+def _check_model(model: Any, folder: Path) -> None:
+    """The model must be the one whose residuals are cached."""
+    import json
+
+    from lens_digits.adapter import ModelAdapter
+    from lens_digits.cache import weights_fingerprint
+
+    meta = next((p for p in sorted(folder.glob("*.json"))), None)
+    if meta is None:
+        return
+    made = json.loads(meta.read_text()).get("key", {})
+    adapter = ModelAdapter.wrap(model)
+    if made.get("weights") != weights_fingerprint(adapter.model):
+        raise LensDigitsError(
+            f"the model given is not the one the cached residuals came from ({made.get('model')!r}, weights fingerprint "
+            f"{str(made.get('weights'))[:12]}); give that model"
+        )
+
+
+def _one_draw(
+    cache: ResidualCache,
+    task: TaskConfig,
+    config: SweepConfig,
+    targets: list[str],
+    readers: list[Decoder],
+    plan: dict[str, list[str]],
+    problems: list[Any],
+    model: Any = None,
+) -> _Draw:
+    """One draw's sets from the cache, as the sweep built them, and the decoders' scores on them.
+
+    Decoders that do not fit get the train and validation problems' tokens only
+    (a lens's baseline), from the cache when it has them, else from the model's tokenizer.
+    """
+    fits = any(d.fits for d in readers)
+    kind = "answer" if "answer" in targets else "first"
+    key_task = task.to_dict()
+    tests = [p for p in problems if p.split == "test"]
+    test = cache.load(tests, kind=kind, seed=task.seed, task=key_task)
+    subset = config.subset
+    keep = [i for i, p in enumerate(test.problems) if subset == "all" or p.model_correct == (subset == "solved")]
+    if not keep:
+        raise LensDigitsError(f"no test problems left in subset {subset!r}")
+    split: dict[str, ResidualSet] = {}
+    for name in ("train", "val"):
+        chosen = [p for p in problems if p.split == name]
+        if fits:
+            split[name] = cache.load(chosen, kind=kind, seed=task.seed, task=key_task)
+            continue
+        try:
+            encoded = cache.load(chosen, kind=kind, seed=task.seed, task=key_task).encoded
+        except LensDigitsError:
+            if model is None:
+                chosen, encoded = [], []
+            else:
+                from lens_digits.adapter import ModelAdapter
+                from lens_digits.targets import encode_for_model
+
+                encoded = encode_for_model(ModelAdapter.wrap(model), chosen, prepend_bos=config.prepend_bos, chat=config.chat)
+        split[name] = tokens_only(chosen, encoded, test.n_columns)
+    scored = test.select(keep)
+    sets = {"first": scored, "answer": scored}
+    if "model" in targets:
+        sets["model"] = cache.load(test.problems, kind="model", seed=task.seed, task=key_task).select(keep)
+    results = score_readers(None, readers, plan, split["train"], split["val"], sets, task.seed)
+    return _Draw(results, list(scored.problems), problems, {}, test)
+
+
+def _combined(old: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """``old`` without rows of ``methods``, then ``new``; ``old``'s column order first."""
+    kept = old[~old["method"].isin(methods)] if len(old) else old
+    columns = list(dict.fromkeys([*old.columns, *new.columns]))
+    frames = [f for f in (kept, new) if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    table = pd.concat(frames, ignore_index=True)
+    columns = [c for c in columns if c in table.columns]
+    table = table[columns]
+    for c in columns:  # breakdown columns a side did not have read "all", as in a sweep that had both
+        if table[c].dtype == object and c not in ("method", "target"):
+            table[c] = table[c].fillna("all")
+    return table
+
+
+def _save_in_place(grid: AccuracyGrid, run_dir: Path, folder: Path) -> None:
+    """Replace the run directory with the updated one, its cache carried over by renames."""
+    with Reservation(run_dir, overwrite=True) as reservation:
+        pending = pending_cache(reservation.target)
+        if folder != pending:
+            if pending.exists():
+                raise LensDigitsError(f"{str(pending)!r} is in the way (another run's residual cache); remove it or move it aside")
+            os.rename(folder, pending)
+        grid.save(run_dir, overwrite=True, reservation=reservation, cache=pending)
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """``lens-digits fit RUN_DIR --methods ...``."""
+    from lens_digits.emergence import emergence_text
+
+    model = None
+    if args.model is not None:
+        from lens_digits.models import load_model
+
+        model = load_model(args.model, device=args.device, progress=not args.no_progress)
+    grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=not args.no_progress)
+    names = parse_methods(args.methods)
+    print(grid.to_text())
+    found = grid.emergence[grid.emergence["method"].isin(names)] if not grid.emergence.empty else grid.emergence
+    if not found.empty:
+        print("\nEmergence layers: the first layer whose accuracy reaches each threshold [95% bootstrap interval]")
+        print(emergence_text(found))
+    print(f"updated {args.run_dir} with {', '.join(names)} (fitted on its cached residuals)")
+    return 0
