@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default=None, help="device of --model (default: cuda if available)")
     fit.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    study = sub.add_parser(
+        "study",
+        help="run many models x tasks, each into its own run directory, and combine them",
+        description="Read a study file (TOML: [[models]] and [[tasks]] tables, see the README), run every (model, task) "
+        "into OUT/MODEL/TASK (a finished one is kept, a killed one resumes from its cache), then write study.csv, "
+        "study_emergence.csv and study.html (faceted by model) into OUT.",
+    )
+    study.add_argument("study_file", help="the study file (.toml)")
+    study.add_argument("--out", default=None, help="the study folder (default: the file's out = ...)")
+    study.add_argument("--executor", default="local", choices=["local", "ray"], help="run units here one by one, or as Ray tasks")
+    study.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
+    study.add_argument("--no-progress", action="store_true", help="do not print each unit as it starts")
+
     plot = sub.add_parser(
         "plot",
         help="redraw a run directory's figure",
@@ -423,6 +436,19 @@ def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> No
     print(f"lens-digits: warning: {message}", file=sys.stderr)
 
 
+def _study(args: argparse.Namespace) -> int:
+    from lens_digits.study import load_study, run_study
+
+    study, out = load_study(args.study_file)
+    out = args.out or out
+    if out is None:
+        raise LensDigitsError("the study file names no folder (out = ...); give --out")
+    result = run_study(study, out, executor=args.executor, address=args.address, progress=not args.no_progress)
+    print(f"{len(result.units)} units ({len(study.models)} models x {len(study.tasks)} tasks) in {out}")
+    print(f"wrote {out}/{{study.csv, study_emergence.csv, study.html, study.json}}")
+    return 0
+
+
 def _kept_for_resume(args: argparse.Namespace) -> str:
     """Where an interrupted run's residuals wait for the same command to resume (empty if none were kept)."""
     if args.command != "run" or args.no_cache:
@@ -456,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train_model(args)
             if args.command == "plot":
                 return _plot(args)
+            if args.command == "study":
+                return _study(args)
             if args.command == "fit":
                 from lens_digits.refit import fit_command
 

@@ -44,6 +44,8 @@ class RunRecord:
         cache: Where the residuals were kept (``cache/`` in a run directory), the
             shard size, and how many problems' residuals were read back or computed.
         refits: Methods added later from the cache (``lens-digits fit``), with when.
+        study: For a run made by ``lens-digits study``: the unit it ran (model,
+            task and settings) and the model's parameter count.
     """
 
     format: str = RUN_FORMAT
@@ -61,6 +63,7 @@ class RunRecord:
     command: str | None = None
     cache: dict[str, Any] | None = None
     refits: list[dict[str, Any]] = field(default_factory=list)
+    study: dict[str, Any] | None = None
     # Schema 1 kept these at the top level; schema 2 has them in ``sweep`` too.
     subset: str | None = None
     prepend_bos: bool | None = None

@@ -216,7 +216,7 @@ def _combined(old: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.Da
     columns = [c for c in columns if c in table.columns]
     table = table[columns]
     for c in columns:  # breakdown columns a side did not have read "all", as in a sweep that had both
-        if table[c].dtype == object and c not in ("method", "target"):
+        if not pd.api.types.is_numeric_dtype(table[c]) and c not in ("method", "target"):
             table[c] = table[c].fillna("all")
     return table
 
