@@ -42,7 +42,7 @@ from lens_digits.rundir import SHARD_FILE
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import Problem
 
-__all__ = ["SHARD_FORMAT", "SHARD_SIZE", "ResidualCache", "cache_key", "tokenizer_hash", "weights_fingerprint"]
+__all__ = ["SHARD_FORMAT", "SHARD_SIZE", "ResidualCache", "cache_key", "sweep_key", "tokenizer_hash", "weights_fingerprint"]
 
 SHARD_FORMAT = "lens_digits.shard"
 SHARD_SIZE = 256
@@ -91,6 +91,12 @@ def cache_key(adapter: ModelAdapter, task: dict[str, Any], bos: int | None, chat
         "task": task,
         "shard_size": shard_size,
     }
+
+
+def sweep_key(adapter: ModelAdapter, chat: bool, prepend_bos: bool | None, shard_size: int) -> dict[str, Any]:
+    """The key of a sweep's shards, without the task (each draw adds its own): the BOS follows the sweep's settings."""
+    bos = None if chat else adapter.bos_id(prepend_bos)
+    return cache_key(adapter, {}, bos, chat, shard_size)
 
 
 def _difference(mine: Any, theirs: Any, path: str = "") -> str | None:
@@ -185,22 +191,37 @@ class ResidualCache:
         parts: list[tuple[list[int], ResidualSet]] = []
         bar = tqdm(total=len(problems), desc=f"residuals ({kind})", unit="problem", disable=not progress)
         for name, idx in self.blocks(problems, kind, seed):
-            probs, enc = [problems[i] for i in idx], [encoded[i] for i in idx]
-            self.touched.add(name)
-            found = self.read(name, key, enc, store_device)
-            if found is None:
-                part = collect_residuals(
-                    adapter, probs, encoded=enc, teacher_forcing=teacher_forcing, batch_size=batch_size, store_device=store_device
-                )
-                self.write(name, key, part)
-                self.counts["computed"] += len(idx)
-            else:
-                part = ResidualSet(found[0], found[1], probs, enc, found[2])
-                self.counts["read"] += len(idx)
+            part = self.block(
+                adapter, key, name, [problems[i] for i in idx], [encoded[i] for i in idx], teacher_forcing, batch_size, store_device
+            )
             parts.append((idx, part))
             bar.update(len(idx))
         bar.close()
         return merge_parts(parts, len(problems), adapter, store_device)
+
+    def block(
+        self,
+        adapter: ModelAdapter,
+        key: dict[str, Any],
+        name: str,
+        problems: list[Problem],
+        encoded: list[EncodedProblem],
+        teacher_forcing: bool,
+        batch_size: int = 64,
+        store_device: str | torch.device | None = None,
+    ) -> ResidualSet:
+        """One shard's residuals: read back if valid, else computed and written (what another process may do for it)."""
+        self.touched.add(name)
+        found = self.read(name, key, encoded, store_device)
+        if found is not None:
+            self.counts["read"] += len(problems)
+            return ResidualSet(found[0], found[1], problems, encoded, found[2])
+        part = collect_residuals(
+            adapter, problems, encoded=encoded, teacher_forcing=teacher_forcing, batch_size=batch_size, store_device=store_device
+        )
+        self.write(name, key, part)
+        self.counts["computed"] += len(problems)
+        return part
 
     def load(self, problems: Sequence[Problem], *, kind: str, seed: int, task: dict[str, Any]) -> ResidualSet:
         """Every shard of ``problems`` from disk, without the model (the token ids come from the shards).

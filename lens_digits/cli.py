@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and lens-digits fit can refit decoders without the model)",
     )
     hardware.add_argument("--shard-size", type=int, default=None, metavar="N", help="problems per residual cache shard (default: 256)")
+    hardware.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "ray"],
+        help="compute the residual shards here, or as Ray tasks (one per shard) on a cluster (default: local)",
+    )
+    hardware.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
     hardware.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     fit = sub.add_parser(
@@ -287,6 +294,10 @@ def _run(args: argparse.Namespace) -> int:
 
     # Reserve the output folder before any compute: a second run into it fails now, not after its sweep.
     with Reservation(args.out, args.overwrite) as reservation:
+        if args.executor == "ray" and args.no_cache:
+            raise LensDigitsError("--executor ray shares the work through the residual cache; leave out --no-cache")
+        if args.address and args.executor != "ray":
+            raise LensDigitsError("--address is for --executor ray")
         cache = None if args.no_cache else _run_cache(reservation.target, args)
         grid = _sweep(args, task, config, cache)
         if cache is not None:
@@ -343,9 +354,17 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
             encode_checked(tokenizer, problems, bos, n_ctx, chat=config.chat)
         except BoundaryMergeError as e:
             raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
+    if args.executor == "ray":  # the residual shards are computed on the cluster; this process reads them back
+        from lens_digits.executors import prefill_with_ray
+
+        gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
+        spec = {"model": args.model, "dtype": args.dtype, "device": args.device, "gpus": gpus}
+        prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=not args.no_progress)
     grid = sweep(model, task, config, cache=cache)
     grid.info["command"] = _command_line(args.argv)
+    if cache is not None:
+        grid.info["cache"] = {**grid.info.get("cache", {}), "executor": args.executor}
     return grid
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from lens_digits.errors import LensDigitsError
 
-__all__ = ["EXECUTORS", "executor_named", "run_local", "run_ray"]
+__all__ = ["EXECUTORS", "collect_block", "executor_named", "prefill_with_ray", "run_local", "run_ray"]
 
 Units = list[dict[str, Any]]
 
@@ -58,8 +58,8 @@ def local_ray_settings() -> dict[str, Any]:
     return {"_node_ip_address": "127.0.0.1", "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
 
 
-def run_ray(units: Units, *, address: str | None = None, progress: bool = False) -> Units:
-    """One Ray task per unit; results in the units' order.
+def run_ray(units: Units, *, address: str | None = None, progress: bool = False, work: Callable[..., Any] | None = None) -> Units:
+    """One Ray task per unit (``work(unit)``, by default a study unit); results in the units' order.
 
     Raises:
         LensDigitsError: Ray is not installed, or the cluster cannot be reached.
@@ -71,8 +71,10 @@ def run_ray(units: Units, *, address: str | None = None, progress: bool = False)
         raise LensDigitsError(
             "--executor ray needs Ray, an optional extra: pip install 'lens-digits[ray]' (from a checkout: pip install -e '.[ray]')"
         ) from None
-    from lens_digits.study import run_unit
+    if work is None:
+        from lens_digits.study import run_unit
 
+        work = run_unit
     started = False
     if not ray.is_initialized():
         try:
@@ -84,7 +86,7 @@ def run_ray(units: Units, *, address: str | None = None, progress: bool = False)
             raise LensDigitsError(f"cannot start or reach the Ray cluster {address or '(local)'}: {e}") from None
         started = True
     try:
-        task = ray.remote(run_unit)
+        task = ray.remote(work)
         refs = [task.options(num_cpus=int(u["threads"]), num_gpus=float(u["model"].get("gpus", 0)), max_retries=1).remote(u) for u in units]
         if progress:
             print(f"{len(refs)} units sent to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs in the cluster)", flush=True)
@@ -106,3 +108,109 @@ def executor_named(name: str, *, address: str | None = None, progress: bool = Fa
             raise LensDigitsError("--address is for --executor ray")
         return lambda units: run_local(units, progress=progress)
     return lambda units: run_ray(units, address=address, progress=progress)
+
+
+# ---- one run's residual shards, spread over a Ray cluster -------------------------------------------
+
+_MODELS: dict[tuple[str, str | None, str | None], Any] = {}  # one model per Ray worker process and setting
+
+
+def _model(spec: dict[str, Any]) -> Any:
+    from lens_digits.models import load_model
+
+    key = (spec["model"], spec.get("dtype"), spec.get("device"))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(spec["model"], device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
+    return _MODELS[key]
+
+
+def shard_units(model: dict[str, Any], task: Any, config: Any, cache: Any, threads: int) -> Units:
+    """One unit per residual shard of a sweep (``lens-digits run --executor ray``): what the sweep itself would collect."""
+    import dataclasses
+    import warnings
+
+    from lens_digits.decoders.base import DECODERS
+    from lens_digits.sweep import residual_kind, residual_rows
+    from lens_digits.tasks import generate_problems
+
+    fits = config.cache_train or any(DECODERS[m].fits for m in config.methods if m in DECODERS)
+    kind = residual_kind(config.targets)
+    units = []
+    for seed in [int(s) for s in config.seeds] if config.seeds is not None else [task.seed]:
+        draw = dataclasses.replace(task, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            problems = generate_problems(draw)
+        run = [problems[i] for i in residual_rows(problems, fits)]
+        for name, idx in cache.blocks(run, kind, seed):
+            units.append(
+                {
+                    "model": model,
+                    "task": draw.to_dict(),
+                    "sweep": config.to_dict(),
+                    "fits": fits,
+                    "kind": kind,
+                    "name": name,
+                    "rows": idx,
+                    "cache": {
+                        "folder": str(cache.folder),
+                        "read_also": [str(f) for f in cache.read_also],
+                        "discard_other_settings": cache.discard_other_settings,
+                        "shard_size": cache.shard_size,
+                    },
+                    "threads": threads,
+                }
+            )
+    return units
+
+
+def collect_block(unit: dict[str, Any]) -> dict[str, Any]:
+    """One residual shard of a sweep, computed (or found valid) and written into the cache folder: a Ray task's work."""
+    import warnings
+
+    import torch
+
+    from lens_digits.adapter import ModelAdapter
+    from lens_digits.cache import ResidualCache, sweep_key
+    from lens_digits.config import SweepConfig
+    from lens_digits.sweep import residual_rows
+    from lens_digits.targets import encode_for_model
+    from lens_digits.tasks import TaskConfig, generate_problems
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(unit["threads"]))
+    try:
+        adapter = ModelAdapter.wrap(_model(unit["model"]))
+        task, config = TaskConfig.from_dict(unit["task"]), SweepConfig.from_dict(unit["sweep"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            problems = generate_problems(task)
+        run = [problems[i] for i in residual_rows(problems, unit["fits"])]
+        chosen = [run[i] for i in unit["rows"]]
+        encoded = encode_for_model(adapter, chosen, prepend_bos=config.prepend_bos, chat=config.chat)
+        settings = unit["cache"]
+        cache = ResidualCache(
+            settings["folder"],
+            read_also=settings["read_also"],
+            discard_other_settings=settings["discard_other_settings"],
+            shard_size=settings["shard_size"],
+        )
+        key = {**sweep_key(adapter, config.chat, config.prepend_bos, cache.shard_size), "task": task.to_dict()}
+        cache.block(adapter, key, unit["name"], chosen, encoded, unit["kind"] != "first", config.batch_size, "cpu")
+        return {"name": unit["name"], **cache.counts}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def prefill_with_ray(
+    model: dict[str, Any], task: Any, config: Any, cache: Any, *, address: str | None = None, progress: bool = False
+) -> Units:
+    """Compute a sweep's missing residual shards as Ray tasks (one per shard); the sweep then reads them all back."""
+    import torch
+
+    units = shard_units(model, task, config, cache, torch.get_num_threads())
+    gpus = float(model.get("gpus", 0))
+    for unit in units:
+        unit["model"] = {**unit["model"], "gpus": gpus}
+    return run_ray(units, address=address, progress=progress, work=collect_block)

@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 
 from lens_digits.adapter import ModelAdapter
-from lens_digits.cache import ResidualCache, cache_key
+from lens_digits.cache import ResidualCache, sweep_key
 from lens_digits.carries import add_column_breakdown
 from lens_digits.config import SweepConfig, parse_methods
 from lens_digits.decoders.base import Decoder, Scores, Target, make_decoder
@@ -217,8 +217,7 @@ def sweep(
     base = None
     if cache is not None:
         cache.clear_partial()
-        bos = None if config.chat else adapter.bos_id(config.prepend_bos)
-        base = cache_key(adapter, {}, bos, config.chat, cache.shard_size)
+        base = sweep_key(adapter, config.chat, config.prepend_bos, cache.shard_size)
     draws = [_one_draw(adapter, dataclasses.replace(task, seed=seed), config, readers, plan, cache, base) for seed in seeds]
     draw = draws[0] if len(draws) == 1 else _merge_draws(draws, seeds)
     results, scored, problems, runs, data = draw.results, draw.scored, draw.problems, draw.runs, draw.data
@@ -276,8 +275,7 @@ def _one_draw(
     _warn_unknown_tokens(adapter, problems, encoded)
     _warn_builtin_untrained(adapter, task)
     fits = any(getattr(d, "fits", False) for d in readers) or config.cache_train
-    # The model runs on the test problems, and on train and validation problems only for decoders that fit.
-    run = [i for i, p in enumerate(problems) if fits or p.split == "test"]
+    run = residual_rows(problems, fits)
     common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
 
     def collect(probs: list[Problem], enc: list[EncodedProblem], kind: str) -> ResidualSet:
@@ -287,7 +285,7 @@ def _one_draw(
         shard_key = {**(key or {}), "task": task.to_dict()}
         return cache.collect(adapter, shard_key, probs, enc, kind=kind, seed=task.seed, teacher_forcing=forcing, **common)
 
-    data = collect([problems[i] for i in run], [encoded[i] for i in run], "answer" if "answer" in targets else "first")
+    data = collect([problems[i] for i in run], [encoded[i] for i in run], residual_kind(targets))
     runs = {"residuals": len(run), "greedy": 0}
     test_idx = [j for j, p in enumerate(data.problems) if p.split == "test"]
     test = data.select(test_idx)
@@ -330,6 +328,16 @@ def _one_draw(
             noted = {id(old): new for old, new in zip(scored.problems, scored_problems, strict=True)}
             problems = [noted.get(id(p), p) for p in problems]
     return _Draw(results, scored_problems, problems, runs, data)
+
+
+def residual_rows(problems: Sequence[Problem], fits: bool) -> list[int]:
+    """The problems a sweep collects residuals of: the test problems, and train and validation ones for decoders that fit."""
+    return [i for i, p in enumerate(problems) if fits or p.split == "test"]
+
+
+def residual_kind(targets: Sequence[str]) -> str:
+    """``answer`` (teacher forcing: every answer position) when target ``answer`` is scored, else ``first`` (the last prompt position)."""
+    return "answer" if "answer" in targets else "first"
 
 
 def score_readers(

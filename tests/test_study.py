@@ -152,17 +152,3 @@ def test_the_same_study_through_a_local_ray_cluster_gives_the_same_bytes(small_d
     for unit in ("arith-llama/add", "arith-llama/spaced", "small/add", "small/spaced"):
         for name in ("grid.csv", "emergence.csv", "prompts.jsonl"):
             assert (tmp_path / "ray" / unit / name).read_bytes() == (tmp_path / "local" / unit / name).read_bytes(), (unit, name)
-
-
-def test_executor_errors_say_what_to_do(monkeypatch):
-    import sys
-
-    from lens_digits.executors import executor_named, run_ray
-
-    with pytest.raises(LensDigitsError, match="unknown executor 'slurm'"):
-        executor_named("slurm")
-    with pytest.raises(LensDigitsError, match="--address is for --executor ray"):
-        executor_named("local", address="127.0.0.1:6379")
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    with pytest.raises(LensDigitsError, match=r"needs Ray, an optional extra: pip install 'lens-digits\[ray\]'"):
-        run_ray([])

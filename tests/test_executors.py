@@ -1,0 +1,53 @@
+"""Executors: one run's residual shards computed as Ray tasks give the same bytes as a local run; errors say what to do."""
+
+import json
+import sys
+import warnings
+
+import pytest
+
+from lens_digits.cli import main
+from lens_digits.errors import LensDigitsError
+from lens_digits.executors import executor_named, run_ray
+
+RUN = ["run", "--scales", "1-2", "--n", "12", "--methods", "logit_lens,probe", "--target", "both", "--seed", "2", "--no-progress"]
+
+
+def cli(*args: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return main(list(args))
+
+
+@pytest.mark.slow
+def test_a_run_whose_shards_are_computed_by_ray_tasks_equals_a_local_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    from lens_digits.executors import local_ray_settings
+
+    settings = local_ray_settings()  # before Ray is imported
+    ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
+    assert cli(*RUN, "--shard-size", "8", "--out", str(tmp_path / "local")) == 0
+    ray.init(num_cpus=2, **settings)
+    try:
+        assert cli(*RUN, "--shard-size", "8", "--out", str(tmp_path / "ray"), "--executor", "ray") == 0
+    finally:
+        ray.shutdown()
+    for name in ("grid.csv", "emergence.csv", "prompts.jsonl"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    cache = json.loads((tmp_path / "ray" / "run.json").read_text())["cache"]
+    local = json.loads((tmp_path / "local" / "run.json").read_text())["cache"]
+    assert cache["executor"] == "ray" and cache["problems"] == {"read": local["problems"]["computed"], "computed": 0}
+    assert not (tmp_path / "home").exists()
+
+
+def test_executor_errors_say_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(LensDigitsError, match="unknown executor 'slurm'"):
+        executor_named("slurm")
+    with pytest.raises(LensDigitsError, match="--address is for --executor ray"):
+        executor_named("local", address="127.0.0.1:6379")
+    assert cli(*RUN, "--out", str(tmp_path / "a"), "--executor", "ray", "--no-cache") == 2
+    assert cli(*RUN, "--out", str(tmp_path / "b"), "--address", "127.0.0.1:6379") == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(LensDigitsError, match=r"needs Ray, an optional extra: pip install 'lens-digits\[ray\]'"):
+        run_ray([])
