@@ -13,13 +13,24 @@ Every contender must give the same grid. Model: a randomly initialised Qwen2
 (hidden 512, 12 layers, vocabulary ``--vocab``; see ``sweep_floor.py``) or the
 built-in model.
 
+``--cap-mib N`` instead runs one sweep with the cache and one without, each in a
+child process inside a fresh memory cgroup capped at N MiB (cgroup v1 or v2; it
+needs permission to make one, as root in a container has), with residuals
+several times larger than the cap: with the cache they are assembled in a
+memory-mapped file, pages the kernel writes out and reads back under the cap;
+without it they are process memory, and the kernel kills the process.
+
     python benchmarks/cache.py --vocab 32000 --n 200 --target answer --methods logit_lens
     python benchmarks/cache.py --model builtin --n 200 --target answer --methods logit_lens,probe
+    python benchmarks/cache.py --vocab 2000 --scales 4-6 --n 6000 --target answer --cap-mib 1536
 """
 
 import argparse
+import json
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +43,70 @@ from sweep_floor import SHAPE, build  # noqa: E402
 import lens_digits as ld  # noqa: E402
 from lens_digits.cache import ResidualCache  # noqa: E402
 
+CHILD = """
+import json, resource, sys, tempfile, time, warnings
+import lens_digits as ld
+from lens_digits.cache import ResidualCache
+folder, scales, n, target, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+model = ld.load_model(folder, device="cpu", progress=False)
+cache = ResidualCache(tempfile.mkdtemp(prefix="lens-digits-capped-")) if mode == "cache" else None
+start = time.perf_counter()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    grid = ld.run_sweep(model, scales=scales, n_per_scale=n, target=target, methods=["logit_lens"], cache=cache)
+size = sum(f.stat().st_size for f in cache.folder.iterdir() if f.suffix == ".safetensors") if cache else 0
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "shards": size, "cells": len(grid.table)}))
+"""
+
+
+def _cgroup(cap: int) -> tuple[Path, Path]:
+    """A fresh memory cgroup (v2, else v1) beside this process's own, capped at ``cap`` bytes: (folder, limit file)."""
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    v2 = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), None)
+    v1 = next((line.split(":", 2)[2] for line in lines if ":memory:" in line), None)
+    if v1 is not None and Path("/sys/fs/cgroup/memory").is_dir():
+        folder, limit = Path("/sys/fs/cgroup/memory") / v1.lstrip("/") / f"lens-digits-bench-{os.getpid()}", "memory.limit_in_bytes"
+    elif v2 is not None:
+        folder, limit = Path("/sys/fs/cgroup") / v2.lstrip("/") / f"lens-digits-bench-{os.getpid()}", "memory.max"
+    else:
+        raise SystemExit("no memory cgroup found: --cap-mib needs cgroups")
+    folder.mkdir()
+    (folder / limit).write_text(str(cap))
+    return folder, folder / limit
+
+
+def capped(args) -> int:
+    folder = build(args.vocab, SHAPE)[0]
+    cap = args.cap_mib * 2**20
+    print(
+        f"qwen2 (vocab {args.vocab}), scales {args.scales}, {args.n} test problems a scale, target {args.target}, logit_lens; "
+        f"memory capped at {args.cap_mib} MiB"
+    )
+    print("| | outcome | residual shards | peak RSS | wall s |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode in ("cache", "no cache"):
+        group, _ = _cgroup(cap)
+        try:
+            child = [sys.executable, "-c", CHILD, folder, args.scales, str(args.n), args.target, mode.replace(" ", "-")]
+            enter = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(group / "cgroup.procs")]  # the child starts inside the cgroup
+            p = subprocess.run([*enter, *child], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        finally:
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        if p.returncode == 0:
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            shards = f"{r['shards'] / 2**20:,.0f} MiB" if r["shards"] else "-"
+            print(f"| {mode} | completed | {shards} | {r['peak_rss'] / 2**20:,.0f} MiB | {r['seconds']:.1f} |")
+        else:
+            print(f"| {mode} | killed (exit {p.returncode}: out of memory under the cap) | - | - | - |")
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +116,11 @@ def main() -> int:
     p.add_argument("--target", default="answer")
     p.add_argument("--methods", default="logit_lens")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scales", default="1-3", help="digit scales (for --cap-mib)")
+    p.add_argument("--cap-mib", type=int, default=None, help="run the capped-memory comparison under this many MiB")
     args = p.parse_args()
+    if args.cap_mib is not None:
+        return capped(args)
     model = ld.load_builtin_model() if args.model == "builtin" else build(args.vocab, SHAPE)[2]
     kw = dict(scales="1-3", n_per_scale=args.n, target=args.target, methods=args.methods.split(","), seed=0)
     wall: dict[str, list[float]] = {"no cache": [], "cache, cold": [], "cache, warm": []}

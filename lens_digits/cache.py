@@ -26,6 +26,7 @@ run removes.
 import hashlib
 import json
 import os
+import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
-from lens_digits.residuals import ResidualSet, collect_residuals
+from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
 from lens_digits.rundir import SHARD_FILE
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import Problem
@@ -188,16 +189,46 @@ class ResidualCache:
     ) -> ResidualSet:
         """The residuals of ``problems``, read from valid shards and computed (and written) for the rest."""
         problems, encoded = list(problems), list(encoded)
-        parts: list[tuple[list[int], ResidualSet]] = []
+        if not problems:
+            raise LensDigitsError("no problems to collect residuals for")
+        target_ids = gold_ids(encoded, teacher_forcing)
+        device = torch.device(store_device) if store_device is not None else adapter.device
+        out = self.assemble(len(problems), adapter.n_layers + 1, target_ids.shape[1], adapter.d_model, device)
         bar = tqdm(total=len(problems), desc=f"residuals ({kind})", unit="problem", disable=not progress)
+        info: dict[str, Any] = {}
         for name, idx in self.blocks(problems, kind, seed):
             part = self.block(
                 adapter, key, name, [problems[i] for i in idx], [encoded[i] for i in idx], teacher_forcing, batch_size, store_device
             )
-            parts.append((idx, part))
+            _put(out, idx, part.resid)
+            info = info or dict(part.info)
+            del part  # one shard at a time is held besides the assembled residuals
             bar.update(len(idx))
         bar.close()
-        return merge_parts(parts, len(problems), adapter, store_device)
+        info.update(n_layers=adapter.n_layers, d_model=adapter.d_model, model_dtype=str(adapter.dtype).replace("torch.", ""))
+        return ResidualSet(out, target_ids.to(out.device), problems, encoded, info)
+
+    def assemble(self, n: int, n_columns: int, n_pos: int, d_model: int, device: torch.device) -> Tensor:
+        """Zeros to assemble ``n`` problems' residuals in: on the CPU, memory-mapped from a file in the cache folder.
+
+        The file is unlinked as soon as it is mapped, so nothing is left on disk,
+        and the residuals are pages the kernel can write out and read back under
+        memory pressure instead of memory the process holds: a sweep whose
+        residuals are larger than its memory streams through them.
+        """
+        shape = (n, n_columns, n_pos, d_model)
+        if device.type != "cpu" or n * n_columns * n_pos * d_model == 0:
+            return torch.zeros(shape, dtype=torch.float32, device=device)
+        import numpy as np
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f".assembled-{os.getpid()}-{secrets.token_hex(4)}.part"
+        array = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+        try:
+            path.unlink()
+        except OSError:  # a system that cannot unlink an open file: clear_partial removes it next time
+            pass
+        return torch.from_numpy(array)
 
     def block(
         self,
@@ -230,8 +261,8 @@ class ResidualCache:
             LensDigitsError: A shard is missing or damaged, the shards disagree
                 on their settings, or were made for another task than ``task``.
         """
-        parts = []
         key: dict[str, Any] | None = None
+        metas = []
         for name, idx in self.blocks(problems, kind, seed):
             meta = self._meta(name)
             if meta is None:
@@ -245,13 +276,32 @@ class ResidualCache:
                 if differs:
                     raise LensDigitsError(f"the residual cache {str(self.folder)!r} was made for other problems: task.{differs}")
             encoded = [EncodedProblem(tuple(p), tuple(a), d) for p, a, d in meta.get("encoded", [])]
+            if len(encoded) != len(idx):
+                raise LensDigitsError(self._damaged(name))
+            metas.append((name, idx, encoded))
+        if key is None:
+            raise LensDigitsError("no problems to load residuals for")
+        all_encoded: list[Any] = [None] * len(problems)
+        for _, idx, encoded in metas:
+            for k, i in enumerate(idx):
+                all_encoded[i] = encoded[k]
+        target_ids = gold_ids(all_encoded, kind != "first")
+        out: Tensor | None = None
+        info: dict[str, Any] = {}
+        for name, idx, encoded in metas:
             found = self.read(name, key, encoded, "cpu")
-            if found is None or len(encoded) != len(idx):
-                raise LensDigitsError(
-                    f"residual shard {name} in {str(self.folder)!r} is damaged; run lens-digits run again to recompute it"
-                )
-            parts.append((idx, ResidualSet(found[0], found[1], [problems[i] for i in idx], encoded, found[2])))
-        return merge_parts(parts, len(problems), None, "cpu")
+            if found is None:
+                raise LensDigitsError(self._damaged(name))
+            if out is None:
+                n_columns, d_model = found[0].shape[1], found[0].shape[3]
+                out = self.assemble(len(problems), n_columns, target_ids.shape[1], d_model, torch.device("cpu"))
+                info = found[2]
+            _put(out, idx, found[0])
+        assert out is not None
+        return ResidualSet(out, target_ids, list(problems), all_encoded, info)
+
+    def _damaged(self, name: str) -> str:
+        return f"residual shard {name} in {str(self.folder)!r} is damaged; run lens-digits run again to recompute it"
 
     def _meta(self, name: str) -> dict[str, Any] | None:
         try:
@@ -344,23 +394,9 @@ class ResidualCache:
                     p.unlink(missing_ok=True)
 
 
-def merge_parts(parts: list[tuple[list[int], ResidualSet]], n: int, adapter: ModelAdapter | None, store_device: Any) -> ResidualSet:
-    """Shards back into one residual set in the problems' order (answer positions padded to the longest)."""
-    if not parts:
-        raise LensDigitsError("no problems to collect residuals for")
-    first = parts[0][1]
-    n_pos = max(p.resid.shape[2] for _, p in parts)
-    resid = torch.zeros(n, first.resid.shape[1], n_pos, first.resid.shape[3], dtype=torch.float32, device=first.resid.device)
-    target_ids = torch.full((n, n_pos), -1, dtype=torch.long, device=first.target_ids.device)
-    problems: list[Any] = [None] * n
-    encoded: list[Any] = [None] * n
-    for idx, part in parts:
-        rows = torch.tensor(idx, dtype=torch.long, device=resid.device)
-        resid[rows, :, : part.resid.shape[2]] = part.resid.to(resid.device)
-        target_ids[rows.to(target_ids.device), : part.target_ids.shape[1]] = part.target_ids.to(target_ids.device)
-        for k, i in enumerate(idx):
-            problems[i], encoded[i] = part.problems[k], part.encoded[k]
-    info = dict(first.info)
-    if adapter is not None:
-        info.update(n_layers=adapter.n_layers, d_model=adapter.d_model, model_dtype=str(adapter.dtype).replace("torch.", ""))
-    return ResidualSet(resid, target_ids, problems, encoded, info)
+def _put(out: Tensor, idx: list[int], resid: Tensor) -> None:
+    """Copy one shard's residuals into their rows (a shard's answer positions may be fewer than the longest)."""
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        out[idx[0] : idx[0] + len(idx), :, : resid.shape[2]] = resid.to(out.device)
+    else:
+        out[torch.tensor(idx, dtype=torch.long, device=out.device), :, : resid.shape[2]] = resid.to(out.device)

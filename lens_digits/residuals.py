@@ -89,12 +89,21 @@ class ResidualSet:
         return torch.tensor([p.scale for p in self.problems], dtype=torch.long)
 
     def select(self, index: Sequence[int] | Tensor) -> "ResidualSet":
-        """A subset of the problems, in the given order."""
+        """A subset of the problems, in the given order.
+
+        A run of consecutive problems is a view of these residuals (no copy: a
+        memory-mapped set stays mapped); any other subset is a copy.
+        """
         idx = torch.as_tensor(index, dtype=torch.long).reshape(-1)
         keep = idx.tolist()
+        if keep and keep == list(range(keep[0], keep[0] + len(keep))):
+            rows: slice | Tensor = slice(keep[0], keep[0] + len(keep))
+            resid, target_ids = self.resid[rows], self.target_ids[rows]
+        else:
+            resid, target_ids = self.resid[idx.to(self.resid.device)], self.target_ids[idx.to(self.target_ids.device)]
         return ResidualSet(
-            self.resid[idx.to(self.resid.device)],
-            self.target_ids[idx.to(self.target_ids.device)],
+            resid,
+            target_ids,
             [self.problems[i] for i in keep],
             [self.encoded[i] for i in keep],
             dict(self.info),

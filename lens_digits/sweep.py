@@ -331,8 +331,12 @@ def _one_draw(
 
 
 def residual_rows(problems: Sequence[Problem], fits: bool) -> list[int]:
-    """The problems a sweep collects residuals of: the test problems, and train and validation ones for decoders that fit."""
-    return [i for i, p in enumerate(problems) if fits or p.split == "test"]
+    """The problems a sweep collects residuals of: the test problems, and train and validation ones for decoders that fit.
+
+    Split by split (each in the problems' order), so that each split's residuals are one run of rows: a view, not a copy.
+    """
+    splits = ("test", "train", "val") if fits else ("test",)
+    return [i for split in splits for i, p in enumerate(problems) if p.split == split]
 
 
 def residual_kind(targets: Sequence[str]) -> str:

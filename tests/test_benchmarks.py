@@ -56,3 +56,10 @@ def test_patching_benchmark_runs():
     proc = run(BENCH / "readings.py", "--part", "patch", "--model", "builtin", "--n", "10", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| patch, target first |" in proc.stdout and "pairs" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cache_benchmark_runs_and_its_contenders_agree():
+    proc = run(BENCH / "cache.py", "--model", "builtin", "--n", "10", "--repeats", "1", "--target", "first")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| cache, cold |" in proc.stdout and "| cache, warm |" in proc.stdout and "MiB" in proc.stdout

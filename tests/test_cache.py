@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import lens_digits as ld
 from lens_digits import rundir
@@ -202,3 +203,31 @@ def test_a_run_killed_at_any_point_resumes_to_a_byte_identical_grid(tmp_path):
         for name in ("grid.csv", "emergence.csv", "prompts.jsonl"):
             assert (out / name).read_bytes() == (reference / name).read_bytes(), (kill_after, name)
         assert not pending.exists()
+
+
+def test_collected_residuals_are_memory_mapped_and_leave_no_file_behind(builtin, tmp_path):
+    from lens_digits.adapter import ModelAdapter
+    from lens_digits.cache import sweep_key
+    from lens_digits.residuals import collect_residuals
+    from lens_digits.targets import encode_for_model
+    from lens_digits.tasks import TaskConfig, generate_problems
+
+    adapter = ModelAdapter.wrap(builtin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        problems = [p for p in generate_problems(TaskConfig(scales=[2, 3], n_per_scale=10, n_train=12, n_val=4)) if p.split != "val"]
+    problems = [p for p in problems if p.split == "test"] + [p for p in problems if p.split == "train"]
+    encoded = encode_for_model(adapter, problems)
+    cache = ResidualCache(tmp_path / "c", shard_size=8)
+    key = {**sweep_key(adapter, False, None, 8), "task": {}}
+    data = cache.collect(adapter, key, problems, encoded, kind="answer", seed=0, teacher_forcing=True)
+    mapped = [line for line in Path("/proc/self/maps").read_text().splitlines() if ".assembled-" in line]
+    assert mapped and all(line.endswith("(deleted)") for line in mapped)  # file-backed pages, the file already gone
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]
+    plain = collect_residuals(adapter, problems, encoded=encoded, teacher_forcing=True)
+    assert torch.allclose(data.resid, plain.resid, atol=1e-5) and torch.equal(data.target_ids, plain.target_ids)
+    test = data.split("test")  # one run of rows: a view of the mapping, not a copy
+    assert test.resid.untyped_storage().data_ptr() == data.resid.untyped_storage().data_ptr()
+    assert torch.allclose(test.resid, plain.split("test").resid, atol=1e-5)
+    back = ResidualCache(tmp_path / "c", shard_size=8).load(problems, kind="answer", seed=0, task={})
+    assert torch.equal(back.resid, data.resid) and torch.equal(back.target_ids, data.target_ids)
