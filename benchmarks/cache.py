@@ -22,7 +22,7 @@ without it they are process memory, and the kernel kills the process.
 
     python benchmarks/cache.py --vocab 32000 --n 200 --target answer --methods logit_lens
     python benchmarks/cache.py --model builtin --n 200 --target answer --methods logit_lens,probe
-    python benchmarks/cache.py --vocab 2000 --scales 4-6 --n 6000 --target answer --cap-mib 1536
+    python benchmarks/cache.py --vocab 2000 --scales 4-6 --n 4000 --target answer --cap-mib 1400
 """
 
 import argparse

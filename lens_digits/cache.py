@@ -26,6 +26,7 @@ run removes.
 import hashlib
 import json
 import os
+import re
 import secrets
 import warnings
 from collections.abc import Iterator, Sequence
@@ -387,11 +388,26 @@ class ResidualCache:
                     os.replace(meta, self.folder / meta.name)
 
     def clear_partial(self) -> None:
-        """Remove temporary files that killed runs left in the folder."""
+        """Remove temporary files that runs left in the folder when they were killed (those of live processes stay)."""
         if self.folder.is_dir():
             for p in self.folder.iterdir():
-                if p.name.startswith(".") and p.name.endswith(".part"):
+                if p.name.startswith(".") and p.name.endswith(".part") and not _alive(p.name):
                     p.unlink(missing_ok=True)
+
+
+def _alive(name: str) -> bool:
+    """Whether the process whose id a temporary file's name carries (``.NAME.PID.part``, ``.assembled-PID-X.part``) still runs."""
+    found = re.search(r"[.-](\d+)[.-][^.]*\.part$|\.(\d+)\.part$", name)
+    pid = int(next(g for g in found.groups() if g)) if found else None
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _put(out: Tensor, idx: list[int], resid: Tensor) -> None:

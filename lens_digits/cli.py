@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "HTML (and a static PNG with --png). Writes RUN_DIR/heatmap-<choices>.html unless --out names another file.",
     )
     plot.add_argument("run_dir", help="a run directory written by lens-digits run")
-    _figure_arguments(plot)
+    from lens_digits.redraw import figure_arguments
+
+    figure_arguments(plot)
     plot.add_argument("--out", default=None, help="file to write: .html, or .png, .svg, .pdf (static export: kaleido and Chrome)")
     plot.add_argument("--png", action="store_true", help="also write a PNG beside the HTML (needs kaleido and Chrome or Chromium)")
 
@@ -151,123 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--overwrite", action="store_true", help="replace a checkpoint folder written by train-model at --out")
     tm.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
-
-
-def _figure_arguments(parser: argparse.ArgumentParser) -> None:
-    from lens_digits.config import COLORSCALES
-
-    parser.add_argument("--method", default=None, help="one method (default: all, one panel each)")
-    parser.add_argument("--target", default=None, help="one target (default: all)")
-    parser.add_argument("--place", default=None, help="one digit place of the breakdown: units, tens, ... (default: whole cells)")
-    parser.add_argument(
-        "--row",
-        action="append",
-        default=[],
-        metavar="COLUMN=LABEL",
-        help="breakdown rows to draw, e.g. carries=1 or carry_in=yes (repeatable; default: whole cells)",
-    )
-    parser.add_argument(
-        "--value",
-        default="accuracy",
-        help="column to draw: accuracy; lenses: gold_prob, within_1, numeric, ...; probes: control, chance, selectivity "
-        "(default: accuracy)",
-    )
-    parser.add_argument("--kind", default="heatmap", choices=["heatmap", "lines"], help="heatmap, or accuracy against layer per scale")
-    parser.add_argument("--facet", default=None, metavar="COLUMN", help="a column of panels per label of a breakdown: place, carries, seed")
-    parser.add_argument("--text", action="store_true", help="write each cell's value in it")
-    parser.add_argument("--colorscale", default="Viridis", choices=COLORSCALES, help="heatmap colour scale (default: Viridis)")
-    parser.add_argument("--no-markers", action="store_true", help="leave out the emergence-layer markers")
-
-
-def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
-    """Write a figure as HTML or a static image, atomically; refuse to replace a file the user made."""
-    import os
-    import tempfile
-
-    from lens_digits.errors import OutputError
-    from lens_digits.plotting import static_image
-
-    if out.exists() and not replace:
-        raise OutputError(f"{str(out)!r} exists; choose another --out")
-    suffix = out.suffix.lower()
-    if suffix not in (".html", ".png", ".svg", ".pdf"):
-        raise LensDigitsError(f"--out {str(out)!r}: write .html, .png, .svg or .pdf")
-    data = (
-        fig.to_html(include_plotlyjs=True, full_html=True).encode() if suffix == ".html" else static_image(fig, format=suffix[1:], scale=2)
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _plot(args: argparse.Namespace) -> int:
-    from lens_digits.grid import AccuracyGrid
-    from lens_digits.rundir import FIGURE_NAME
-
-    grid = AccuracyGrid.load(args.run_dir)
-    if args.method or args.target:
-        keep = grid.table
-        for column, label in (("method", args.method), ("target", args.target)):
-            if label is not None:
-                if label not in set(keep[column]):
-                    raise LensDigitsError(f"{args.run_dir!r} has no {column} {label!r}; it has {sorted(set(grid.table[column]))}")
-                keep = keep[keep[column] == label]
-        emergence = grid.emergence
-        for column, label in (("method", args.method), ("target", args.target)):
-            if label is not None:
-                emergence = emergence[emergence[column] == label]
-        grid = AccuracyGrid(keep, grid.problems, grid.info, emergence=emergence)
-    rows = {"place": args.place} if args.place else {}
-    for item in args.row:
-        column, sep, label = item.partition("=")
-        if not sep or not column or not label:
-            raise LensDigitsError(f"--row {item!r}: write COLUMN=LABEL, e.g. carries=1")
-        rows[column.strip()] = label.strip()
-    fig = grid.figure(
-        value=args.value, kind=args.kind, facet=args.facet, text=args.text, colorscale=args.colorscale, markers=not args.no_markers, **rows
-    )
-    picked = (v if k == "place" else f"{k}{v}" for k, v in rows.items())
-    choices = [args.method, args.target, *picked, None if args.value == "accuracy" else args.value]
-    choices += [None if args.kind == "heatmap" else args.kind, f"by-{args.facet}" if args.facet else None]
-    choices = [str(c).replace(" ", "") for c in choices if c]
-    default = Path(args.run_dir) / ("heatmap-" + "-".join(choices) + ".html" if choices else "heatmap-redrawn.html")
-    out = Path(args.out) if args.out else default
-    ours = out.parent.resolve() == Path(args.run_dir).resolve() and FIGURE_NAME.fullmatch(out.name) is not None
-    written = [_write_figure(fig, out, replace=ours)]
-    if args.png and out.suffix == ".html":
-        written.append(_write_figure(fig, out.with_suffix(".png"), replace=ours))
-    print("wrote " + ", ".join(str(w) for w in written))
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from lens_digits.grid import AccuracyGrid
-
-    a, b = AccuracyGrid.load(args.run_a), AccuracyGrid.load(args.run_b)
-    labels = (Path(args.run_a).name or "A", Path(args.run_b).name or "B")
-    if labels[0] == labels[1]:
-        labels = ("A", "B")
-    diff = a.compare(b, labels)
-    print(diff.to_text())
-    if args.out:
-        print(f"wrote {_write_figure(diff.figure(), Path(args.out), replace=False)}")
-    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -455,19 +340,6 @@ def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> No
     print(f"lens-digits: warning: {message}", file=sys.stderr)
 
 
-def _study(args: argparse.Namespace) -> int:
-    from lens_digits.study import load_study, run_study
-
-    study, out = load_study(args.study_file)
-    out = args.out or out
-    if out is None:
-        raise LensDigitsError("the study file names no folder (out = ...); give --out")
-    result = run_study(study, out, executor=args.executor, address=args.address, progress=not args.no_progress)
-    print(f"{len(result.units)} units ({len(study.models)} models x {len(study.tasks)} tasks) in {out}")
-    print(f"wrote {out}/{{study.csv, study_emergence.csv, study.html, study.json}}")
-    return 0
-
-
 def _kept_for_resume(args: argparse.Namespace) -> str:
     """Where an interrupted run's residuals wait for the same command to resume (empty if none were kept)."""
     if args.command != "run" or args.no_cache:
@@ -500,15 +372,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "train-model":
                 return _train_model(args)
             if args.command == "plot":
-                return _plot(args)
+                from lens_digits.redraw import plot_command
+
+                return plot_command(args)
             if args.command == "study":
-                return _study(args)
+                from lens_digits.study import study_command
+
+                return study_command(args)
             if args.command == "fit":
                 from lens_digits.refit import fit_command
 
                 return fit_command(args)
             if args.command == "compare":
-                return _compare(args)
+                from lens_digits.redraw import compare_command
+
+                return compare_command(args)
     except LensDigitsError as e:
         print(f"lens-digits: error: {_flagged(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -36,6 +36,7 @@ An example::
     answer_prefix = ""
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -396,3 +397,15 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """``lens-digits study STUDY.toml``."""
+    study, out = load_study(args.study_file)
+    out = args.out or out
+    if out is None:
+        raise LensDigitsError("the study file names no folder (out = ...); give --out")
+    result = run_study(study, out, executor=args.executor, address=args.address, progress=not args.no_progress)
+    print(f"{len(result.units)} units ({len(study.models)} models x {len(study.tasks)} tasks) in {out}")
+    print(f"wrote {out}/{{study.csv, study_emergence.csv, study.html, study.json}}")
+    return 0

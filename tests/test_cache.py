@@ -231,3 +231,15 @@ def test_collected_residuals_are_memory_mapped_and_leave_no_file_behind(builtin,
     assert torch.allclose(test.resid, plain.split("test").resid, atol=1e-5)
     back = ResidualCache(tmp_path / "c", shard_size=8).load(problems, kind="answer", seed=0, task={})
     assert torch.equal(back.resid, data.resid) and torch.equal(back.target_ids, data.target_ids)
+
+
+def test_temporary_files_of_dead_writers_are_cleared_and_those_of_live_ones_kept(tmp_path):
+    folder = tmp_path / "c"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    left = [folder / f".seed0-first-test-scale1-0000.safetensors.{dead}.part", folder / f".assembled-{dead}-0a1b2c3d.part"]
+    live = folder / f".seed0-first-test-scale1-0001.json.{os.getppid()}.part"  # another process, still running
+    for p in [*left, live]:
+        p.write_text("x")
+    ResidualCache(folder).clear_partial()
+    assert [p.exists() for p in left] == [False, False] and live.exists()
