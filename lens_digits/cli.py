@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit and score decoders on a run's cached residuals, without the model",
         description="Read the residuals a run kept in RUN_DIR/cache, fit and score the decoders named by --methods on them, "
         "and add their rows to the run's grid.csv, emergence.csv, heatmap and run.json (replacing rows of the same methods). "
-        "Probes need no model; lenses need --model (loaded, never run). Probes need the train and validation residuals: "
+        "Probes need no model; lenses need --model. Probes need the train and validation residuals: "
         "a run with a probe, or with --cache-train.",
     )
     fit.add_argument("run_dir", help="a run directory written by lens-digits run (with its cache/)")
@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--model",
         default=None,
-        help="the run's model, for decoders that read through it (logit_lens, tuned_lens); it is loaded but not run",
+        help="the run's model (a folder, a hub name or builtin), for the lenses: logit_lens reads through it without running it, "
+        "tuned_lens also runs it on the train problems to train",
     )
     fit.add_argument("--device", default=None, help="device of --model (default: cuda if available)")
     fit.add_argument("--no-progress", action="store_true", help="hide progress bars")

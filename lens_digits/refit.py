@@ -6,8 +6,9 @@ rebuilds the run's train, validation and test sets from the shards (the
 problems from ``prompts.jsonl``, the token ids from the shards), fits and
 scores the decoders asked for exactly as the sweep does (same seed, same
 sets, same subsets), and adds their rows to the grid, replacing rows of the
-same methods. A decoder that reads through the model (the lenses) or runs it
-(patching) needs ``lens-digits run``.
+same methods. The lenses read through the model's readout: give the model (the logit
+lens never runs it; the tuned lens runs it on the train problems to train, as
+in a sweep). Patching runs the model on every pair: it needs ``lens-digits run``.
 """
 
 import argparse
@@ -44,7 +45,7 @@ def _decoders(methods: Sequence[str | Decoder], options: dict[str, dict[str, Any
         elif m not in DECODERS:
             raise LensDigitsError(f"unknown method {m!r}; decoders: {', '.join(sorted(DECODERS))}")
         elif DECODERS[m].needs_model and model is None:
-            raise LensDigitsError(f"method {m!r} reads through the model's unembedding: give the model (--model; it is not run)")
+            raise LensDigitsError(f"method {m!r} reads through the model's unembedding: give the model (--model)")
         else:
             decoder = make_decoder(m, model, **options.get(m, {}))
         out.append(decoder)
@@ -68,9 +69,9 @@ def refit(
         methods: Decoder names (or instances) that need no model: ``probe``, ``circular_probe``, your own.
         decoder_options: Constructor options by decoder name.
         probe_scope: For probes: ``per_scale`` or ``pooled`` (default: the run's).
-        model: The run's model, for decoders that read through it (the lenses);
-            it is not run, and must be the model the residuals came from (its
-            weights' fingerprint is checked against the cache's).
+        model: The run's model, for decoders that read through it (the lenses;
+            the tuned lens also runs it to train), and it must be the model the
+            residuals came from (its weights' fingerprint is checked against the cache's).
         progress: Show progress bars.
         save: Write the updated run directory (atomically, its cache kept); False: only return the grid.
 
@@ -240,7 +241,12 @@ def fit_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         from lens_digits.models import load_model
 
-        model = load_model(args.model, device=args.device, progress=not args.no_progress)
+        source = args.model
+        if source == "builtin":
+            from lens_digits.builtin import builtin_model_path
+
+            source = str(builtin_model_path())
+        model = load_model(source, device=args.device, progress=not args.no_progress)
     grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=not args.no_progress)
     names = parse_methods(args.methods)
     print(grid.to_text())

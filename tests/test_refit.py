@@ -32,6 +32,7 @@ def runs(tmp_path_factory):
     assert cli("run", *BASE, "--methods", "logit_lens", "--cache-train", "--out", str(root / "lens")) == 0
     assert cli("run", *BASE, "--methods", "logit_lens,probe", "--out", str(root / "both")) == 0
     assert cli("run", *BASE, "--methods", "logit_lens", "--out", str(root / "lens_only")) == 0
+    assert cli("run", *BASE, "--methods", "logit_lens,tuned_lens", "--out", str(root / "tuned")) == 0
     return root
 
 
@@ -59,6 +60,11 @@ def test_lenses_need_the_model_and_only_the_one_the_residuals_came_from(runs, bu
     again = refit(runs / "lens_only", ["logit_lens"], model=builtin, save=False)
     before = AccuracyGrid.load(runs / "lens_only").table
     pd.testing.assert_frame_equal(again.table.reset_index(drop=True), before.reset_index(drop=True))
+    tuned = refit(runs / "lens_only", ["tuned_lens"], model=builtin, save=False)  # trained on the train problems, as in a sweep
+    want = AccuracyGrid.load(runs / "tuned").table
+    pd.testing.assert_frame_equal(
+        tuned.table[tuned.table.method == "tuned_lens"].reset_index(drop=True), want[want.method == "tuned_lens"].reset_index(drop=True)
+    )
     with pytest.raises(LensDigitsError, match="not the one the cached residuals came from"):
         refit(runs / "lens_only", ["logit_lens"], model=llama_model, save=False)
 
