@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
-from lens_digits.rundir import SHARD_FILE
+from lens_digits.rundir import CACHE_FOLDER, SHARD_FILE, pending_cache
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import Problem
 
@@ -377,8 +377,27 @@ class ResidualCache:
         _write_atomically(self.folder / f"{name}.safetensors", data)
         _write_atomically(self.folder / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
 
-    def take_over(self) -> None:
-        """Move the shards this run used from the ``read_also`` folders into its own (before the old run directory goes)."""
+    @classmethod
+    def for_run_directory(cls, target: Path, *, overwrite: bool, shard_size: int = SHARD_SIZE) -> "ResidualCache":
+        """The cache of a run into ``target``.
+
+        Shards of a killed run are resumed (kept beside it, see
+        :func:`~lens_digits.rundir.pending_cache`), those of the run it replaces
+        reused (``target/cache``); with ``overwrite`` shards of other settings are
+        discarded instead of refused.
+        """
+        done = target / CACHE_FOLDER
+        return cls(
+            pending_cache(target), read_also=[done] if done.is_dir() else [], discard_other_settings=overwrite, shard_size=shard_size
+        )
+
+    def take_over(self, info: dict[str, Any]) -> None:
+        """Before the run directory is written: take over the shards this run used.
+
+        They move from the ``read_also`` folders into this cache's own (the old
+        run directory goes), and the run's ``info`` notes that they will be its ``cache/``.
+        """
+        info["cache"] = {**info.get("cache", {}), "folder": CACHE_FOLDER}
         self.folder.mkdir(parents=True, exist_ok=True)
         for folder in self.read_also:
             for name in sorted(self.touched):

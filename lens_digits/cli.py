@@ -73,13 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and lens-digits fit can refit decoders without the model)",
     )
     hardware.add_argument("--shard-size", type=int, default=None, metavar="N", help="problems per residual cache shard (default: 256)")
-    hardware.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "ray"],
-        help="compute the residual shards here, or as Ray tasks (one per shard) on a cluster (default: local)",
-    )
-    hardware.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
+    _executor_arguments(hardware, "compute the residual shards here, or as Ray tasks (one per shard) on a cluster")
     hardware.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     fit = sub.add_parser(
@@ -111,8 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("study_file", help="the study file (.toml)")
     study.add_argument("--out", default=None, help="the study folder (default: the file's out = ...)")
-    study.add_argument("--executor", default="local", choices=["local", "ray"], help="run units here one by one, or as Ray tasks")
-    study.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
+    _executor_arguments(study, "run units here one by one, or as Ray tasks")
     study.add_argument("--no-progress", action="store_true", help="do not print each unit as it starts")
 
     plot = sub.add_parser(
@@ -156,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _executor_arguments(parser: Any, what: str) -> None:
+    """``--executor`` and ``--address``, the same for ``run`` and ``study``."""
+    parser.add_argument("--executor", default="local", choices=["local", "ray"], help=f"{what} (default: local)")
+    parser.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
+
+
 def _run(args: argparse.Namespace) -> int:
     from lens_digits.config import SweepConfig, config_from_args
     from lens_digits.tasks import TaskConfig
@@ -184,11 +183,15 @@ def _run(args: argparse.Namespace) -> int:
             raise LensDigitsError("--executor ray shares the work through the residual cache; leave out --no-cache")
         if args.address and args.executor != "ray":
             raise LensDigitsError("--address is for --executor ray")
-        cache = None if args.no_cache else _run_cache(reservation.target, args)
+        cache = None
+        if not args.no_cache:
+            from lens_digits.cache import SHARD_SIZE, ResidualCache
+
+            shard_size = SHARD_SIZE if args.shard_size is None else args.shard_size
+            cache = ResidualCache.for_run_directory(reservation.target, overwrite=args.overwrite, shard_size=shard_size)
         grid = _sweep(args, task, config, cache)
         if cache is not None:
-            cache.take_over()  # the shards it read from the run directory it replaces
-            grid.info["cache"] = {**grid.info.get("cache", {}), "folder": "cache"}
+            cache.take_over(grid.info)  # the shards it read from the run directory it replaces
         try:
             out = grid.save(args.out, overwrite=args.overwrite, reservation=reservation, cache=None if cache is None else cache.folder)
         except KeyboardInterrupt as e:  # a signal held back during the final move arrives after it
@@ -204,32 +207,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_cache(target: Path, args: argparse.Namespace) -> Any:
-    """The residual cache of a run into ``target``: shards of a killed run are resumed, those of a run it replaces reused."""
-    from lens_digits.cache import SHARD_SIZE, ResidualCache
-    from lens_digits.rundir import CACHE_FOLDER, pending_cache
-
-    done = target / CACHE_FOLDER
-    return ResidualCache(
-        pending_cache(target),
-        read_also=[done] if done.is_dir() else [],
-        discard_other_settings=args.overwrite,
-        shard_size=SHARD_SIZE if args.shard_size is None else args.shard_size,
-    )
-
-
 def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) -> Any:
     """Load the model (tokenizer-level problems are caught before the weights load) and run the sweep."""
+    from lens_digits.builtin import model_source
     from lens_digits.checkpoints import peek_checkpoint
     from lens_digits.models import load_model
     from lens_digits.sweep import sweep
     from lens_digits.targets import encode_checked
     from lens_digits.tasks import generate_problems
 
-    if args.model is None:
-        from lens_digits.builtin import builtin_model_path
-
-        args.model = str(builtin_model_path())
+    args.model = model_source(args.model)
     if Path(args.model).expanduser().is_dir():
         tokenizer, n_ctx = peek_checkpoint(args.model)
         try:

@@ -112,17 +112,25 @@ def executor_named(name: str, *, address: str | None = None, progress: bool = Fa
 
 # ---- one run's residual shards, spread over a Ray cluster -------------------------------------------
 
-_MODELS: dict[tuple[str, str | None, str | None], Any] = {}  # one model per Ray worker process and setting
+_MODELS: dict[tuple[str, str | None, str | None], tuple[Any, dict[Any, dict[str, Any]]]] = {}
+"""One model per Ray worker process and setting, with the cache keys made for it (its weights fingerprint and
+tokenizer hash are computed once per worker, not once per shard)."""
 
 
-def _model(spec: dict[str, Any]) -> Any:
+def _model_and_key(spec: dict[str, Any], chat: bool, prepend_bos: bool | None, shard_size: int) -> tuple[Any, dict[str, Any]]:
+    from lens_digits.adapter import ModelAdapter
+    from lens_digits.cache import sweep_key
     from lens_digits.models import load_model
 
-    key = (spec["model"], spec.get("dtype"), spec.get("device"))
-    if key not in _MODELS:
+    which = (spec["model"], spec.get("dtype"), spec.get("device"))
+    if which not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = load_model(spec["model"], device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
-    return _MODELS[key]
+        model = load_model(spec["model"], device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
+        _MODELS[which] = (ModelAdapter.wrap(model), {})
+    adapter, keys = _MODELS[which]
+    if (chat, prepend_bos, shard_size) not in keys:
+        keys[(chat, prepend_bos, shard_size)] = sweep_key(adapter, chat, prepend_bos, shard_size)
+    return adapter, keys[(chat, prepend_bos, shard_size)]
 
 
 def shard_units(model: dict[str, Any], task: Any, config: Any, cache: Any, threads: int) -> Units:
@@ -171,8 +179,7 @@ def collect_block(unit: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from lens_digits.adapter import ModelAdapter
-    from lens_digits.cache import ResidualCache, sweep_key
+    from lens_digits.cache import ResidualCache
     from lens_digits.config import SweepConfig
     from lens_digits.sweep import residual_rows
     from lens_digits.targets import encode_for_model
@@ -181,22 +188,22 @@ def collect_block(unit: dict[str, Any]) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(int(unit["threads"]))
     try:
-        adapter = ModelAdapter.wrap(_model(unit["model"]))
         task, config = TaskConfig.from_dict(unit["task"]), SweepConfig.from_dict(unit["sweep"])
+        settings = unit["cache"]
+        adapter, base = _model_and_key(unit["model"], config.chat, config.prepend_bos, settings["shard_size"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             problems = generate_problems(task)
         run = [problems[i] for i in residual_rows(problems, unit["fits"])]
         chosen = [run[i] for i in unit["rows"]]
         encoded = encode_for_model(adapter, chosen, prepend_bos=config.prepend_bos, chat=config.chat)
-        settings = unit["cache"]
         cache = ResidualCache(
             settings["folder"],
             read_also=settings["read_also"],
             discard_other_settings=settings["discard_other_settings"],
             shard_size=settings["shard_size"],
         )
-        key = {**sweep_key(adapter, config.chat, config.prepend_bos, cache.shard_size), "task": task.to_dict()}
+        key = {**base, "task": task.to_dict()}
         cache.block(adapter, key, unit["name"], chosen, encoded, unit["kind"] != "first", config.batch_size, "cpu")
         return {"name": unit["name"], **cache.counts}
     finally:

@@ -239,14 +239,10 @@ def fit_command(args: argparse.Namespace) -> int:
 
     model = None
     if args.model is not None:
+        from lens_digits.builtin import model_source
         from lens_digits.models import load_model
 
-        source = args.model
-        if source == "builtin":
-            from lens_digits.builtin import builtin_model_path
-
-            source = str(builtin_model_path())
-        model = load_model(source, device=args.device, progress=not args.no_progress)
+        model = load_model(model_source(args.model), device=args.device, progress=not args.no_progress)
     grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=not args.no_progress)
     names = parse_methods(args.methods)
     print(grid.to_text())

@@ -48,7 +48,7 @@ from typing import Any
 
 from lens_digits.config import SweepConfig
 from lens_digits.errors import LensDigitsError
-from lens_digits.rundir import CACHE_FOLDER, Reservation, is_run_directory, pending_cache, resolve_output
+from lens_digits.rundir import Reservation, is_run_directory, resolve_output
 from lens_digits.tasks import TaskConfig
 
 __all__ = ["STUDY_FORMAT", "Study", "StudyModel", "StudyTask", "load_study", "run_study", "run_unit"]
@@ -226,6 +226,7 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
+    from lens_digits.builtin import model_source
     from lens_digits.cache import ResidualCache
     from lens_digits.models import load_model
     from lens_digits.sweep import sweep
@@ -237,32 +238,20 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(unit["threads"]))
     try:
         spec = unit["model"]
-        source = spec["model"]
-        if source == "builtin":
-            from lens_digits.builtin import builtin_model_path
-
-            source = str(builtin_model_path())
         task = TaskConfig.from_dict(unit["task"])
         config = SweepConfig.from_dict(unit["sweep"])
         with Reservation(out, overwrite=True) as reservation:
-            model = load_model(source, device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
+            model = load_model(model_source(spec["model"]), device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
             cache = None
             if unit["cache"]:
-                done = reservation.target / CACHE_FOLDER
-                cache = ResidualCache(
-                    pending_cache(reservation.target),
-                    read_also=[done] if done.is_dir() else [],
-                    discard_other_settings=True,
-                    shard_size=int(unit["shard_size"]),
-                )
+                cache = ResidualCache.for_run_directory(reservation.target, overwrite=True, shard_size=int(unit["shard_size"]))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 grid = sweep(model, task, config, cache=cache)
             n_params = sum(p.numel() for p in model.parameters())
             grid.info["study"] = {"unit": _identity(unit), "n_params": n_params}
             if cache is not None:
-                cache.take_over()
-                grid.info["cache"] = {**grid.info.get("cache", {}), "folder": CACHE_FOLDER}
+                cache.take_over(grid.info)
             grid.save(out, overwrite=True, reservation=reservation, cache=None if cache is None else cache.folder)
     finally:
         torch.set_num_threads(threads)

@@ -52,6 +52,11 @@ def builtin_model_path() -> Path:
     return Path(__file__).parent / BUILTIN_MODEL_NAME
 
 
+def model_source(name: str | None) -> str:
+    """What to load for a model name: the shipped checkpoint's folder for ``None`` or ``"builtin"``, else the name itself."""
+    return str(builtin_model_path()) if name in (None, "builtin") else str(name)
+
+
 def builtin_card() -> dict[str, Any]:
     """The shipped model's card: recipe, parameter count and greedy accuracy per op and scale."""
     path = builtin_model_path() / "card.json"
@@ -80,6 +85,7 @@ __all__ = [
     "TrainConfig",
     "builtin_card",
     "builtin_model_path",
+    "model_source",
     "builtin_tokenizer",
     "greedy_accuracy",
     "load_builtin_model",
