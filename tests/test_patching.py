@@ -44,16 +44,22 @@ def hf_patched_next_token(hf, t_ids, s_ids, layer, positions=(-1,)):
     return int(logits[0, -1].argmax())
 
 
+def tiny(tmp_path, arch, scales, n):
+    """A two-layer checkpoint of ``arch`` with the character tokenizer, its adapter, and ``n`` test problems a scale's
+    residuals at the last prompt position."""
+    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
+    model = ld.load_model(folder, device="cpu", progress=False)
+    problems = generate_problems(TaskConfig(scales=scales, n_per_scale=n, n_train=0, n_val=0))
+    return folder, ModelAdapter.wrap(model), collect_residuals(model, problems, teacher_forcing=False)
+
+
 def sources_of(data, seed=0):
     return draw_sources(data.problems, [len(e.prompt_ids) for e in data.encoded], [e.answer_ids[0] for e in data.encoded], seed)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
 def test_patched_tokens_equal_plain_hugging_face_hooks(arch, tmp_path):
-    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
-    model = ld.load_model(folder, device="cpu", progress=False)
-    adapter = ModelAdapter.wrap(model)
-    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2], n_per_scale=8, n_train=0, n_val=0)), teacher_forcing=False)
+    folder, adapter, data = tiny(tmp_path, arch, [2], 8)
     src = sources_of(data)
     pairs = [(i, s) for i, s in enumerate(src) if s is not None]
     assert len(pairs) >= 6
@@ -67,10 +73,7 @@ def test_patched_tokens_equal_plain_hugging_face_hooks(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_the_last_column_says_what_the_source_says_and_column_0_changes_nothing(arch, tmp_path):
-    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
-    model = ld.load_model(folder, device="cpu", progress=False)
-    adapter = ModelAdapter.wrap(model)
-    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2, 3], n_per_scale=10, n_train=0, n_val=0)), teacher_forcing=False)
+    _, adapter, data = tiny(tmp_path, arch, [2, 3], 10)
     src = sources_of(data)
     pairs = [(i, s) for i, s in enumerate(src) if s is not None]
     by_length = {}
@@ -185,10 +188,7 @@ def test_slow_tokenizers_and_other_templates_are_refused_clearly():
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_operand_patches_equal_plain_hugging_face_hooks(arch, tmp_path):
-    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
-    model = ld.load_model(folder, device="cpu", progress=False)
-    adapter = ModelAdapter.wrap(model)
-    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2], n_per_scale=8, n_train=0, n_val=0)), teacher_forcing=False)
+    folder, adapter, data = tiny(tmp_path, arch, [2], 8)
     pairs = operand_pairs(data)
     assert len(pairs) >= 6
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -205,10 +205,7 @@ def test_operand_patches_equal_plain_hugging_face_hooks(arch, tmp_path):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_operands_patched_at_column_0_ask_the_source_question_and_at_the_last_column_change_nothing(arch, tmp_path):
-    folder = save_checkpoint(tmp_path / arch, arch, char_tokenizer(), n_layers=2, d_model=32)
-    model = ld.load_model(folder, device="cpu", progress=False)
-    adapter = ModelAdapter.wrap(model)
-    data = collect_residuals(model, generate_problems(TaskConfig(scales=[2, 3], n_per_scale=10, n_train=0, n_val=0)), teacher_forcing=False)
+    _, adapter, data = tiny(tmp_path, arch, [2, 3], 10)
     groups = {}
     for i, s, w in operand_pairs(data):
         groups.setdefault((len(data.encoded[i].prompt_ids), w), []).append((i, s))
