@@ -6,9 +6,13 @@ same number of new tokens for every prompt (``len(answer) + 2``, what a sweep
 asks for) in batches of equal prompt length:
 
 - ``generate``: Hugging Face ``generate`` with its key-value cache, greedy;
-- ``package``: :func:`lens_digits.generate.greedy_answers` on the TransformerLens model.
+- ``package``: :func:`lens_digits.generate.greedy_answers` on the TransformerLens model
+  (a key-value cache, checked against recomputation on the first rows; near ties
+  decided by the whole sequence);
+- ``recompute``: the same with the cache turned off: the whole sequence runs
+  again for every new token (the package before the cache).
 
-Both must give the same tokens (checked). Times are CPU seconds, medians of
+All must give the same tokens (checked). Times are CPU seconds, medians of
 interleaved repeats; the ratio is what to read.
 
     python benchmarks/greedy.py --vocab 151936 --repeats 3
@@ -25,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_floor import SHAPE, build, problems_and_encoding  # noqa: E402
 
+from lens_digits.adapter import ModelAdapter  # noqa: E402
 from lens_digits.batching import length_batches  # noqa: E402
 from lens_digits.generate import greedy_answers, greedy_decode  # noqa: E402
 
@@ -55,16 +60,29 @@ def main() -> int:
     _, _, encoded = problems_and_encoding(model, args.n)
     prompts = [list(e.prompt_ids) for e in encoded]
     steps = [len(e.answer_ids) + 2 for e in encoded]
+
+    def package(cache: bool = True) -> list[list[int]]:
+        adapter = ModelAdapter.wrap(model)  # new each call: the cache check is part of the cost
+        if not cache:
+            adapter._kv_cache_ok = False  # as if the model had no usable cache
+        return [list(o.token_ids) for o in greedy_answers(adapter, prompts, steps, until="eos", batch_size=args.batch_size)]
+
     contenders = {
         "generate": lambda: hf_generate(hf, prompts, steps, args.batch_size),
-        "package": lambda: [list(o.token_ids) for o in greedy_answers(model, prompts, steps, until="eos", batch_size=args.batch_size)],
+        "package": package,
+        "recompute": lambda: package(cache=False),
     }
+
     ref = contenders["generate"]()
-    ours = contenders["package"]()
-    same = sum(a == b for a, b in zip(ref, ours, strict=True))
-    if same != len(ref):
-        print(f"the contenders disagree on {len(ref) - same} of {len(ref)} prompts", file=sys.stderr)
-        return 1
+    for name in ("package", "recompute"):
+        ours = contenders[name]()
+        same = sum(a == b for a, b in zip(ref, ours, strict=True))
+        if same != len(ref):
+            print(f"{name} and generate disagree on {len(ref) - same} of {len(ref)} prompts", file=sys.stderr)
+            return 1
+    used = ModelAdapter.wrap(model)
+    greedy_answers(used, prompts[:4], steps[:4], until="eos")
+    print(f"the package's key-value cache was {'used' if used._kv_cache_ok else 'NOT used (it disagreed)'}")
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(args.repeats):
         for name, fn in contenders.items():

@@ -53,6 +53,7 @@ class ModelAdapter:
     dtype: torch.dtype
     device: torch.device
     _readout: Any = field(default=None, repr=False)  # the model's readout, built on first use
+    _kv_cache_ok: bool | None = field(default=None, repr=False)  # whether greedy decoding may use a key-value cache (kvcache)
 
     @classmethod
     def wrap(cls, model: Any) -> "ModelAdapter":
@@ -107,21 +108,25 @@ class ModelAdapter:
         """Hook names of layer columns ``0..n_layers``: each block's input, then the last block's output."""
         return [f"blocks.{i}.hook_resid_pre" for i in range(self.n_layers)] + [f"blocks.{self.n_layers - 1}.hook_resid_post"]
 
-    def run_with_hooks(self, tokens: Int[Tensor, "batch pos"], fwd_hooks: list[tuple[str, Any]]) -> None:
-        """Run the model for its hooks only (no logits are computed or returned)."""
-        self.model.run_with_hooks(tokens, return_type=None, fwd_hooks=fwd_hooks)
+    def run_with_hooks(self, tokens: Int[Tensor, "batch pos"], fwd_hooks: list[tuple[str, Any]], **forward: Any) -> None:
+        """Run the model for its hooks only (no logits are computed or returned); ``forward`` goes to its forward pass."""
+        self.model.run_with_hooks(tokens, return_type=None, fwd_hooks=fwd_hooks, **forward)
 
     def logits(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         """The model's own output logits."""
         return self.model(tokens, return_type="logits")
 
-    def last_logits(self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = ()) -> Float[Tensor, "batch d_vocab"]:
+    def last_logits(
+        self, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = (), **forward: Any
+    ) -> Float[Tensor, "batch d_vocab"]:
         """The model's own logits at the last position only (what greedy decoding reads).
 
         The forward pass stops at the final residual; only its last position goes
         through the model's readout (final norm, unembedding, output transforms),
         instead of every position. ``hooks`` are TransformerLens forward hooks
-        run on the way (an intervention's), before the final residual is read.
+        run on the way (an intervention's), before the final residual is read;
+        ``forward`` goes to the model's forward pass (a key-value cache, see
+        :mod:`lens_digits.kvcache`).
         """
         from lens_digits.readout import Readout
 
@@ -132,7 +137,7 @@ class ModelAdapter:
             raise _Stop
 
         try:
-            self.run_with_hooks(tokens, [*hooks, (self.resid_hook_names[-1], grab)])
+            self.run_with_hooks(tokens, [*hooks, (self.resid_hook_names[-1], grab)], **forward)
         except _Stop:
             pass
         if self._readout is None:

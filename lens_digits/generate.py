@@ -79,30 +79,22 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
     """``(tokens, n) -> up to n greedy new tokens`` for a model, and the device its tokens go to.
 
     A plain Hugging Face model generates with its own ``generate`` and key-value
-    cache (after an end-of-sequence token it pads). A TransformerLens model runs
-    the whole sequence again for each new token: its cached generation is not
-    exact on every family (on a TransformerBridge over a rotary Llama,
-    TransformerLens 4.3's ``generate(use_past_kv_cache=True)`` gives other
-    tokens than the model's own step-by-step argmax; nor is the wrapped Hugging
-    Face model's own cached ``generate`` once the bridge has taken over its
-    modules: on a random Qwen2 it gave another token at the second step in 12
-    of 16 cases), and exactness comes first.
-    Answers are a few tokens long, so this costs a few forward passes per batch,
-    each stopped at the final residual with only its last position read out
-    (:meth:`~lens_digits.adapter.ModelAdapter.last_logits`).
+    cache (after an end-of-sequence token it pads). A TransformerLens model
+    decodes with :func:`lens_digits.kvcache.greedy_tokens`: a key-value cache
+    where the model has one that agrees with running the whole sequence again
+    (checked on its first batch; near ties are decided by the whole sequence),
+    else the whole sequence at every step. Either way each pass stops at the
+    final residual and reads out only the last position
+    (:meth:`~lens_digits.adapter.ModelAdapter.last_logits`), and the tokens are
+    those of decoding step by step.
     """
     from lens_digits.adapter import ModelAdapter
 
     if isinstance(model, ModelAdapter) or hasattr(model, "cfg"):
+        from lens_digits.kvcache import greedy_tokens
+
         adapter = ModelAdapter.wrap(model)
-
-        def stepwise(tokens: Tensor, n: int) -> Tensor:
-            start = tokens.shape[1]
-            for _ in range(n):
-                tokens = torch.cat([tokens, adapter.last_logits(tokens).argmax(-1, keepdim=True)], dim=1)
-            return tokens[:, start:]
-
-        return stepwise, adapter.device
+        return (lambda tokens, n: greedy_tokens(adapter, tokens, n)), adapter.device
 
     def cached(tokens: Tensor, n: int) -> Tensor:
         out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n, do_sample=False, num_beams=1)

@@ -53,6 +53,7 @@ from lens_digits.batching import length_batches
 from lens_digits.decoders.base import Scores, Target
 from lens_digits.errors import LensDigitsError
 from lens_digits.generate import number_text
+from lens_digits.kvcache import greedy_tokens
 from lens_digits.residuals import ResidualSet
 from lens_digits.targets import EncodedProblem, chat_prompt
 from lens_digits.tasks import Problem, operand_spans
@@ -366,9 +367,10 @@ def patched_greedy(
     """Greedy tokens after ``prompts`` with layer column ``layer`` set to ``source`` at ``positions``.
 
     ``positions`` None: the last prompt position (``source`` is then one
-    vector per prompt). Step by step (the whole sequence each step, the patch
-    held at its positions), each step stopped at the final residual with only
-    the last position read out, as for the model's own greedy answers.
+    vector per prompt). Decoded as the model's own greedy answers are
+    (:func:`lens_digits.kvcache.greedy_tokens`): the tokens of running the
+    whole sequence each step with the patch held at its positions; where the
+    model's key-value cache is used, the prompt (and so the patch) is run once.
     """
     last = torch.full((prompts.shape[0], 1), prompts.shape[1] - 1, dtype=torch.long)
     at = positions if positions is not None else last
@@ -381,8 +383,4 @@ def patched_greedy(
         x[rows.to(x.device), at.to(x.device)] = new.to(x.device, x.dtype)
         return x
 
-    tokens = prompts
-    for _ in range(steps):
-        nxt = model.last_logits(tokens, hooks=[(name, patch)]).argmax(-1, keepdim=True)
-        tokens = torch.cat([tokens, nxt], dim=1)
-    return tokens[:, prompts.shape[1] :]
+    return greedy_tokens(model, prompts, steps, hooks=[(name, patch)])

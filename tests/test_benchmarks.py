@@ -34,7 +34,8 @@ def test_gpu_benchmark_runs_on_the_cpu_with_a_small_shape():
 def test_greedy_benchmark_agrees_with_generate():
     proc = run(BENCH / "greedy.py", "--tiny", "--vocab", "1000", "--n", "5", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| generate |" in proc.stdout and "| package |" in proc.stdout
+    assert "| generate |" in proc.stdout and "| package |" in proc.stdout and "| recompute |" in proc.stdout
+    assert "key-value cache was used" in proc.stdout
 
 
 @pytest.mark.slow
