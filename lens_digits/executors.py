@@ -139,7 +139,7 @@ def shard_units(model: dict[str, Any], task: Any, config: Any, cache: Any, threa
     import warnings
 
     from lens_digits.decoders.base import DECODERS
-    from lens_digits.sweep import residual_kind, residual_rows
+    from lens_digits.draw import residual_kind, residual_rows
     from lens_digits.tasks import generate_problems
 
     fits = config.cache_train or any(DECODERS[m].fits for m in config.methods if m in DECODERS)
@@ -181,7 +181,7 @@ def collect_block(unit: dict[str, Any]) -> dict[str, Any]:
 
     from lens_digits.cache import ResidualCache
     from lens_digits.config import SweepConfig
-    from lens_digits.sweep import residual_rows
+    from lens_digits.draw import residual_rows
     from lens_digits.targets import encode_for_model
     from lens_digits.tasks import TaskConfig, generate_problems
 

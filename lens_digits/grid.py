@@ -83,6 +83,24 @@ def _rows(
     return rows
 
 
+ALL = "all"
+"""The breakdown label of a row that covers every value of that breakdown."""
+
+
+def fill_breakdown_labels(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Label ``ALL`` where a row has no label in a breakdown column, in place (and returned).
+
+    ``columns`` None: every text column but ``method`` and ``target`` (tables put
+    together from grids with different breakdowns).
+    """
+    if columns is None:
+        columns = [c for c in frame.columns if c not in ("method", "target") and not pd.api.types.is_numeric_dtype(frame[c])]
+    for c in columns:
+        if c in frame.columns:
+            frame[c] = frame[c].fillna(ALL)
+    return frame
+
+
 def _breakdown_columns(scores: Scores) -> list[str]:
     """Breakdown columns of ``scores`` and of its breakdown rows, nested ones included (``place``, then ``carry_in``)."""
     out = list(scores.breakdown)
@@ -154,10 +172,9 @@ class AccuracyGrid:
         rows = [r for method, target, s in results for r in _rows(method, target, s, scales, {}, boot)]
         table = pd.DataFrame(rows)
         emergence = pd.DataFrame(found, columns=EMERGENCE_COLUMNS) if not found else pd.DataFrame(found)
-        for column in dict.fromkeys(c for _, _, s in results for c in _breakdown_columns(s)):
-            table[column] = table[column].fillna("all")
-            if column in emergence.columns:
-                emergence[column] = emergence[column].fillna("all")
+        columns = list(dict.fromkeys(c for _, _, s in results for c in _breakdown_columns(s)))
+        fill_breakdown_labels(table, columns)
+        fill_breakdown_labels(emergence, columns)
         return cls(table, problems, info, emergence=emergence)
 
     # ---- data ----------------------------------------------------------------

@@ -24,12 +24,12 @@ import pandas as pd
 from lens_digits.cache import ResidualCache
 from lens_digits.config import SweepConfig, parse_methods
 from lens_digits.decoders.base import DECODERS, Decoder, make_decoder
+from lens_digits.draw import Draw, merge_draws, score_readers
 from lens_digits.errors import LensDigitsError
-from lens_digits.grid import AccuracyGrid
+from lens_digits.grid import AccuracyGrid, fill_breakdown_labels
 from lens_digits.patching import INTERVENTIONS
 from lens_digits.residuals import ResidualSet, tokens_only
 from lens_digits.rundir import CACHE_FOLDER, Reservation, is_cache_folder, pending_cache
-from lens_digits.sweep import _Draw, _merge_draws, score_readers
 from lens_digits.tasks import TaskConfig
 
 __all__ = ["refit"]
@@ -120,7 +120,7 @@ def refit(
     for seed in seeds:
         problems = [p for p in grid.problems if p.seed == seed or (p.seed is None and len(seeds) == 1)]
         draws.append(_one_draw(cache, dataclasses.replace(task, seed=seed), config, targets, readers, plan, problems, model))
-    draw = draws[0] if len(draws) == 1 else _merge_draws(draws, seeds)
+    draw = draws[0] if len(draws) == 1 else merge_draws(draws, seeds)
     new = AccuracyGrid.from_scores(
         draw.results, draw.scored, thresholds=[float(t) for t in config.thresholds], n_boot=config.n_boot, seed=task.seed
     )
@@ -166,7 +166,7 @@ def _one_draw(
     plan: dict[str, list[str]],
     problems: list[Any],
     model: Any = None,
-) -> _Draw:
+) -> Draw:
     """One draw's sets from the cache, as the sweep built them, and the decoders' scores on them.
 
     Decoders that do not fit get the train and validation problems' tokens only
@@ -203,7 +203,7 @@ def _one_draw(
     if "model" in targets:
         sets["model"] = cache.load(test.problems, kind="model", seed=task.seed, task=key_task).select(keep)
     results = score_readers(None, readers, plan, split["train"], split["val"], sets, task.seed)
-    return _Draw(results, list(scored.problems), problems, {}, test)
+    return Draw(results, list(scored.problems), problems, {}, test)
 
 
 def _combined(old: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
@@ -215,11 +215,7 @@ def _combined(old: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.Da
         return pd.DataFrame(columns=columns)
     table = pd.concat(frames, ignore_index=True)
     columns = [c for c in columns if c in table.columns]
-    table = table[columns]
-    for c in columns:  # breakdown columns a side did not have read "all", as in a sweep that had both
-        if not pd.api.types.is_numeric_dtype(table[c]) and c not in ("method", "target"):
-            table[c] = table[c].fillna("all")
-    return table
+    return fill_breakdown_labels(table[columns].copy())  # breakdowns a side did not have read "all", as in a sweep with both
 
 
 def _save_in_place(grid: AccuracyGrid, run_dir: Path, folder: Path) -> None:

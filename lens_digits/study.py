@@ -356,7 +356,7 @@ def combine(units: Sequence[dict[str, Any]]) -> StudyResult:
     """Every unit's grid and emergence layers in one table, with ``model``, ``task``, ``n_params`` and ``n_layers`` in front."""
     import pandas as pd
 
-    from lens_digits.grid import AccuracyGrid
+    from lens_digits.grid import AccuracyGrid, fill_breakdown_labels
 
     tables: list[pd.DataFrame] = []
     emergences: list[pd.DataFrame] = []
@@ -375,11 +375,7 @@ def combine(units: Sequence[dict[str, Any]]) -> StudyResult:
             into.append(frame)
     table = pd.concat(tables, ignore_index=True)
     emergence = pd.concat([e for e in emergences if len(e)], ignore_index=True) if any(len(e) for e in emergences) else pd.DataFrame()
-    for frame in (table, emergence):
-        for c in frame.columns:
-            if not pd.api.types.is_numeric_dtype(frame[c]):
-                frame[c] = frame[c].fillna("all")
-    return StudyResult(table, emergence, list(units))
+    return StudyResult(fill_breakdown_labels(table), fill_breakdown_labels(emergence), list(units))
 
 
 def _write(path: Path, text: str) -> None:
