@@ -19,7 +19,7 @@ or on a plain Hugging Face causal LM with its tokenizer.
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -27,6 +27,9 @@ from tqdm.auto import tqdm
 
 from lens_digits.batching import length_batches
 from lens_digits.errors import LensDigitsError
+
+if TYPE_CHECKING:
+    from lens_digits.kvcache import Finished
 
 _NUMBER_PIECE = re.compile(r"^\s*-?\d*$")
 
@@ -75,7 +78,7 @@ def greedy_decode(
     return out
 
 
-def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device]:
+def generator(model: Any, finished: "Finished | None" = None) -> tuple[Callable[[Tensor, int], Tensor], torch.device]:
     """``(tokens, n) -> up to n greedy new tokens`` for a model, and the device its tokens go to.
 
     A plain Hugging Face model generates with its own ``generate`` and key-value
@@ -86,7 +89,8 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
     else the whole sequence at every step. Either way each pass stops at the
     final residual and reads out only the last position
     (:meth:`~lens_digits.adapter.ModelAdapter.last_logits`), and the tokens are
-    those of decoding step by step.
+    those of decoding step by step. ``finished`` (TransformerLens models) stops
+    a batch once every row's answer is complete (:data:`lens_digits.kvcache.Finished`).
     """
     from lens_digits.adapter import ModelAdapter
 
@@ -94,7 +98,7 @@ def generator(model: Any) -> tuple[Callable[[Tensor, int], Tensor], torch.device
         from lens_digits.kvcache import greedy_tokens
 
         adapter = ModelAdapter.wrap(model)
-        return (lambda tokens, n: greedy_tokens(adapter, tokens, n)), adapter.device
+        return (lambda tokens, n: greedy_tokens(adapter, tokens, n, finished=finished)), adapter.device
 
     def cached(tokens: Tensor, n: int) -> Tensor:
         out = model.generate(input_ids=tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=n, do_sample=False, num_beams=1)
@@ -130,11 +134,17 @@ def greedy_answers(
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             raise LensDigitsError("greedy decoding needs a tokenizer: pass tokenizer= with a Hugging Face model")
-    generate, device = generator(model)
+    eos = tokenizer.eos_token_id
+
+    def finished(new: Tensor) -> list[bool]:  # once every row's answer is complete, the rest would be cut anyway
+        if until == "eos":
+            return [eos in row for row in new.tolist()]
+        return [_number_prefix(tokenizer, row)[2] for row in new.tolist()]
+
+    generate, device = generator(model, finished)
     per_prompt = [steps] * len(prompts) if isinstance(steps, int) else list(steps)
     generated = greedy_decode(generate, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
     if until == "eos":
-        eos = tokenizer.eos_token_id
         kept = [g[: g.index(eos)] if eos in g else g for g in generated]
         return [GreedyOutput(tuple(k), tokenizer.decode(k)) for k in kept]
     return [number_text(tokenizer, gen) for gen in generated]
@@ -142,12 +152,18 @@ def greedy_answers(
 
 def number_text(tokenizer: Any, generated: Sequence[int]) -> GreedyOutput:
     """The tokens of ``generated`` up to where the text stops being a number (at least the first), and that text, stripped."""
+    tokens, text, _ = _number_prefix(tokenizer, generated)
+    return GreedyOutput(tuple(tokens or generated[:1]), text.strip())
+
+
+def _number_prefix(tokenizer: Any, generated: Sequence[int]) -> tuple[list[int], str, bool]:
+    """The tokens that write a number, their text, and whether a later token stopped it (so more tokens cannot change it)."""
     tokens: list[int] = []
     text = ""
     for t in generated:
         piece = tokenizer.decode([t])
         if not _continues_number(piece, text):
-            break
+            return tokens, text, True
         tokens.append(t)
         text += piece
-    return GreedyOutput(tuple(tokens or generated[:1]), text.strip())
+    return tokens, text, False

@@ -16,7 +16,7 @@ lets it change a token:
    TransformerLens 4.3's attention components read ``past_key_values`` and
    otherwise leave the cache empty; :func:`_pass_cache_to_attention` hands it on.)
 2. **Checked before use.** The first time a model decodes more than one token,
-   a few rows are decoded both ways; every step's logits must agree to within
+   a few rows are decoded both ways for a few steps; every step's logits must agree to within
    the tolerance below. If they do not (or the cached pass fails), a warning
    says so and the model recomputes from then on.
 3. **No near ties.** At every cached step, a row whose two best logits are
@@ -31,7 +31,7 @@ The tolerance is relative to the row's largest logit: ``1e-4`` in float32
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +43,8 @@ from lens_digits.adapter import ModelAdapter
 
 _RELATIVE_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 _HALF_TOLERANCE = 3e-2
-CHECK_ROWS = 4
-"""Rows of the first batch decoded both ways before a model's cache is used."""
+CHECK_ROWS, CHECK_STEPS = 4, 4
+"""Rows of the first batch, and steps, decoded both ways before a model's cache is used."""
 
 
 def tolerance(adapter: ModelAdapter, logits: Float[Tensor, "batch d_vocab"]) -> Float[Tensor, " batch"]:
@@ -108,12 +108,24 @@ def _pass_cache_to_attention(adapter: ModelAdapter) -> Iterator[None]:
             h.remove()
 
 
-def _recomputed(adapter: ModelAdapter, tokens: Tensor, n: int, hooks: Sequence[tuple[str, Any]]) -> tuple[Tensor, list[Tensor]]:
-    """``n`` greedy tokens, the whole sequence run at every step (the reference), and each step's logits."""
+Finished = Callable[[Tensor], Sequence[bool] | Tensor]
+"""``finished(new_tokens)``: for each row of the ``(batch, steps so far)`` new tokens, whether its answer is complete."""
+
+
+def _all_done(finished: Finished | None, new: Tensor) -> bool:
+    return finished is not None and bool(torch.as_tensor(finished(new)).all())
+
+
+def _recomputed(
+    adapter: ModelAdapter, tokens: Tensor, n: int, hooks: Sequence[tuple[str, Any]], finished: Finished | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """Up to ``n`` greedy tokens, the whole sequence run at every step (the reference), and each step's logits."""
     start, logits = tokens.shape[1], []
     for _ in range(n):
         logits.append(adapter.last_logits(tokens, hooks))
         tokens = torch.cat([tokens, logits[-1].argmax(-1, keepdim=True)], dim=1)
+        if _all_done(finished, tokens[:, start:]):
+            break
     return tokens[:, start:], logits
 
 
@@ -146,7 +158,7 @@ def _usable(adapter: ModelAdapter, tokens: Tensor, n: int) -> bool:
     """Whether the model's cache may be used; checked once per adapter, on the first rows of its first batch, without hooks."""
     if adapter._kv_cache_ok is None:
         try:
-            ratio = cache_agrees(adapter, tokens[:CHECK_ROWS], n)
+            ratio = cache_agrees(adapter, tokens[:CHECK_ROWS], min(n, CHECK_STEPS))
             why = f"its logits differ from recomputed ones by {ratio:.3g} times the tolerance" if ratio is not None else ""
         except Exception as e:  # a forward pass that does not take a cache
             ratio, why = float("inf"), f"a cached forward pass failed ({type(e).__name__}: {e})"
@@ -162,16 +174,22 @@ def _usable(adapter: ModelAdapter, tokens: Tensor, n: int) -> bool:
 
 @torch.inference_mode()
 def greedy_tokens(
-    adapter: ModelAdapter, tokens: Int[Tensor, "batch pos"], n: int, hooks: Sequence[tuple[str, Any]] = ()
-) -> Int[Tensor, "batch n"]:
+    adapter: ModelAdapter,
+    tokens: Int[Tensor, "batch pos"],
+    n: int,
+    hooks: Sequence[tuple[str, Any]] = (),
+    finished: Finished | None = None,
+) -> Int[Tensor, "batch steps"]:
     """``n`` greedy new tokens after each row of ``tokens`` (equal-length prompts), equal to recomputing every step.
 
     ``hooks`` are TransformerLens forward hooks held on the prompt's positions
     (an intervention's); with a cache they run on the prompt's pass only, since
-    the prompt's keys and values are not computed again.
+    the prompt's keys and values are not computed again. ``finished`` (see
+    :data:`Finished`) stops decoding early, after the step at which every row's
+    answer is complete; then fewer than ``n`` columns come back.
     """
     if n <= 1 or not _usable(adapter, tokens, n):
-        return _recomputed(adapter, tokens, n, hooks)[0]
+        return _recomputed(adapter, tokens, n, hooks, finished)[0]
     cache = new_cache(adapter, tokens.shape[0])
     assert cache is not None
     seq = tokens
@@ -185,5 +203,7 @@ def greedy_tokens(
             if bool(close.any()):  # decide near ties by the reference
                 nxt[close] = adapter.last_logits(seq, hooks).argmax(-1)[close] if hooks else adapter.last_logits(seq[close]).argmax(-1)
             seq = torch.cat([seq, nxt[:, None]], dim=1)
+            if _all_done(finished, seq[:, tokens.shape[1] :]):
+                break
             step_input, step_hooks = nxt[:, None], ()
     return seq[:, tokens.shape[1] :]
