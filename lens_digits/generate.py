@@ -63,8 +63,9 @@ def greedy_decode(
 
     ``generate(tokens, n)`` returns ``n`` greedy new tokens after each row of a
     ``(batch, pos)`` tensor (the model's own cached ``generate``, see
-    :func:`generator`). Prompts of equal length are batched together, so no
-    padding is needed; a batch runs for its longest ``steps``.
+    :func:`generator`; it may return fewer once every row's answer is
+    complete). Prompts of equal length are batched together, so no padding is
+    needed; a batch runs for at most its longest ``steps``.
     """
     out: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="greedy answers", unit="problem", disable=not progress)
