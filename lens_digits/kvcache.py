@@ -129,10 +129,10 @@ def _recomputed(
     return tokens[:, start:], logits
 
 
-def _cached_logits(adapter: ModelAdapter, tokens: Tensor, forced: Tensor, hooks: Sequence[tuple[str, Any]]) -> list[Tensor]:
-    """Each step's last-position logits through a key-value cache, feeding ``forced`` as the new tokens."""
-    cache = new_cache(adapter, tokens.shape[0])
-    assert cache is not None
+def _cached_logits(
+    adapter: ModelAdapter, cache: KeyValueCache, tokens: Tensor, forced: Tensor, hooks: Sequence[tuple[str, Any]]
+) -> list[Tensor]:
+    """Each step's last-position logits through ``cache`` (fresh), feeding ``forced`` as the new tokens."""
     out = []
     with _pass_cache_to_attention(adapter):
         out.append(adapter.last_logits(tokens, hooks, **cache.kwargs(tokens)))
@@ -147,10 +147,11 @@ def cache_agrees(adapter: ModelAdapter, tokens: Int[Tensor, "batch pos"], n: int
     A value at most 0.25 means the cache may be used: its logits are within a
     quarter of the tolerance of the recomputed ones at every step.
     """
-    if new_cache(adapter, tokens.shape[0]) is None:
+    cache = new_cache(adapter, tokens.shape[0])
+    if cache is None:
         return None
     ref_tokens, ref_logits = _recomputed(adapter, tokens, n, hooks)
-    cached = _cached_logits(adapter, tokens, ref_tokens, hooks)
+    cached = _cached_logits(adapter, cache, tokens, ref_tokens, hooks)
     return max(float(((c - r).abs().amax(-1) / tolerance(adapter, r)).max()) for c, r in zip(cached, ref_logits, strict=True))
 
 
