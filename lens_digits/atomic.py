@@ -1,4 +1,4 @@
-"""Filesystem steps that cannot be half-done: an atomic folder swap, flushing to disk, signals held back.
+"""Filesystem steps that cannot be half-done: a file written whole, an atomic folder swap, flushing to disk, signals held back.
 
 Linux's ``renameat2(RENAME_EXCHANGE)`` swaps two folders in one step, so a
 replaced folder is never missing; elsewhere :func:`exchange` raises
@@ -18,6 +18,25 @@ from typing import Any
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: into ``.NAME.PID.part`` beside it, flushed, then renamed over it.
+
+    A failure removes the temporary file; a killed writer leaves it, named with
+    its process id so that a later run can tell a dead writer's file from a live
+    one's. The file gets the permissions of any file the user makes (the umask).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> None:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_digits import atomic
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
@@ -117,15 +118,6 @@ def _ids_hash(encoded: Sequence[EncodedProblem]) -> str:
     for e in encoded:
         h.update(json.dumps([e.prompt_ids, e.answer_ids]).encode())
     return h.hexdigest()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ResidualCache:
@@ -374,8 +366,8 @@ class ResidualCache:
             "n": len(part),
             "info": part.info,
         }
-        _write_atomically(self.folder / f"{name}.safetensors", data)
-        _write_atomically(self.folder / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
+        atomic.write_file(self.folder / f"{name}.safetensors", data)
+        atomic.write_file(self.folder / f"{name}.json", (json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n").encode())
 
     @classmethod
     def for_run_directory(cls, target: Path, *, overwrite: bool, shard_size: int = SHARD_SIZE) -> "ResidualCache":

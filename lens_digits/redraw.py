@@ -42,9 +42,7 @@ def figure_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
     """Write a figure as HTML or a static image, atomically; refuse to replace a file the user made."""
-    import os
-    import tempfile
-
+    from lens_digits import atomic
     from lens_digits.errors import OutputError
     from lens_digits.plotting import static_image
 
@@ -57,24 +55,8 @@ def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
         fig.to_html(include_plotlyjs=True, full_html=True).encode() if suffix == ".html" else static_image(fig, format=suffix[1:], scale=2)
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_file(out, data)
     return out
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def plot_command(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lens_digits import atomic
 from lens_digits.config import SweepConfig
 from lens_digits.errors import LensDigitsError
 from lens_digits.rundir import Reservation, is_run_directory, resolve_output
@@ -379,9 +380,7 @@ def combine(units: Sequence[dict[str, Any]]) -> StudyResult:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_file(path, text.encode())
 
 
 def study_command(args: argparse.Namespace) -> int:

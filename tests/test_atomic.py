@@ -1,12 +1,14 @@
-"""Filesystem steps that cannot be half-done: signals that arrive while a run directory is moved into place wait until after the move."""
+"""Filesystem steps that cannot be half-done: a file written whole, and signals that arrive while a run directory is moved
+into place delivered after the move."""
 
 import os
 import signal
 import time
 
+import pytest
 from runs import fill_with, tag_of
 
-from lens_digits import rundir
+from lens_digits import atomic, rundir
 from lens_digits.rundir import Reservation
 
 
@@ -29,3 +31,25 @@ def test_signals_arriving_during_the_move_are_delivered_after_it(tmp_path, monke
         signal.signal(signal.SIGTERM, previous)
     assert seen == [signal.SIGTERM]
     assert tag_of(tmp_path / "run") == "x"
+
+
+def test_write_file_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "grid.csv"
+    atomic.write_file(path, b"old\n")
+    mask = os.umask(0o027)
+    try:
+        atomic.write_file(path, b"new\n")
+    finally:
+        os.umask(mask)
+    assert path.read_bytes() == b"new\n"
+    assert (path.stat().st_mode & 0o777) == 0o640  # the umask's permissions, like any file the user makes
+    assert os.listdir(tmp_path) == ["grid.csv"]
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_file(path, b"half")
+    assert path.read_bytes() == b"new\n"  # the old content stays
+    assert os.listdir(tmp_path) == ["grid.csv"]  # and no temporary file is left
