@@ -47,6 +47,17 @@ def output_transform(model: Any) -> tuple[Callable[[Tensor], Tensor] | None, lis
     return None, []
 
 
+def default_tile(device: torch.device) -> int:
+    """Vocabulary columns per tile of the tiled reduction on ``device``.
+
+    On a CPU, 2,048: a tile of a chunk's logits stays in cache while it is
+    reduced (measured in ``benchmarks/sweep_floor.py``). On an accelerator,
+    32,768: fewer, larger matrix products and kernel launches; a tile there has
+    no cache to fit.
+    """
+    return 2048 if torch.device(device).type == "cpu" else 32768
+
+
 def _norm_name(module: Any) -> str:
     name = type(module).__name__
     inner = getattr(module, "original_component", None)
@@ -112,14 +123,15 @@ class Readout:
 
     @torch.inference_mode()
     def reduce(
-        self, resid: Float[Tensor, "row d_model"], gold: Int[Tensor, " row"], tile: int = 2048
+        self, resid: Float[Tensor, "row d_model"], gold: Int[Tensor, " row"], tile: int | None = None
     ) -> tuple[Int[Tensor, " row"], Float[Tensor, " row"], Float[Tensor, " row"]]:
         """Top-1, gold rank and gold log-probability of the readout of each residual row.
 
         The logits are made and reduced a tile of the vocabulary at a time
         (:func:`~lens_digits.reductions.reduce_tiled`) when the unembedding is a
         plain matrix (checked once against the model's own unembedding); otherwise
-        all at once (:func:`~lens_digits.reductions.reduce_logits`).
+        all at once (:func:`~lens_digits.reductions.reduce_logits`). ``tile``:
+        vocabulary columns per tile (default :func:`default_tile` of the device).
         """
         from lens_digits.reductions import reduce_logits, reduce_tiled
 
@@ -129,7 +141,7 @@ class Readout:
         x = resid.to(self.device, self.dtype)
         if self.norm == "final":
             x = self.ln_final(x)
-        return reduce_tiled(x, weights[0], weights[1], gold, self.transform, tile)
+        return reduce_tiled(x, weights[0], weights[1], gold, self.transform, tile or default_tile(self.device))
 
     def _tiles(self) -> tuple[Tensor, Tensor | None] | None:
         """``(W_U, b_U)`` if the unembedding is ``x @ W_U + b_U`` (the first call checks it), else None."""

@@ -4,11 +4,10 @@
 where the plain computation takes five. :func:`reduce_tiled` makes the logits
 a slice of the vocabulary at a time (``x @ W_U[:, slice]``) and reduces each
 slice while it is still in cache: a streaming maximum and top-1, a streaming
-log-sum-exp, and a count of the logits above the gold one. The gold logit is
-first estimated with a dot product; the few logits too close to it to be
-ordered by the estimate are kept and compared at the end with the gold logit
-as its own slice computed it, so the rank is that of the logits the slices
-hold, ties included.
+log-sum-exp, and a count of the logits above the gold one. The slices that hold
+a gold token are made first (and kept until their turn), so the count compares
+with the gold logit exactly as its slice made it: the rank is that of the
+logits the slices hold, ties included, in any dtype.
 """
 
 from collections.abc import Callable
@@ -57,56 +56,41 @@ def reduce_tiled(
 
     ``transform`` must act element by element and keep order (a soft cap, a
     scale); ``x`` and ``W`` share a dtype and device. The logits of a tile are
-    made in that dtype and reduced in float32.
+    made in that dtype and reduced in float32. Every logit is made once: the
+    tiles that hold some row's gold token are made first and kept until their
+    turn, so each row's gold logit is known, exactly as its tile makes it,
+    before any comparison. At most one host synchronisation (listing those
+    tiles) happens per call, none per tile.
     """
     n, vocab = x.shape[0], W.shape[1]
     gold = gold.to(x.device)
 
-    def logits(cols: slice) -> Tensor:
+    def logits(k: int) -> Tensor:
+        cols = slice(k * tile, min((k + 1) * tile, vocab))
         z = torch.addmm(b[cols], x, W[:, cols]) if b is not None else x @ W[:, cols]
         z = transform(z) if transform is not None else z
         return z.float()
 
-    # An estimate of each row's gold logit, and a band around it wide enough for any rounding difference.
-    g = (x.float() * W[:, gold].T.float()).sum(-1)
-    if b is not None:
-        g = g + b[gold].float()
-    if transform is not None:
-        g = transform(g.to(x.dtype)).float()
-    eps = torch.finfo(x.dtype).eps
-    scale = (x.float().abs() * W[:, gold].T.float().abs()).sum(-1) + (b[gold].float().abs() if b is not None else 0) + 1.0
-    band = 8 * x.shape[1] ** 0.5 * eps * scale
-    hi, lo = g + band, g - band
+    # The gold logits first, from the tiles that hold them (kept: each logit is made once).
+    home = gold // tile
+    held: dict[int, Tensor] = {}
+    exact = torch.zeros(n, device=x.device)
+    for k in torch.unique(home).tolist():
+        held[k] = z = logits(k)
+        at = (gold - k * tile).clamp(0, z.shape[1] - 1)
+        exact = torch.where(home == k, z.gather(1, at[:, None])[:, 0], exact)
     best_value = torch.full((n,), -torch.inf, device=x.device)
     best = torch.zeros(n, dtype=torch.long, device=x.device)
     total = torch.zeros(n, device=x.device)
     above = torch.zeros(n, dtype=torch.long, device=x.device)
-    exact = torch.empty(n, device=x.device)
-    near_rows: list[Tensor] = []
-    near_values: list[Tensor] = []
-    for start in range(0, vocab, tile):
-        cols = slice(start, min(start + tile, vocab))
-        z = logits(cols)  # (n, t) float32
+    for k in range((vocab + tile - 1) // tile):
+        z = held.pop(k) if k in held else logits(k)  # (n, t) float32
         value, index = z.max(-1)
         better = value > best_value  # strictly: ties keep the earlier (smaller) index
-        best = torch.where(better, index + start, best)
+        best = torch.where(better, index + k * tile, best)
         new_max = torch.maximum(best_value, value)
         total = total * (best_value - new_max).exp() + (z - new_max[:, None]).exp_().sum(-1)
         best_value = new_max
-        over = (z > hi[:, None]).sum(-1)
-        above += over
-        mixed = ((z >= lo[:, None]).sum(-1) != over).nonzero()[:, 0]  # rows with logits in the band: few
-        if len(mixed):
-            sub = z[mixed]
-            r, c = ((sub >= lo[mixed, None]) & (sub <= hi[mixed, None])).nonzero(as_tuple=True)
-            near_rows.append(mixed[r])
-            near_values.append(sub[r, c])
-        here = (gold >= cols.start) & (gold < cols.stop)
-        if here.any():
-            rows = here.nonzero()[:, 0]
-            exact[rows] = z[rows, gold[rows] - cols.start]
-    if near_rows:
-        rows_near, values_near = torch.cat(near_rows), torch.cat(near_values)
-        above.index_add_(0, rows_near, (values_near > exact[rows_near]).long())
+        above += (z > exact[:, None]).sum(-1)
     rank = torch.where(best == gold, torch.zeros_like(above), above).float()
     return best, rank, exact - (best_value + total.log())

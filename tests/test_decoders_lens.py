@@ -176,6 +176,34 @@ def test_tiled_reduction_equals_the_straightforward_one_ties_included(dtype, bia
     torch.testing.assert_close(logp, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_tiled_reduction_ranks_against_the_logits_its_tiles_make_each_made_once(dtype):
+    """Random real-valued logits: in 16-bit many round to the gold logit's value; each tile is made once."""
+    from lens_digits.reductions import reduce_tiled
+
+    gen = torch.Generator().manual_seed(2)
+    d, vocab, tile = 64, 3000, 256
+    x = torch.nn.functional.layer_norm(torch.randn(150, d, generator=gen), (d,)).to(dtype)
+    W = (torch.randn(d, vocab, generator=gen) * 0.05).to(dtype)
+    W[:, 2900:] = W[:, 10:110]  # the same columns again, in a later tile
+    gold = torch.cat([torch.randint(0, 20, (50,), generator=gen), torch.randint(0, vocab, (100,), generator=gen)])
+    made = []
+
+    def transform(z):
+        made.append(z.shape[1])
+        return z
+
+    top1, rank, logp = reduce_tiled(x, W, None, gold, transform, tile=tile)
+    assert sum(made) == vocab and len(made) == -(-vocab // tile), "every logit is made exactly once"
+    logits = torch.cat([(x @ W[:, s : s + tile]).float() for s in range(0, vocab, tile)], dim=1)  # what the tiles hold
+    assert torch.equal(top1, logits.argmax(-1))
+    gold_logit = logits.gather(-1, gold[:, None])
+    assert torch.equal(rank, torch.where(top1 == gold, 0, (logits > gold_logit).sum(-1)).float())
+    if dtype != torch.float32:
+        assert ((logits == gold_logit).sum(-1) > 1).any(), "the test holds ties that rounding made"
+    torch.testing.assert_close(logp, logits.log_softmax(-1).gather(-1, gold[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+
+
 def test_readout_reduces_in_tiles_where_the_unembedding_is_a_matrix(llama_model):
     from lens_digits.readout import Readout
     from lens_digits.reductions import reduce_logits

@@ -25,6 +25,18 @@ from lens_digits.reductions import reduce_logits
 from lens_digits.residuals import ResidualSet
 
 WITHIN = (1, 10)
+
+
+def default_max_logits(device: torch.device) -> int:
+    """How many logits a lens holds at once on ``device`` unless told otherwise.
+
+    2**25 (128 MiB of float32) on a CPU; 2**27 (512 MiB) on an accelerator, so
+    that a chunk of rows is large enough to keep it busy (about 880 rows at a
+    vocabulary of 151,936).
+    """
+    return 2**25 if torch.device(device).type == "cpu" else 2**27
+
+
 """Default k of the lenses' ``within_k`` scores (Zhou et al. 2024 report +-1 and +-10)."""
 _INTEGER = re.compile(r"[-+]?\d+")
 
@@ -72,15 +84,15 @@ class Lens(Decoder):
     fits = False  # a lens's fit reads the train problems' tokens only (for its baseline)
     needs_model = True  # it reads through the model's unembedding
 
-    def __init__(self, d_vocab: int, max_logits: int = 2**25, *, tokenizer: Any = None, within: Sequence[int] = WITHIN) -> None:
-        """``max_logits`` caps how many logits are held at once (memory knob).
+    def __init__(self, d_vocab: int, max_logits: int | None = None, *, tokenizer: Any = None, within: Sequence[int] = WITHIN) -> None:
+        """``max_logits`` caps how many logits are held at once (memory knob; default :func:`default_max_logits`).
 
         ``tokenizer`` (the model's) turns top-1 tokens into numbers and answer
         tokens into digit places; without one, no numeric scores and no place rows.
         ``within`` are the k of the ``within_k`` scores.
         """
         self.d_vocab = int(d_vocab)
-        self.max_logits = int(max_logits)
+        self.max_logits = None if max_logits is None else int(max_logits)
         self.tokenizer = tokenizer
         self.within = check_within(within)
         self._texts: dict[int, str] = {}
@@ -140,7 +152,8 @@ class Lens(Decoder):
         top1 = torch.full((n, n_columns, n_pos), -1, dtype=torch.long)
         rank = torch.zeros(n, n_columns, n_pos)
         logp = torch.zeros(n, n_columns, n_pos)
-        chunk = max(1, self.max_logits // max(1, self.d_vocab))
+        budget = self.max_logits or default_max_logits(data.resid.device)
+        chunk = max(1, budget // max(1, self.d_vocab))
         where = problem.to(data.resid.device), position.to(data.resid.device)
         for layer in range(n_columns):
             for s in range(0, len(gold), chunk):

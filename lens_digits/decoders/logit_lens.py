@@ -32,7 +32,7 @@ class LogitLens(Lens):
     def __init__(
         self,
         readout: Readout,
-        max_logits: int = 2**25,
+        max_logits: int | None = None,
         final: Readout | None = None,
         n_layers: int | None = None,
         *,
