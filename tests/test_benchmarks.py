@@ -21,6 +21,12 @@ def test_sweep_floor_contenders_give_the_same_top1(target):
     assert "the same top-1 everywhere" in proc.stdout and "| sweep |" in proc.stdout and "| naive |" in proc.stdout
 
 
+def test_reduction_benchmark_contenders_agree_in_float32_and_bfloat16():
+    proc = run(BENCH / "reduction.py", "--device", "cpu", "--rows", "16", "--d", "32", "--vocab", "5000", "--calls", "1", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| float32 |" in proc.stdout and "| bfloat16 |" in proc.stdout
+
+
 @pytest.mark.slow
 def test_gpu_benchmark_runs_on_the_cpu_with_a_small_shape():
     proc = run(

@@ -114,6 +114,42 @@ def test_first_and_answer_scores_by_hand(max_logits):
     assert answer.correct.dtype == torch.bool and answer.correct.shape == (len(ANSWERS), N_LAYERS)
 
 
+class _Texts:
+    """A tokenizer whose token ``i`` reads ``TEXTS[i]``."""
+
+    TEXTS = ["1", "2", "$", "x", " 3"]
+
+    def decode(self, ids):
+        return "".join(self.TEXTS[i] for i in ids)
+
+
+def test_numeric_scores_read_each_layers_number_by_hand_prefixes_and_ends_included():
+    problems = [
+        Problem(1, "add", 6, 6, "6+6=", "12", "test"),
+        Problem(1, "add", 1, 2, "1+2=", "3", "test", answer_prefix="$"),
+        Problem(1, "add", 0, 1, "0+1=", "1", "test"),
+    ]
+    target_ids = torch.tensor([[0, 1], [2, 4], [0, -1]])
+    encoded = [EncodedProblem((9,), tuple(t for t in row if t >= 0)) for row in target_ids.tolist()]
+    data = ResidualSet(torch.zeros(3, 3, 2, 0), target_ids, problems, encoded, {})
+    top1 = torch.tensor(
+        [
+            [[0, 1], [3, 1], [1, 0]],  # "12" (12), "x2" (no number), "21" (21)
+            [[2, 4], [0, 1], [2, 2]],  # "$ 3" (3 after its prefix), "12" (no prefix: 12), "$$" (no number)
+            [[0, 1], [1, 1], [1, 0]],  # one answer token: "1", "2", "2"; what lies past its end is not read
+        ]
+    )
+    lens = TableLens(torch.zeros(1, 3, 2, 5))
+    lens.tokenizer = _Texts()
+    out = lens.numeric_scores(data, top1, "answer")
+    nan = math.nan
+    want = torch.tensor([[0, nan, 9], [0, 9, nan], [0, 1, 1]], dtype=torch.float64)
+    torch.testing.assert_close(out["abs_error"], want, equal_nan=True)
+    assert out["numeric"].tolist() == [[1, 0, 1], [1, 1, 0], [1, 1, 1]]
+    assert out["within_1"].tolist() == [[1, 0, 0], [1, 0, 0], [1, 1, 1]]
+    assert out["within_10"].tolist() == [[1, 0, 1], [1, 1, 0], [1, 1, 1]]
+
+
 def test_decode_gives_top1_rank_and_log_probability_per_position():
     data, table = toy_set()
     top1, rank, logp = TableLens(table).decode(data)

@@ -202,17 +202,27 @@ class Lens(Decoder):
         return text
 
     def numeric_scores(self, data: ResidualSet, top1: Int[Tensor, "problem layer pos"], target: str) -> dict[str, Tensor]:
-        """``numeric``, ``abs_error`` (NaN where the read is not a number) and ``within_k`` per problem and layer."""
-        n, n_columns, _ = top1.shape
+        """``numeric``, ``abs_error`` (NaN where the read is not a number) and ``within_k`` per problem and layer.
+
+        A read is the top-1 tokens at a problem's answer positions; the same
+        reads recur across problems and layers, so each distinct one (with its
+        problem's answer prefix) is turned into text and parsed once.
+        """
+        n, n_columns, n_pos = top1.shape
         gold = torch.tensor([_number(p.model_output if target == "model" else p.answer) for p in data.problems], dtype=torch.float64)
-        lengths = (data.target_ids >= 0).sum(1).tolist()
-        read = torch.full((n, n_columns), math.nan, dtype=torch.float64)
-        ids = top1.tolist()
-        for i, (p, k) in enumerate(zip(data.problems, lengths, strict=True)):
-            prefix = p.answer_prefix.strip()
-            for layer in range(n_columns):
-                text = "".join(self.token_text(t) for t in ids[i][layer][:k]).strip()
-                read[i, layer] = _number(text[len(prefix) :] if prefix and text.startswith(prefix) else text)
+        prefixes = [p.answer_prefix.strip() for p in data.problems]
+        kinds = sorted(set(prefixes))
+        kind = torch.tensor([kinds.index(x) for x in prefixes], dtype=torch.long)
+        real = (data.target_ids[:, :n_pos] >= 0).cpu()[:, None, :]  # a read is the answer positions only
+        ids = torch.where(real, top1, -1).reshape(n * n_columns, n_pos)
+        keys = torch.cat([ids, kind.repeat_interleave(n_columns)[:, None]], dim=1)
+        unique, inverse = torch.unique(keys, dim=0, return_inverse=True) if n else (keys, torch.zeros(0, dtype=torch.long))
+        values = []
+        for *ids, k in unique.tolist():
+            text = "".join(self.token_text(t) for t in ids if t >= 0).strip()
+            prefix = kinds[k]
+            values.append(_number(text[len(prefix) :] if prefix and text.startswith(prefix) else text))
+        read = torch.tensor(values, dtype=torch.float64)[inverse].reshape(n, n_columns)
         error = (read - gold[:, None]).abs()
         out = {"numeric": (~read.isnan()).double(), "abs_error": error}
         for k in self.within:
