@@ -3,7 +3,7 @@
 One process, the same rows, each contender giving the same top-1 and rank
 (checked before timing). Rows of a final-normed random residual (``--d``) and a
 random unembedding of ``--vocab`` tokens, in float32 and bfloat16; golds among
-the first 20 tokens (where digit tokens sit). Contenders:
+the first 20 tokens (where digit tokens sit), or anywhere with ``--spread``. Contenders:
 
 - **floor**: ``x @ W_U`` and ``argmax``: the matrix product and top-1 only;
 - **plain**: ``x @ W_U``, then argmax, the rank by counting and ``log_softmax``
@@ -68,6 +68,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=5, help="calls per timing")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--spread", action="store_true", help="golds anywhere in the vocabulary (GPT-2, Llama-3 numbers), not the first 20")
     args = p.parse_args()
 
     from lens_digits.readout import default_tile
@@ -81,7 +82,7 @@ def main() -> int:
         dtype = getattr(torch, name)
         x = torch.nn.functional.layer_norm(torch.randn(args.rows, args.d, generator=gen), (args.d,)).to(args.device, dtype)
         W = (torch.randn(args.d, args.vocab, generator=gen) * 0.02).to(args.device, dtype)
-        gold = torch.randint(0, 20, (args.rows,), generator=gen).to(args.device)
+        gold = torch.randint(0, args.vocab if args.spread else 20, (args.rows,), generator=gen).to(args.device)
         fns = contenders(x, W, gold, tile)
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(args.repeats):
