@@ -25,6 +25,8 @@ from lens_digits.reductions import reduce_logits
 from lens_digits.residuals import ResidualSet
 
 WITHIN = (1, 10)
+"""Default k of the lenses' ``within_k`` scores (Zhou et al. 2024 report +-1 and +-10)."""
+_INTEGER = re.compile(r"[-+]?\d+")
 
 
 def default_max_logits(device: torch.device) -> int:
@@ -35,10 +37,6 @@ def default_max_logits(device: torch.device) -> int:
     vocabulary of 151,936).
     """
     return 2**25 if torch.device(device).type == "cpu" else 2**27
-
-
-"""Default k of the lenses' ``within_k`` scores (Zhou et al. 2024 report +-1 and +-10)."""
-_INTEGER = re.compile(r"[-+]?\d+")
 
 
 def _number(text: str | None) -> float:
@@ -218,8 +216,8 @@ class Lens(Decoder):
         keys = torch.cat([ids, kind.repeat_interleave(n_columns)[:, None]], dim=1)
         unique, inverse = torch.unique(keys, dim=0, return_inverse=True) if n else (keys, torch.zeros(0, dtype=torch.long))
         values = []
-        for *ids, k in unique.tolist():
-            text = "".join(self.token_text(t) for t in ids if t >= 0).strip()
+        for *tokens, k in unique.tolist():
+            text = "".join(self.token_text(t) for t in tokens if t >= 0).strip()
             prefix = kinds[k]
             values.append(_number(text[len(prefix) :] if prefix and text.startswith(prefix) else text))
         read = torch.tensor(values, dtype=torch.float64)[inverse].reshape(n, n_columns)
