@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from lens_digits import atomic
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
+from lens_digits.outputs import CACHE_FOLDER, SHARD_FILE, pending_cache
 from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
-from lens_digits.rundir import CACHE_FOLDER, SHARD_FILE, pending_cache
 from lens_digits.targets import EncodedProblem
 from lens_digits.tasks import Problem
 
@@ -374,7 +374,7 @@ class ResidualCache:
         """The cache of a run into ``target``.
 
         Shards of a killed run are resumed (kept beside it, see
-        :func:`~lens_digits.rundir.pending_cache`), those of the run it replaces
+        :func:`~lens_digits.outputs.pending_cache`), those of the run it replaces
         reused (``target/cache``); with ``overwrite`` shards of other settings are
         discarded instead of refused.
         """

@@ -332,7 +332,7 @@ def _kept_for_resume(args: argparse.Namespace) -> str:
     """Where an interrupted run's residuals wait for the same command to resume (empty if none were kept)."""
     if args.command != "run" or args.no_cache:
         return ""
-    from lens_digits.rundir import pending_cache, resolve_output
+    from lens_digits.outputs import pending_cache, resolve_output
 
     try:
         pending = pending_cache(resolve_output(args.out))

@@ -455,5 +455,5 @@ class AccuracyGrid:
 
 
 def check_output_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Check that a run directory can be written at ``path``, creating nothing (see :func:`lens_digits.rundir.check_output`)."""
+    """Check that a run directory can be written at ``path``, creating nothing (see :func:`lens_digits.outputs.check_output`)."""
     return check_output(path, overwrite)

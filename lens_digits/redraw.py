@@ -62,7 +62,7 @@ def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
 def plot_command(args: argparse.Namespace) -> int:
     """``lens-digits plot RUN_DIR``: redraw one method, target, place or value into the run directory (or ``--out``)."""
     from lens_digits.grid import AccuracyGrid
-    from lens_digits.rundir import FIGURE_NAME
+    from lens_digits.outputs import FIGURE_NAME
 
     grid = AccuracyGrid.load(args.run_dir)
     if args.method or args.target:

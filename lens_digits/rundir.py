@@ -6,9 +6,10 @@ is written by a :class:`Reservation`:
 1. **Reserve** (before any compute): take an exclusive lock on a hidden lock
    file beside the folder (``.NAME.lens-digits.lock``). A second run into the
    same folder fails at once, while the first still runs. Holding the lock, the
-   target is checked: it must not exist, be empty, or (with ``overwrite``) be a
-   run directory this package wrote. The working directory, its parents, the
-   home folder and the filesystem root are always refused. Temporary folders
+   target is checked (:func:`lens_digits.outputs.check_output`): it must not
+   exist, be empty, or (with ``overwrite``) be a run directory this package
+   wrote. The working directory, its parents, the home folder and the
+   filesystem root are always refused. Temporary folders
    left by runs that died (SIGKILL, power loss) are removed now: they are
    recognised by their name *and* a marker file inside, and their owner is dead
    because the lock is free.
@@ -32,7 +33,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -44,164 +44,41 @@ from typing import Any
 
 from lens_digits import atomic
 from lens_digits.errors import OutputError
+from lens_digits.outputs import (
+    CACHE_FOLDER,
+    FIGURE_NAME,
+    RUN_FILES,
+    SHARD_FILE,
+    TAG,
+    check_output,
+    is_cache_folder,
+    is_run_directory,
+    list_folder,
+    pending_cache,
+    protected_reason,
+    resolve_output,
+)
 from lens_digits.record import RUN_FORMAT
 
-RUN_FILES = ("grid.csv", "emergence.csv", "prompts.jsonl", "heatmap.html", "run.json")
-"""The files of a run directory."""
+__all__ = [
+    "CACHE_FOLDER",
+    "FIGURE_NAME",
+    "PARTIAL_MARKER",
+    "RUN_FILES",
+    "RUN_FORMAT",
+    "SHARD_FILE",
+    "Reservation",
+    "check_output",
+    "is_cache_folder",
+    "is_run_directory",
+    "pending_cache",
+    "protected_reason",
+    "resolve_output",
+    "write_run_directory",
+]
 
-CACHE_FOLDER = "cache"
-"""The run directory's residual cache (see :mod:`lens_digits.cache`)."""
-SHARD_FILE = re.compile(r"seed\d+-(first|answer|model)-(test|train|val)-scale\d+-\d{4}\.(safetensors|json)")
-"""The files a residual cache holds."""
-
-
-FIGURE_NAME = re.compile(r"heatmap[-\w.]*\.(html|png|svg|pdf)")
-"""Figures ``lens-digits plot`` writes into a run directory (they keep it a run directory)."""
-
-TAG = "lens-digits"
 PARTIAL_MARKER = ".lens-digits-partial"
 """File inside a temporary folder: what a later run may delete once the folder's owner is dead."""
-
-
-# ---- what may be written where -----------------------------------------------------------------
-
-
-def resolve_output(path: str | os.PathLike[str]) -> Path:
-    """The absolute path of an output folder, with ``~`` expanded; refuses an empty name."""
-    text = os.fspath(path)
-    if not str(text).strip():
-        raise OutputError("the output folder name is empty; pass a new folder for the run, e.g. --out runs/demo")
-    return Path(text).expanduser().absolute()
-
-
-def protected_reason(target: Path) -> str | None:
-    """Why ``target`` may never be a run directory (None if it may).
-
-    The working directory and every folder above it, the home folder, and the
-    filesystem root hold things the user owns; a run directory is always a
-    folder of its own.
-    """
-    resolved = _resolved(target)
-    cwd = _resolved(Path.cwd())
-    home = _resolved(Path.home())
-    if resolved == Path(resolved.anchor):
-        return "it is the filesystem root"
-    if resolved == home:
-        return "it is your home folder"
-    if resolved == cwd:
-        return "it is the working directory"
-    if resolved in cwd.parents:
-        return "it contains the working directory"
-    return None
-
-
-def _resolved(p: Path) -> Path:
-    try:
-        return p.resolve()
-    except OSError:
-        return p.absolute()
-
-
-def is_run_directory(folder: Path, files: tuple[str, ...] = RUN_FILES, marker: str = "run.json") -> bool:
-    """Whether ``folder`` holds a run directory written by this package, and nothing else.
-
-    A run directory has a ``run.json`` whose ``format`` is ``lens_digits.run``
-    (or, from releases before the key existed, one with ``versions`` naming
-    ``lens-digits``), and only files this package writes.
-    """
-    try:
-        names = {p.name for p in folder.iterdir()}
-    except OSError:
-        return False
-    redrawn = {n for n in names if FIGURE_NAME.fullmatch(n)}  # figures lens-digits plot adds
-    if CACHE_FOLDER in names and files == RUN_FILES:
-        if not is_cache_folder(folder / CACHE_FOLDER):
-            return False
-        names.discard(CACHE_FOLDER)
-    if marker not in names or not names - redrawn <= set(files):
-        return False
-    try:
-        info = json.loads((folder / marker).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(info, dict):
-        return False
-    if info.get("format") == RUN_FORMAT:
-        return True
-    versions = info.get("versions")
-    return isinstance(versions, dict) and "lens-digits" in versions
-
-
-def is_cache_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a folder of residual shards and nothing else (temporary files of a killed write included)."""
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    try:
-        names = [p.name for p in folder.iterdir()]
-    except OSError:
-        return False
-    return all(SHARD_FILE.fullmatch(n) or (n.startswith(".") and n.endswith(".part")) for n in names)
-
-
-def pending_cache(target: Path) -> Path:
-    """Where a run into ``target`` keeps its residual shards until its run directory is written (kept after a kill)."""
-    return target.with_name(f".{target.name}.{TAG}.cache")
-
-
-def check_output(
-    path: str | os.PathLike[str],
-    overwrite: bool = False,
-    *,
-    is_ours: Callable[[Path], bool] = is_run_directory,
-    flag: str = "--overwrite",
-) -> Path:
-    """Check that a run directory may be written at ``path``; create nothing.
-
-    Raises:
-        OutputError: The folder is protected, is a file, is not empty (and
-            ``overwrite`` is False), is not empty and not something this package
-            wrote (whatever ``overwrite`` says), or the nearest existing folder
-            above it is not writable.
-    """
-    target = resolve_output(path)
-    shown = str(path)
-    reason = protected_reason(target)
-    if reason:
-        raise OutputError(f"refusing to write a run into {shown!r}: {reason}; pass a new folder for the run, e.g. --out runs/demo")
-    if target.is_symlink() and not target.exists():
-        raise OutputError(f"output {shown!r} is a broken symbolic link; remove it or choose another folder")
-    if target.exists():
-        if not target.is_dir():
-            raise OutputError(f"output {shown!r} is a file, not a folder; choose another folder")
-        if target.is_symlink():
-            raise OutputError(f"output {shown!r} is a symbolic link; pass the folder it points to, or another folder")
-        contents = _listing(target)
-        if contents:
-            if not overwrite:
-                raise OutputError(f"output folder {shown!r} is not empty; choose a new one or pass {flag} to replace an earlier run")
-            if not is_ours(target):
-                raise OutputError(
-                    f"output folder {shown!r} was not written by lens-digits (it holds {_some(contents)}); {flag} replaces only "
-                    "lens-digits output, so move those files away or choose another folder"
-                )
-    parent = target.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write output folder {shown!r}: {str(parent)!r} is not writable; choose another folder")
-    return target
-
-
-def _listing(folder: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in folder.iterdir())
-    except OSError as e:
-        raise OutputError(f"cannot read output folder {str(folder)!r}: {e.strerror}; choose another folder") from None
-
-
-def _some(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:3])
-    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 # ---- the reservation ---------------------------------------------------------------------------
@@ -396,7 +273,7 @@ class Reservation:
 
     def _move_into_place(self, tmp: Path) -> None:
         target = self.target
-        if target.exists() and _listing(target):
+        if target.exists() and list_folder(target):
             # Checked under the lock: a run directory of ours, and overwrite was asked for.
             if not (self.overwrite and self.is_ours(target)):
                 raise OutputError(
