@@ -126,7 +126,8 @@ class ModelAdapter:
         instead of every position. ``hooks`` are TransformerLens forward hooks
         run on the way (an intervention's), before the final residual is read;
         ``forward`` goes to the model's forward pass (a key-value cache, see
-        :mod:`lens_digits.kvcache`).
+        :mod:`lens_digits.kvcache`). The logits are on the tokens' device (a
+        model split over devices unembeds on its last one).
         """
         from lens_digits.readout import Readout
 
@@ -142,7 +143,7 @@ class ModelAdapter:
             pass
         if self._readout is None:
             self._readout = Readout(self)
-        return self._readout(kept[0], upcast=False)
+        return self._readout(kept[0], upcast=False).to(tokens.device)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for ``run.json``."""

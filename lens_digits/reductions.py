@@ -59,10 +59,11 @@ def reduce_tiled(
     made in that dtype and reduced in float32. Every logit is made once: the
     tiles that hold some row's gold token are made first and kept until their
     turn, so each row's gold logit is known, exactly as its tile makes it,
-    before any comparison. At most one host synchronisation (listing those
-    tiles) happens per call, none per tile.
+    before any comparison. With ``gold`` on the CPU nothing waits for the
+    device; otherwise listing those tiles does, once per call.
     """
     n, vocab = x.shape[0], W.shape[1]
+    tiles = torch.unique(gold.cpu() // tile).tolist()  # gold on the CPU (as lenses pass it): no wait for the device
     gold = gold.to(x.device)
 
     def logits(k: int) -> Tensor:
@@ -75,7 +76,7 @@ def reduce_tiled(
     home = gold // tile
     held: dict[int, Tensor] = {}
     exact = torch.zeros(n, device=x.device)
-    for k in torch.unique(home).tolist():
+    for k in tiles:
         held[k] = z = logits(k)
         at = (gold - k * tile).clamp(0, z.shape[1] - 1)
         exact = torch.where(home == k, z.gather(1, at[:, None])[:, 0], exact)

@@ -140,7 +140,7 @@ class CircularProbe(LinearProbe):
         for block in range(nb):
             rows = sample_weight[block] > 0
             feats = x[block][rows][:, :dim].to(dtype)
-            target = circle.T[labels[block][rows].to(x.device)]  # (n, task, 2)
+            target = circle.T[labels[block].to(x.device)[rows]]  # (n, task, 2); rows is on x.device
             w, bias = ridge(feats, target.reshape(len(feats), n_tasks * 2), alphas, sample_weight[block][rows].to(dtype))
             W[block] = torch.einsum("adtc,ck->atdk", w.view(n_c, dim, n_tasks, 2), circle).float()
             b[block] = torch.einsum("atc,ck->atk", bias.view(n_c, n_tasks, 2), circle).float()

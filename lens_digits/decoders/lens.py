@@ -144,9 +144,10 @@ class Lens(Decoder):
         """
         n, n_columns, all_pos, _ = data.resid.shape
         n_pos = all_pos if n_pos is None else n_pos
-        real = data.target_ids[:, :n_pos] >= 0  # (N, pos)
+        target_ids = data.target_ids.cpu()  # the outputs and their indices live on the CPU; residuals stay where they are
+        real = target_ids[:, :n_pos] >= 0  # (N, pos)
         problem, position = real.nonzero(as_tuple=True)  # the rows to decode
-        gold = data.target_ids[problem, position]  # (R,)
+        gold = target_ids[problem, position]  # (R,)
         top1 = torch.full((n, n_columns, n_pos), -1, dtype=torch.long)
         rank = torch.zeros(n, n_columns, n_pos)
         logp = torch.zeros(n, n_columns, n_pos)
@@ -154,13 +155,15 @@ class Lens(Decoder):
         chunk = max(1, budget // max(1, self.d_vocab))
         where = problem.to(data.resid.device), position.to(data.resid.device)
         for layer in range(n_columns):
+            parts = []
             for s in range(0, len(gold), chunk):
                 rows = slice(s, s + chunk)
                 resid = data.resid[where[0][rows], layer, where[1][rows]]  # (r, d)
-                best, hit, lp = self.reduce_layer(resid, layer, gold[rows])
-                top1[problem[rows], layer, position[rows]] = best.cpu()
-                rank[problem[rows], layer, position[rows]] = hit.cpu()
-                logp[problem[rows], layer, position[rows]] = lp.cpu()
+                parts.append(self.reduce_layer(resid, layer, gold[rows]))
+            if parts:  # one copy to the CPU per layer, so a device is never kept waiting between chunks
+                top1[problem, layer, position] = torch.cat([p[0] for p in parts]).cpu()
+                rank[problem, layer, position] = torch.cat([p[1] for p in parts]).cpu().float()
+                logp[problem, layer, position] = torch.cat([p[2] for p in parts]).cpu().float()
         return top1, rank, logp
 
     def score(self, data: ResidualSet, target: Target) -> Scores:

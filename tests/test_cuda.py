@@ -1,0 +1,54 @@
+"""On a CUDA GPU: every reading runs with the model and its residuals on the device and gives the CPU's grid.
+
+Skipped on a machine without one (the module's only requirement); ``compare_devices`` is
+what the tests run, and runs on any pair of devices.
+"""
+
+import pytest
+import torch
+
+import lens_digits as ld
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+METHODS = ["logit_lens", "tuned_lens", "probe", "circular_probe", "patch"]
+
+
+def compare_devices(folder, device, reference="cpu", **kw):
+    """The grid of a sweep on ``device`` against the same sweep on ``reference``.
+
+    Logit-lens cells may differ by one problem (a near tie rounded the other way by
+    another matrix-product kernel); fitted readings by 0.1 (their solvers run in
+    another precision on a GPU).
+    """
+    settings = dict(scales="1-3", n_per_scale=30, target="all", seed=0, methods=METHODS) | kw
+    grids = [ld.run_sweep(ld.load_model(folder, device=d), **settings).to_dataframe(breakdown=False) for d in (device, reference)]
+    keys = ["method", "target", "scale", "layer"]
+    a, b = (g.sort_values(keys).reset_index(drop=True) for g in grids)
+    assert a[keys].equals(b[keys]) and a["n"].equals(b["n"]), "the same cells, scored on the same problems"
+    assert set(a["method"]) == set(settings["methods"])
+    exact = a["method"].isin(["logit_lens", "patch"])
+    gap = (a["accuracy"] - b["accuracy"]).abs()
+    assert (gap[exact] <= 1 / a["n"][exact] + 1e-9).all()
+    assert (gap[~exact] <= 0.1).all()
+
+
+def test_every_reading_runs_on_the_gpu_and_gives_the_cpus_grid(llama_dir):
+    compare_devices(llama_dir, "cuda")
+
+
+def test_greedy_answers_of_a_model_split_between_gpu_and_cpu(llama_dir):
+    split = {
+        "model.embed_tokens": 0,
+        "model.layers.0": 0,
+        "model.layers.1": "cpu",
+        "model.layers.2": "cpu",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    kw = dict(scales="1-3", n_per_scale=30, target="model", seed=0, device="cpu")
+    a = ld.run_sweep(ld.load_model(llama_dir, device_map=split), **kw).to_dataframe()
+    b = ld.run_sweep(ld.load_model(llama_dir, device="cpu"), **kw).to_dataframe()
+    cells = ["method", "target", "scale", "layer", "accuracy", "n"]
+    assert a[cells].equals(b[cells])
