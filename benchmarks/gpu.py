@@ -8,7 +8,8 @@ config, nothing downloaded) in bfloat16; digit scales 1-4, target ``answer``
 norm, unembedding and argmax at the decoded positions) and ``run_sweep`` with the
 logit lens (and, with ``--probes``, with probes fitted on 3x as many train
 problems). Reports problems per second and the ratio to the floor, as Markdown
-rows for benchmarks/RESULTS.md. One prepared command; within five minutes on one
+rows for benchmarks/RESULTS.md, and how often the sweep's top-1 equals the
+floor's (every decoded cell, untimed). One prepared command; within five minutes on one
 H100/H200-class GPU:
 
     python benchmarks/gpu.py --device cuda --dtype bfloat16 --probes
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sweep_floor import build, floor, problems_and_encoding  # noqa: E402
+from sweep_floor import build, floor, problems_and_encoding, sweep_top1  # noqa: E402
 
 import lens_digits as ld  # noqa: E402
 
@@ -100,6 +101,8 @@ def main() -> int:
     for name, (seconds, n) in rows.items():
         print(f"| {name} | {seconds:.2f} | {n / seconds:,.0f} | {seconds / t_floor:.2f} |")
     print(f"peak memory: {peak_gib(args.device):.2f} GiB")
+    same = floor(hf, encoded, "answer", args.batch_size) == sweep_top1(model, encoded, "answer", args.batch_size)
+    print(f"top-1 of the sweep equal to the floor's at {same.float().mean().item():.4%} of {same.numel():,} decoded cells")
     return 0
 
 

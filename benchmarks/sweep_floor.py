@@ -124,7 +124,8 @@ def sweep_top1(model, encoded, target: str, batch_size: int) -> torch.Tensor:
     problems = [None] * len(encoded)
     rs = collect_residuals(model, problems, encoded=encoded, teacher_forcing=target == "answer", batch_size=batch_size)
     top1, _, _ = LogitLens.from_model(model).decode(rs)
-    return torch.cat([top1[i][:, rs.target_ids[i] >= 0].reshape(-1) for i in range(len(encoded))])
+    real = (rs.target_ids >= 0).cpu()  # the outputs are on the CPU, the gold ids where the residuals are
+    return torch.cat([top1[i][:, real[i]].reshape(-1) for i in range(len(encoded))])
 
 
 def sweep(model, task, target: str, batch_size: int) -> int:

@@ -34,6 +34,7 @@ def test_gpu_benchmark_runs_on_the_cpu_with_a_small_shape():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| floor |" in proc.stdout and "| sweep (logit lens) |" in proc.stdout and "scored problems/s" in proc.stdout
+    assert "top-1 of the sweep equal to the floor's at 100.0000%" in proc.stdout
 
 
 @pytest.mark.slow
