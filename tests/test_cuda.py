@@ -17,9 +17,9 @@ METHODS = ["logit_lens", "tuned_lens", "probe", "circular_probe", "patch"]
 def compare_devices(folder, device, reference="cpu", **kw):
     """The grid of a sweep on ``device`` against the same sweep on ``reference``.
 
-    Logit-lens cells may differ by one problem (a near tie rounded the other way by
-    another matrix-product kernel); fitted readings by 0.1 (their solvers run in
-    another precision on a GPU).
+    Logit-lens and patching cells may differ by one problem (a near tie rounded the
+    other way by another matrix-product kernel); fitted readings by at most 0.2 in a
+    cell and 0.05 on average (their solvers run in another precision on a GPU).
     """
     settings = dict(scales="1-3", n_per_scale=30, target="all", seed=0, methods=METHODS) | kw
     grids = [ld.run_sweep(ld.load_model(folder, device=d), **settings).to_dataframe(breakdown=False) for d in (device, reference)]
@@ -30,7 +30,8 @@ def compare_devices(folder, device, reference="cpu", **kw):
     exact = a["method"].isin(["logit_lens", "patch"])
     gap = (a["accuracy"] - b["accuracy"]).abs()
     assert (gap[exact] <= 1 / a["n"][exact] + 1e-9).all()
-    assert (gap[~exact] <= 0.1).all()
+    fitted = a[~exact].assign(gap=gap[~exact])
+    assert (fitted["gap"] <= 0.2).all() and (fitted.groupby("method")["gap"].mean() <= 0.05).all()
 
 
 def test_every_reading_runs_on_the_gpu_and_gives_the_cpus_grid(llama_dir):
