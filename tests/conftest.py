@@ -19,6 +19,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 HAS_HOOKED = hooked_transformer_class() is not None
+
+GPU_CPU_SPLIT = {
+    "model.embed_tokens": 0,
+    "model.layers.0": 0,
+    "model.layers.1": "cpu",
+    "model.layers.2": "cpu",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
+"""A ``device_map`` for the test checkpoints: embedding and first block on GPU 0, the rest on the CPU."""
 needs_hooked = pytest.mark.skipif(
     not HAS_HOOKED, reason=f"TransformerLens {transformer_lens_version()} has no HookedTransformer (removed in 4.0)"
 )

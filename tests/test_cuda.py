@@ -6,6 +6,7 @@ what the tests run, and runs on any pair of devices.
 
 import pytest
 import torch
+from conftest import GPU_CPU_SPLIT
 
 import lens_digits as ld
 
@@ -39,17 +40,8 @@ def test_every_reading_runs_on_the_gpu_and_gives_the_cpus_grid(llama_dir):
 
 
 def test_greedy_answers_of_a_model_split_between_gpu_and_cpu(llama_dir):
-    split = {
-        "model.embed_tokens": 0,
-        "model.layers.0": 0,
-        "model.layers.1": "cpu",
-        "model.layers.2": "cpu",
-        "model.norm": "cpu",
-        "model.rotary_emb": "cpu",
-        "lm_head": "cpu",
-    }
     kw = dict(scales="1-3", n_per_scale=30, target="model", seed=0, device="cpu")
-    a = ld.run_sweep(ld.load_model(llama_dir, device_map=split), **kw).to_dataframe()
+    a = ld.run_sweep(ld.load_model(llama_dir, device_map=GPU_CPU_SPLIT), **kw).to_dataframe()
     b = ld.run_sweep(ld.load_model(llama_dir, device="cpu"), **kw).to_dataframe()
     cells = ["method", "target", "scale", "layer", "accuracy", "n"]
     assert a[cells].equals(b[cells])

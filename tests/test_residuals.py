@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import problems_for
+from conftest import GPU_CPU_SPLIT, problems_for
 
 import lens_digits as ld
 from lens_digits.decoders import LogitLens
@@ -90,18 +90,7 @@ def test_out_of_memory_names_the_flag_to_change(native_model, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to split a model between GPU and CPU")
 def test_a_model_split_between_gpu_and_cpu_gives_the_unsplit_grid(llama_dir):
-    split = ld.load_model(
-        llama_dir,
-        device_map={
-            "model.embed_tokens": 0,
-            "model.layers.0": 0,
-            "model.layers.1": "cpu",
-            "model.layers.2": "cpu",
-            "model.norm": "cpu",
-            "model.rotary_emb": "cpu",
-            "lm_head": "cpu",
-        },
-    )
+    split = ld.load_model(llama_dir, device_map=GPU_CPU_SPLIT)
     whole = ld.load_model(llama_dir, device="cpu")
     kw = dict(scales="1-3", n_per_scale=30, target="both", seed=0)
     a = ld.run_sweep(split, device="cpu", **kw).to_dataframe()
