@@ -143,7 +143,14 @@ class ModelAdapter:
             pass
         if self._readout is None:
             self._readout = Readout(self)
-        return self._readout(kept[0], upcast=False).to(tokens.device)
+        logits = self._readout(kept[0], upcast=False)
+        if not bool(torch.isfinite(logits).all()):
+            from lens_digits.errors import NonFiniteError
+            from lens_digits.finite import weights_note
+
+            what = "logits are" if bool(torch.isfinite(kept[0]).all()) else "final residual is"
+            raise NonFiniteError(f"the model's {what} not finite (NaN or infinite) while decoding greedily; {weights_note(self.model)}")
+        return logits.to(tokens.device)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for ``run.json``."""

@@ -23,6 +23,7 @@ any moment leaves whole shards and at most one temporary file, which the next
 run removes.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 from lens_digits import atomic
 from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
+from lens_digits.finite import count_nonfinite
 from lens_digits.outputs import CACHE_FOLDER, SHARD_FILE, pending_cache
 from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
 from lens_digits.targets import EncodedProblem
@@ -150,6 +152,7 @@ class ResidualCache:
         self.shard_size = shard_size
         self.counts = {"read": 0, "computed": 0}
         self.touched: set[str] = set()  # shards this cache read or wrote
+        self.rejected: dict[str, str] = {}  # shards found whole but unusable, and why
 
     def shard_files(self) -> list[Path]:
         """The shard files (``.safetensors``) in the folder."""
@@ -240,6 +243,8 @@ class ResidualCache:
         if found is not None:
             self.counts["read"] += len(problems)
             return ResidualSet(found[0], found[1], problems, encoded, found[2])
+        if name in self.rejected:
+            warnings.warn(f"residual shard {name} in {str(self.folder)!r} {self.rejected[name]}: computed again", stacklevel=3)
         part = collect_residuals(
             adapter, problems, encoded=encoded, teacher_forcing=teacher_forcing, batch_size=batch_size, store_device=store_device
         )
@@ -294,7 +299,8 @@ class ResidualCache:
         return ResidualSet(out, target_ids, list(problems), all_encoded, info)
 
     def _damaged(self, name: str) -> str:
-        return f"residual shard {name} in {str(self.folder)!r} is damaged; run lens-digits run again to recompute it"
+        why = self.rejected.get(name, "is damaged")
+        return f"residual shard {name} in {str(self.folder)!r} {why}; run lens-digits run again to recompute it"
 
     def _meta(self, name: str) -> dict[str, Any] | None:
         try:
@@ -344,8 +350,12 @@ class ResidualCache:
             if meta.get("ids") != _ids_hash(encoded):
                 continue  # other problems (the model's own answers changed): computed again
             tensors = load(data)
-            device = torch.device(store_device) if store_device is not None else None
             resid, target_ids = tensors["resid"], tensors["target_ids"]
+            bad = count_nonfinite(resid)
+            if bad:  # written by hand or by another tool (its checksum updated): residuals this package makes are finite
+                self.rejected[name] = f"holds {bad:,} NaN or infinite values"
+                continue
+            device = torch.device(store_device) if store_device is not None else None
             if device is not None:
                 resid, target_ids = resid.to(device), target_ids.to(device)
             return resid, target_ids, dict(meta.get("info", {}))
@@ -398,12 +408,25 @@ class ResidualCache:
                     os.replace(data, self.folder / data.name)
                     os.replace(meta, self.folder / meta.name)
 
-    def clear_partial(self) -> None:
+    def discard_if_empty(self) -> None:
+        """Remove the folder if it holds no shard (a run that stopped before its first one): nothing is left behind."""
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            return
+        self.clear_partial(include_own=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # fails, keeping everything, if any shard is there
+
+    def clear_partial(self, include_own: bool = False) -> None:
         """Remove temporary files that runs left in the folder when they were killed (those of live processes stay)."""
         if self.folder.is_dir():
             for p in self.folder.iterdir():
-                if p.name.startswith(".") and p.name.endswith(".part") and not _alive(p.name):
+                if p.name.startswith(".") and p.name.endswith(".part") and (not _alive(p.name) or (include_own and _own(p.name))):
                     p.unlink(missing_ok=True)
+
+
+def _own(name: str) -> bool:
+    """Whether a temporary file's name carries this process's id."""
+    return f".{os.getpid()}." in name or f"-{os.getpid()}-" in name
 
 
 def _alive(name: str) -> bool:

@@ -189,7 +189,11 @@ def _run(args: argparse.Namespace) -> int:
 
             shard_size = SHARD_SIZE if args.shard_size is None else args.shard_size
             cache = ResidualCache.for_run_directory(reservation.target, overwrite=args.overwrite, shard_size=shard_size)
-        grid = _sweep(args, task, config, cache)
+        try:
+            grid = _sweep(args, task, config, cache)
+        finally:
+            if cache is not None:
+                cache.discard_if_empty()  # a run that stopped before its first shard leaves no cache folder behind
         if cache is not None:
             cache.take_over(grid.info)  # the shards it read from the run directory it replaces
         try:
@@ -332,13 +336,14 @@ def _kept_for_resume(args: argparse.Namespace) -> str:
     """Where an interrupted run's residuals wait for the same command to resume (empty if none were kept)."""
     if args.command != "run" or args.no_cache:
         return ""
-    from lens_digits.outputs import pending_cache, resolve_output
+    from lens_digits.outputs import SHARD_FILE, pending_cache, resolve_output
 
     try:
         pending = pending_cache(resolve_output(args.out))
+        kept = pending.is_dir() and not pending.is_symlink() and any(SHARD_FILE.fullmatch(p.name) for p in pending.iterdir())
     except Exception:  # noqa: BLE001 - only a hint in a message
         return ""
-    return f" (residuals computed so far are kept in {pending}: the same command resumes from them)" if pending.is_dir() else ""
+    return f" (residuals computed so far are kept in {pending}: the same command resumes from them)" if kept else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,7 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return compare_command(args)
     except LensDigitsError as e:
-        print(f"lens-digits: error: {_flagged(str(e))}", file=sys.stderr)
+        print(f"lens-digits: error: {_flagged(str(e))}{_kept_for_resume(args)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # a full disk, a file-size limit, a read-only or vanished folder: one line, temporary files removed
+        from lens_digits.errors import first_line, os_error_text
+
+        text = os_error_text(e) if e.errno is not None else first_line(e)
+        print(f"lens-digits: error: {text}{_kept_for_resume(args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

@@ -26,6 +26,10 @@ class OutputError(LensDigitsError):
     """An output folder cannot be used: taken by another run, not ours to replace, or not writable."""
 
 
+class NonFiniteError(LensDigitsError):
+    """A model, a decoder or cached residuals hold NaN or infinite values: named, never scored."""
+
+
 class RunDirectoryError(LensDigitsError):
     """A run directory's files are missing, damaged or not what this package writes."""
 
@@ -34,3 +38,35 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut to ``limit`` characters (its type if it has no message)."""
     text = " ".join(str(e).split())
     return (text[:limit] + "...") if len(text) > limit else (text or type(e).__name__)
+
+
+_ERRNO_ADVICE = {
+    "ENOSPC": "no space left on the device: free some space or choose a folder on another disk",
+    "EDQUOT": "the disk quota is used up: free some space or choose a folder on another disk",
+    "EFBIG": "the file is larger than this process may write (ulimit -f): raise the limit or write fewer problems",
+    "EROFS": "the filesystem is read-only: choose a writable folder",
+    "EACCES": "permission denied: choose a folder you can write",
+    "EPERM": "operation not permitted: choose a folder you can write",
+    "ENOENT": "a folder was removed while the command ran: run it again",
+    "ENOTDIR": "a folder was replaced by a file while the command ran: run it again",
+    "EIO": "the device reported an input/output error: check the disk",
+    "ELOOP": "a symbolic link stands where lens-digits writes: remove it",
+}
+
+
+def os_error_text(e: OSError) -> str:
+    """An ``OSError`` as one line naming the path and what to do (a full disk, a read-only or vanished folder, ...).
+
+    >>> import errno
+    >>> os_error_text(OSError(errno.ENOSPC, "No space left on device", "/runs/demo/grid.csv"))
+    "cannot write '/runs/demo/grid.csv': no space left on the device: free some space or choose a folder on another disk"
+    """
+    import errno as errno_module
+
+    name = errno_module.errorcode.get(e.errno or -1, "")
+    advice = _ERRNO_ADVICE.get(name) or (e.strerror or type(e).__name__)
+    where = e.filename if e.filename is not None else None
+    if e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}"
+    verb = "cannot use" if name in ("ENOENT", "ENOTDIR", "EIO") else "cannot write"
+    return f"{verb} {str(where)!r}: {advice}" if where is not None else f"a file operation failed: {advice}"

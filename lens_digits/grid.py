@@ -21,7 +21,7 @@ import torch
 
 from lens_digits.decoders.base import Scores
 from lens_digits.emergence import EMERGENCE_COLUMNS, N_BOOT, THRESHOLDS, Bootstrap, check_thresholds
-from lens_digits.errors import LensDigitsError, RunDirectoryError
+from lens_digits.errors import LensDigitsError, NonFiniteError, RunDirectoryError
 from lens_digits.plotting import difference_heatmap, heatmap, lines
 from lens_digits.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
 from lens_digits.rundir import RUN_FILES, Reservation, check_output, write_run_directory
@@ -66,6 +66,9 @@ def _rows(
             continue
         acc = correct[sel].mean(0)
         means = {k: v[sel].nanmean(0) for k, v in metrics.items()}  # NaN: undefined for a problem (abs_error of a non-number)
+        for k in ALWAYS_DEFINED:
+            if k in metrics and not bool(torch.isfinite(metrics[k][sel]).all()):
+                raise NonFiniteError(f"{method} (target {target}) scored a NaN or infinite {k} at digit scale {scale}; it is not saved")
         for layer in range(correct.shape[1]):
             k = float(correct[sel, layer].sum())
             lo, hi = wilson_interval(k, n)
@@ -82,6 +85,9 @@ def _rows(
             rows += _rows(method, target, sub, scales, extra | {column: label}, emergence)
     return rows
 
+
+ALWAYS_DEFINED = ("gold_rank", "gold_prob")
+"""Metrics defined for every problem and layer: a NaN there is an error, never a cell."""
 
 ALL = "all"
 """The breakdown label of a row that covers every value of that breakdown."""

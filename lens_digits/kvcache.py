@@ -40,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lens_digits.adapter import ModelAdapter
+from lens_digits.errors import NonFiniteError
 
 _RELATIVE_TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
 _HALF_TOLERANCE = 3e-2
@@ -161,6 +162,8 @@ def _usable(adapter: ModelAdapter, tokens: Tensor, n: int) -> bool:
         try:
             ratio = cache_agrees(adapter, tokens[:CHECK_ROWS], min(n, CHECK_STEPS))
             why = f"its logits differ from recomputed ones by {ratio:.3g} times the tolerance" if ratio is not None else ""
+        except NonFiniteError:  # the model itself is broken, with or without a cache
+            raise
         except Exception as e:  # a forward pass that does not take a cache
             ratio, why = float("inf"), f"a cached forward pass failed ({type(e).__name__}: {e})"
         if ratio is not None and ratio > 0.25:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from lens_digits.adapter import ModelAdapter
 from lens_digits.batching import length_batches
 from lens_digits.errors import LensDigitsError
+from lens_digits.finite import raise_nonfinite_residuals
 from lens_digits.targets import EncodedProblem, encode_for_model
 from lens_digits.tasks import Problem
 
@@ -191,8 +192,10 @@ def collect_residuals(
         gather = (starts[:, None] + torch.arange(n_pos, device=device)).clamp(max=tokens.shape[1] - 1)  # (B, pos)
         valid = (target_ids[rows] >= 0).to(store)  # (B, pos)
         row_idx = torch.tensor(rows, device=store)
+        finite = torch.ones(len(rows), n_layers + 1, dtype=torch.bool, device=store)  # (B, column): filled by the hooks
         hooks: list[tuple[str, Any]] = [
-            (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid)) for layer, name in enumerate(names)
+            (name, partial(_keep, out=resid, rows=row_idx, layer=layer, gather=gather, valid=valid, finite=finite))
+            for layer, name in enumerate(names)
         ]
         hooks.append((names[-1], _stop))  # nothing after the final residual is read: skip the final norm and unembedding
         try:
@@ -204,6 +207,8 @@ def collect_residuals(
                 f"out of memory on {device} with a batch of {len(rows)} problems of {tokens.shape[1]} tokens; lower the batch "
                 f"size (--batch-size {max(1, batch_size // 2)}), use --dtype bfloat16, or keep residuals on the CPU (device='cpu')"
             ) from None
+        if not bool(finite.all()):  # a NaN or infinite residual is named here, never scored as a wrong answer
+            raise_nonfinite_residuals(adapter.model, finite.cpu(), names, [problems[i].prompt for i in rows])
         bar.update(len(rows))
     bar.close()
     info = {"n_layers": n_layers, "d_model": d_model, "model_dtype": str(adapter.dtype).replace("torch.", "")}
@@ -228,12 +233,15 @@ def _keep(
     layer: int,
     gather: Int[Tensor, "batch pos"],
     valid: Bool[Tensor, "batch pos"],
+    finite: Bool[Tensor, "batch column"],
 ) -> None:
     """Forward hook: copy the kept positions of one layer into ``out``; change nothing.
 
     The activation may live on any device (a model split over GPUs runs later
     layers elsewhere): the index follows the activation, the copy goes to ``out``.
+    ``finite[:, layer]`` notes which problems' kept positions are all finite.
     """
     index = gather.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1])  # (B, pos, d)
     picked = x.gather(1, index).to(out.device, torch.float32)  # (B, pos, d)
-    out[rows.to(out.device), layer] = picked * valid.to(out.device)[:, :, None]
+    finite[:, layer] = torch.isfinite(picked).flatten(1).all(1).to(finite.device)
+    out[rows.to(out.device), layer] = torch.where(valid.to(out.device)[:, :, None], picked, 0.0)

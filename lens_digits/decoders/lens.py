@@ -21,6 +21,8 @@ from torch import Tensor
 
 from lens_digits.decoders.base import Decoder, Scores, Target
 from lens_digits.decoders.labels import place_name
+from lens_digits.errors import NonFiniteError
+from lens_digits.finite import weights_note
 from lens_digits.reductions import reduce_logits
 from lens_digits.residuals import ResidualSet
 
@@ -163,8 +165,22 @@ class Lens(Decoder):
             if parts:  # one copy to the CPU per layer, so a device is never kept waiting between chunks
                 top1[problem, layer, position] = torch.cat([p[0] for p in parts]).cpu()
                 rank[problem, layer, position] = torch.cat([p[1] for p in parts]).cpu().float()
-                logp[problem, layer, position] = torch.cat([p[2] for p in parts]).cpu().float()
+                gold_logp = torch.cat([p[2] for p in parts]).cpu().float()
+                if not bool(torch.isfinite(gold_logp).all()):  # named, never scored as a wrong answer
+                    bad = int((~torch.isfinite(gold_logp)).sum())
+                    raise NonFiniteError(
+                        f"the {self.name}'s logits are not finite (NaN or infinite) at layer column {layer} for {bad} of "
+                        f"{len(gold_logp)} answer positions; {self.nonfinite_note()}"
+                    )
+                logp[problem, layer, position] = gold_logp
         return top1, rank, logp
+
+    def nonfinite_note(self) -> str:
+        """Why this lens's logits may not be finite, for the error message (the readout's weights, by default)."""
+        readout = getattr(self, "readout", None)
+        if readout is None:
+            return "check the lens's own weights"
+        return weights_note([("ln_final", readout.ln_final), ("unembed", readout.unembed)])
 
     def score(self, data: ResidualSet, target: Target) -> Scores:
         """Correctness, gold rank and gold probability per problem and layer.

@@ -20,7 +20,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from lens_digits.decoders.labels import N_DIGITS
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, first_line
+from lens_digits.finite import check_finite
 from lens_digits.optim import NEG
 
 FORMAT = "lens_digits.probe/2"
@@ -154,14 +155,25 @@ def load_weights(
     folder = Path(path)
     if not (folder / "probe.json").is_file() or not (folder / "probe.safetensors").is_file():
         raise LensDigitsError(f"{str(path)!r} is not a saved probe: it needs probe.json and probe.safetensors")
-    meta = json.loads((folder / "probe.json").read_text())
+    try:
+        meta = json.loads((folder / "probe.json").read_text())
+    except (OSError, ValueError) as e:
+        raise LensDigitsError(f"{str(folder / 'probe.json')!r} cannot be read ({first_line(e)}); save the probe again") from None
+    if not isinstance(meta, dict):
+        raise LensDigitsError(f"{str(folder / 'probe.json')!r} must hold a JSON object; save the probe again")
     if meta.get("format") != FORMAT:
         old = meta.get("format") == "lens_digits.probe/1"
         hint = "; it was saved with the earlier shuffled-label control: fit the probe again" if old else ""
         raise LensDigitsError(f"{str(path)!r} holds format {meta.get('format')!r}, not {FORMAT!r}{hint}")
-    t = load_file(str(folder / "probe.safetensors"), device=str(device or "cpu"))
-    weights = ProbeWeights(t["W"], t["b"], t["mean"], t["std"], t["classes"], t["C"])
-    control = None
-    if "control.W" in t:
-        control = ProbeWeights(t["control.W"], t["control.b"], t["mean"], t["std"], t["control.classes"], t["control.C"])
+    try:
+        t = load_file(str(folder / "probe.safetensors"), device=str(device or "cpu"))
+        weights = ProbeWeights(t["W"], t["b"], t["mean"], t["std"], t["classes"], t["C"])
+        control = None
+        if "control.W" in t:
+            control = ProbeWeights(t["control.W"], t["control.b"], t["mean"], t["std"], t["control.classes"], t["control.C"])
+    except Exception as e:  # safetensors, a missing tensor; the user needs one line
+        raise LensDigitsError(f"{str(folder / 'probe.safetensors')!r} cannot be read ({first_line(e)}); save the probe again") from None
+    for name, tensor in t.items():
+        if tensor.is_floating_point():
+            check_finite(tensor, f"the saved probe {str(folder)!r}: tensor {name!r}", "it cannot be used; fit the probe again")
     return weights, control, meta

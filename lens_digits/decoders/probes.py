@@ -65,6 +65,7 @@ from lens_digits.decoders.labels import (
 )
 from lens_digits.decoders.probe_weights import ProbeWeights, best_strength, default_c_index, load_weights, save_weights
 from lens_digits.errors import LensDigitsError
+from lens_digits.finite import check_finite
 from lens_digits.optim import SolverResult, fit_augmented
 from lens_digits.residuals import ResidualSet
 from lens_digits.tasks import Problem
@@ -270,6 +271,8 @@ class LinearProbe(Decoder):
                 stacklevel=2,
             )
         kept = ProbeWeights.chosen(W, b, mean, std, classes, chosen.to(device), self.Cs)
+        for name, t in (("weights", kept.W), ("intercepts", kept.b)):
+            check_finite(t, f"the fitted {self.name}'s {name}", "the residuals or the solver overflowed; report this with the run's settings")
         self._weights = kept.places(slice(0, n_places))
         self._control = kept.places(slice(n_places, 2 * n_places)) if self.control else None
         iters = res.n_iter.view(n_groups, n_layers, n_c, n_tasks * n_places)

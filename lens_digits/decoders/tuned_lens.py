@@ -31,7 +31,8 @@ from lens_digits.adapter import ModelAdapter
 from lens_digits.batching import length_batches
 from lens_digits.decoders.base import register_decoder
 from lens_digits.decoders.lens import WITHIN, Lens
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, NonFiniteError, first_line
+from lens_digits.finite import check_finite
 from lens_digits.readout import Readout
 from lens_digits.residuals import ResidualSet
 
@@ -233,7 +234,15 @@ class TunedLens(Lens):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        self.W, self.b = W.detach(), b.detach()
+        W, b = W.detach(), b.detach()
+        finite = torch.isfinite(W).flatten(1).all(1) & torch.isfinite(b).all(1)  # (layer,)
+        if not bool(finite.all()):
+            first = int((~finite).nonzero()[0])
+            raise NonFiniteError(
+                f"training the tuned lens diverged: the translators of {int((~finite).sum())} layer column(s), from column {first}, "
+                f"are not finite; lower its learning rate (decoder_options={{'tuned_lens': {{'lr': {self.lr / 10:g}}}}})"
+            )
+        self.W, self.b = W, b
         self.trained = True
         self.info.update(
             steps=self.steps,
@@ -273,31 +282,54 @@ class TunedLens(Lens):
         folder = Path(path).expanduser()
         adapter = ModelAdapter.wrap(model)
         lens = cls(Readout(adapter), adapter, **options)
-        if (folder / "tuned_lens.safetensors").is_file():
-            from safetensors.torch import load_file
+        try:
+            if (folder / "tuned_lens.safetensors").is_file():
+                from safetensors.torch import load_file
 
-            meta = json.loads((folder / "tuned_lens.json").read_text())
-            if meta.get("format") != FORMAT:
-                raise LensDigitsError(f"{str(folder)!r} holds format {meta.get('format')!r}, not {FORMAT!r}")
-            t = load_file(str(folder / "tuned_lens.safetensors"))
-            W, b = t["W"], t["b"]
-            lens.info = {"loaded_from": str(folder), "trained_on": meta.get("trained_on")}
-        elif (folder / "params.pt").is_file() and (folder / "config.json").is_file():
-            config = json.loads((folder / "config.json").read_text())
-            state = torch.load(folder / "params.pt", map_location="cpu", weights_only=True)
-            n = int(config.get("num_hidden_layers", 0))
-            W = torch.stack([state[f"{i}.weight"] for i in range(n)]).float()
-            b = torch.stack([state.get(f"{i}.bias", torch.zeros(W.shape[-1])) for i in range(n)]).float()
-            lens.info = {"loaded_from": str(folder), "format": "tuned-lens library", "base_model": config.get("base_model_name_or_path")}
-        else:
+                meta = json.loads((folder / "tuned_lens.json").read_text())
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    shown = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+                    raise LensDigitsError(f"{str(folder)!r} holds format {shown!r}, not {FORMAT!r}")
+                t = load_file(str(folder / "tuned_lens.safetensors"))
+                missing = [k for k in ("W", "b") if k not in t]
+                if missing:
+                    raise LensDigitsError(f"the tuned lens at {str(folder)!r} lacks tensor(s) {missing}; save it again")
+                W, b = t["W"], t["b"]
+                lens.info = {"loaded_from": str(folder), "trained_on": meta.get("trained_on")}
+            elif (folder / "params.pt").is_file() and (folder / "config.json").is_file():
+                config = json.loads((folder / "config.json").read_text())
+                state = torch.load(folder / "params.pt", map_location="cpu", weights_only=True)
+                if not isinstance(config, dict) or not isinstance(state, dict):
+                    raise LensDigitsError(f"the tuned lens at {str(folder)!r} is not a tuned-lens folder (config.json and params.pt)")
+                n = int(config.get("num_hidden_layers", adapter.n_layers))
+                W = torch.stack([state[f"{i}.weight"] for i in range(n)]).float()
+                b = torch.stack([state.get(f"{i}.bias", torch.zeros(W.shape[-1])) for i in range(n)]).float()
+                lens.info = {
+                    "loaded_from": str(folder),
+                    "format": "tuned-lens library",
+                    "base_model": config.get("base_model_name_or_path"),
+                }
+            else:
+                raise LensDigitsError(
+                    f"no tuned lens at {str(folder)!r}: it needs tuned_lens.safetensors + tuned_lens.json, or config.json + params.pt"
+                )
+        except LensDigitsError:
+            raise
+        except Exception as e:  # JSON, safetensors, pickle and torch errors of a damaged file; the user needs one line
+            raise LensDigitsError(f"the tuned lens at {str(folder)!r} cannot be read ({first_line(e)}); save or download it again") from None
+        if not isinstance(W, Tensor) or W.shape != (adapter.n_layers, adapter.d_model, adapter.d_model):
             raise LensDigitsError(
-                f"no tuned lens at {str(folder)!r}: it needs tuned_lens.safetensors + tuned_lens.json, or config.json + params.pt"
+                f"the lens at {str(folder)!r} has translators of shape {tuple(getattr(W, 'shape', ()))}, but the model has "
+                f"{adapter.n_layers} layers of width {adapter.d_model} (shape {(adapter.n_layers, adapter.d_model, adapter.d_model)}): "
+                "it was made for another model"
             )
-        if W.shape != (adapter.n_layers, adapter.d_model, adapter.d_model):
+        if not isinstance(b, Tensor) or b.shape != (adapter.n_layers, adapter.d_model):
             raise LensDigitsError(
-                f"the lens at {str(folder)!r} has {W.shape[0]} translators of width {W.shape[-1]}, but the model has "
-                f"{adapter.n_layers} layers of width {adapter.d_model}: it was made for another model"
+                f"the lens at {str(folder)!r} has biases of shape {tuple(getattr(b, 'shape', ()))}, not "
+                f"{(adapter.n_layers, adapter.d_model)}: the file is damaged or made for another model"
             )
+        for name, t in (("translator weights", W), ("translator biases", b)):
+            check_finite(t, f"the tuned lens at {str(folder)!r}: its {name}", "it cannot read anything; train it or download it again")
         lens.W, lens.b = W.to(adapter.device), b.to(adapter.device)
         lens.trained = True
         return lens
