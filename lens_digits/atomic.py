@@ -26,17 +26,45 @@ def write_file(path: Path, data: bytes) -> None:
     A failure removes the temporary file; a killed writer leaves it, named with
     its process id so that a later run can tell a dead writer's file from a live
     one's. The file gets the permissions of any file the user makes (the umask).
+    No symbolic link is followed: one where the temporary file goes is refused,
+    and one at ``path`` is replaced, not written through. An ``OSError`` names
+    ``path`` (what the user asked for), not the temporary file.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    created = False
     try:
-        with open(tmp, "wb") as f:
+        fd = _create_new(tmp)
+        created = True
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        if created:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (str(tmp), None):
+            e.filename = str(path)
         raise
+
+
+def _create_new(path: Path) -> int:
+    """Open a new file for writing without following a symbolic link (one there is refused by name).
+
+    A regular file of the same name is what a killed writer with this process id left: it is replaced.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags, 0o666)  # the umask decides, as for any file the user makes
+    except FileExistsError:
+        if path.is_symlink() or not path.is_file():
+            from lens_digits.errors import OutputError
+
+            raise OutputError(
+                f"{str(path)!r} is a symbolic link or a folder where lens-digits writes a temporary file; remove it"
+            ) from None
+        path.unlink()
+        return os.open(path, flags, 0o666)
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> None:

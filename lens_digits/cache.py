@@ -24,11 +24,13 @@ run removes.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import secrets
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,7 +42,7 @@ from tqdm.auto import tqdm
 
 from lens_digits import atomic
 from lens_digits.adapter import ModelAdapter
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, OutputError
 from lens_digits.finite import count_nonfinite
 from lens_digits.outputs import CACHE_FOLDER, SHARD_FILE, pending_cache
 from lens_digits.residuals import ResidualSet, collect_residuals, gold_ids
@@ -217,9 +219,23 @@ class ResidualCache:
             return torch.zeros(shape, dtype=torch.float32, device=device)
         import numpy as np
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_folder()
         path = self.folder / f".assembled-{os.getpid()}-{secrets.token_hex(4)}.part"
-        array = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+        nbytes = 4 * n * n_columns * n_pos * d_model
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            # Reserve every block now: a mapped page that finds the disk full later kills the process with SIGBUS.
+            _reserve(fd, nbytes)
+        except OSError as e:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            free = shutil.disk_usage(self.folder).free
+            raise OutputError(
+                f"assembling the residuals needs {nbytes / 2**20:,.1f} MiB in {str(self.folder)!r}, which has {free / 2**20:,.1f} MiB "
+                f"free ({e.strerror}); free some space, put the run on another disk, or keep the residuals in memory (--no-cache)"
+            ) from None
+        os.close(fd)
+        array = np.memmap(path, dtype=np.float32, mode="r+", shape=shape)
         try:
             path.unlink()
         except OSError:  # a system that cannot unlink an open file: clear_partial removes it next time
@@ -365,7 +381,7 @@ class ResidualCache:
         """Write one shard: the tensors, then the sidecar that makes it valid."""
         from safetensors.torch import save
 
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_folder()
         data = save({"resid": part.resid.detach().cpu().contiguous(), "target_ids": part.target_ids.cpu().contiguous()})
         meta = {
             "format": SHARD_FORMAT,
@@ -400,13 +416,24 @@ class ResidualCache:
         run directory goes), and the run's ``info`` notes that they will be its ``cache/``.
         """
         info["cache"] = {**info.get("cache", {}), "folder": CACHE_FOLDER}
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ensure_folder(parents=False)  # a folder removed meanwhile is an error, not made again empty
         for folder in self.read_also:
             for name in sorted(self.touched):
                 meta, data = folder / f"{name}.json", folder / f"{name}.safetensors"
                 if meta.is_file() and data.is_file() and not (self.folder / f"{name}.json").exists():
                     os.replace(data, self.folder / data.name)
                     os.replace(meta, self.folder / meta.name)
+
+    def _ensure_folder(self, parents: bool = True) -> None:
+        """Create the folder (and its ``parents``); a symbolic link where it should be is refused, never written through."""
+        link = "is a symbolic link; lens-digits never writes through one: remove it, or choose another --out"
+        if self.folder.is_symlink():
+            raise OutputError(f"the residual cache folder {str(self.folder)!r} {link}")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(f"the residual cache folder {str(self.folder)!r} is a file; move it away or choose another --out")
+        self.folder.mkdir(parents=parents, exist_ok=True)
+        if self.folder.is_symlink():  # made a link by someone else between the check and the mkdir
+            raise OutputError(f"the residual cache folder {str(self.folder)!r} {link}")
 
     def discard_if_empty(self) -> None:
         """Remove the folder if it holds no shard (a run that stopped before its first one): nothing is left behind."""
@@ -422,6 +449,22 @@ class ResidualCache:
             for p in self.folder.iterdir():
                 if p.name.startswith(".") and p.name.endswith(".part") and (not _alive(p.name) or (include_own and _own(p.name))):
                     p.unlink(missing_ok=True)
+
+
+def _reserve(fd: int, nbytes: int) -> None:
+    """Allocate ``nbytes`` of disk for a file (``posix_fallocate``; where it is missing, by writing zeros)."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+    block = bytes(1 << 20)
+    done = 0
+    while done < nbytes:
+        done += os.pwrite(fd, block[: min(len(block), nbytes - done)], done)
+    os.fsync(fd)
 
 
 def _own(name: str) -> bool:

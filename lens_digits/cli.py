@@ -346,6 +346,14 @@ def _kept_for_resume(args: argparse.Namespace) -> str:
     return f" (residuals computed so far are kept in {pending}: the same command resumes from them)" if kept else ""
 
 
+def _left_behind(e: BaseException) -> str:
+    """What an error left that could not be removed (a folder made read-only meanwhile), for its message."""
+    paths = getattr(e, "left_behind", [])
+    if not paths:
+        return ""
+    return f"; could not remove {', '.join(repr(str(p)) for p in paths)} (the next run into the same folder removes them)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lens-digits``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -381,13 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return compare_command(args)
     except LensDigitsError as e:
-        print(f"lens-digits: error: {_flagged(str(e))}{_kept_for_resume(args)}", file=sys.stderr)
+        print(f"lens-digits: error: {_flagged(str(e))}{_kept_for_resume(args)}{_left_behind(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a full disk, a file-size limit, a read-only or vanished folder: one line, temporary files removed
         from lens_digits.errors import first_line, os_error_text
 
         text = os_error_text(e) if e.errno is not None else first_line(e)
-        print(f"lens-digits: error: {text}{_kept_for_resume(args)}", file=sys.stderr)
+        print(f"lens-digits: error: {text}{_kept_for_resume(args)}{_left_behind(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

@@ -70,3 +70,24 @@ def os_error_text(e: OSError) -> str:
         where = f"{e.filename} -> {e.filename2}"
     verb = "cannot use" if name in ("ENOENT", "ENOTDIR", "EIO") else "cannot write"
     return f"{verb} {str(where)!r}: {advice}" if where is not None else f"a file operation failed: {advice}"
+
+
+def wrapped_os_error(e: BaseException, path: object) -> OSError | None:
+    """The ``OSError`` a library's own exception stands for (safetensors says ``I/O error: ... (os error 28)``), naming ``path``.
+
+    None if ``e`` is no such error.
+
+    >>> wrapped_os_error(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "m").errno
+    28
+    """
+    import re
+
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if not found:
+        return None
+    import os
+
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))

@@ -15,7 +15,9 @@ usage statistics and writes nothing into the home folder.
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +36,19 @@ def run_local(units: Units, *, progress: bool = False) -> Units:
     for i, unit in enumerate(units, start=1):
         if progress:
             print(f"[{i}/{len(units)}] {unit['model']['name']} / {unit['task_name']} -> {unit['out']}", flush=True)
-        out.append(run_unit(unit))
+        try:
+            out.append(run_unit(unit))
+        except (LensDigitsError, OSError) as e:  # this unit's own problem: the others still run, the study says which failed
+            out.append(failure(unit, e))
     return out
+
+
+def failure(unit: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    """The summary of a unit that failed: its folder and the error, on one line."""
+    from lens_digits.errors import first_line, os_error_text
+
+    text = os_error_text(e) if isinstance(e, OSError) and e.errno is not None else first_line(e)
+    return {"out": unit["out"], "ran": False, "error": text}
 
 
 def local_ray_settings() -> dict[str, Any]:
@@ -55,16 +68,40 @@ def local_ray_settings() -> dict[str, Any]:
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None and hasattr(constants, "ENABLE_RAY_CLUSTER"):
         setattr(constants, "ENABLE_RAY_CLUSTER", False)  # noqa: B010 - a module attribute of Ray's
-    return {"_node_ip_address": "127.0.0.1", "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    # Ray's session files (sockets, logs, spilled objects) go into a folder of this cluster's own, private (0700) and removed
+    # with it (see run_ray), instead of a shared /tmp/ray that outlives the run.
+    temp = tempfile.mkdtemp(prefix="ray-lens-digits-")
+    return {
+        "_node_ip_address": "127.0.0.1",
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "_temp_dir": temp,
+    }
 
 
-def run_ray(units: Units, *, address: str | None = None, progress: bool = False, work: Callable[..., Any] | None = None) -> Units:
+def run_ray(
+    units: Units, *, address: str | None = None, progress: bool = False, work: Callable[..., Any] | None = None, keep_going: bool = False
+) -> Units:
     """One Ray task per unit (``work(unit)``, by default a study unit); results in the units' order.
+
+    ``keep_going``: a unit that fails gives its :func:`failure` summary, and the
+    others still run (a study); otherwise the first failure is raised.
 
     Raises:
         LensDigitsError: Ray is not installed, or the cluster cannot be reached.
     """
     local = None if address else local_ray_settings()  # before Ray is imported: it reads the settings then
+    try:
+        return _run_ray(units, address, local, progress, work, keep_going)
+    finally:
+        if local is not None:  # the cluster's private session folder, used or not
+            shutil.rmtree(local["_temp_dir"], ignore_errors=True)
+
+
+def _run_ray(
+    units: Units, address: str | None, local: dict[str, Any] | None, progress: bool, work: Callable[..., Any] | None, keep_going: bool
+) -> Units:
     try:
         import ray
     except ImportError:
@@ -90,7 +127,18 @@ def run_ray(units: Units, *, address: str | None = None, progress: bool = False,
         refs = [task.options(num_cpus=int(u["threads"]), num_gpus=float(u["model"].get("gpus", 0)), max_retries=1).remote(u) for u in units]
         if progress:
             print(f"{len(refs)} units sent to Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs in the cluster)", flush=True)
-        return list(ray.get(refs))
+        if not keep_going:
+            return list(ray.get(refs))
+        out = []
+        for unit, ref in zip(units, refs, strict=True):
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if not isinstance(cause, (LensDigitsError, OSError)):
+                    raise
+                out.append(failure(unit, cause))
+        return out
     finally:
         if started:
             ray.shutdown()
@@ -107,7 +155,7 @@ def executor_named(name: str, *, address: str | None = None, progress: bool = Fa
         if address:
             raise LensDigitsError("--address is for --executor ray")
         return lambda units: run_local(units, progress=progress)
-    return lambda units: run_ray(units, address=address, progress=progress)
+    return lambda units: run_ray(units, address=address, progress=progress, keep_going=True)
 
 
 # ---- one run's residual shards, spread over a Ray cluster -------------------------------------------

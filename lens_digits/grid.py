@@ -66,9 +66,9 @@ def _rows(
             continue
         acc = correct[sel].mean(0)
         means = {k: v[sel].nanmean(0) for k, v in metrics.items()}  # NaN: undefined for a problem (abs_error of a non-number)
-        for k in ALWAYS_DEFINED:
-            if k in metrics and not bool(torch.isfinite(metrics[k][sel]).all()):
-                raise NonFiniteError(f"{method} (target {target}) scored a NaN or infinite {k} at digit scale {scale}; it is not saved")
+        for name in ALWAYS_DEFINED:
+            if name in metrics and not bool(torch.isfinite(metrics[name][sel]).all()):
+                raise NonFiniteError(f"{method} (target {target}) scored a NaN or infinite {name} at digit scale {scale}; it is not saved")
         for layer in range(correct.shape[1]):
             k = float(correct[sel, layer].sum())
             lo, hi = wilson_interval(k, n)

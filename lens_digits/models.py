@@ -7,6 +7,7 @@ through one :class:`~lens_digits.adapter.ModelAdapter`.
 """
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import warnings
@@ -129,28 +130,11 @@ def load_model(
     name = os.fspath(name_or_path)
     torch_dtype = parse_dtype(dtype) or torch.float32
     device = resolve_device(device) if device_map is None else device
-    path = Path(name).expanduser()
-    is_local = path.exists()
-    if is_local:
-        config = inspect_checkpoint(path)
-        load_tokenizer(path)
-        name = str(path)
-        if kind != "hooked":
-            check_supported(config, name)
-    elif _looks_like_path(name):
-        raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
     if kind not in ("auto", "bridge", "hooked"):
         raise LensDigitsError(f"unknown model kind {kind!r}; choose auto, bridge or hooked")
-    offline = False
-    if not is_local and not hub_offline() and not hub_reachable():
-        # Without this check, transformers retries for a minute before it fails or falls back to its cache.
-        if not _cached(name):
-            raise ModelLoadError(
-                f"cannot reach the Hugging Face hub ({hub_endpoint()}) and {name!r} is not in the local cache; "
-                f"{'there is no folder of that name here either; ' if '/' not in name else ''}pass a local checkpoint folder, "
-                "or use the built-in model (lens-digits run without --model; lens_digits.load_builtin_model())"
-            )
-        offline = True
+    source = check_source(name, architecture=kind != "hooked")
+    is_local, offline = source.local, source.offline
+    name = source.name
     try:
         with progress_bars(progress), _offline(offline):
             model = _load(name, kind, is_local, device, torch_dtype, n_devices, device_map)
@@ -176,6 +160,50 @@ def load_model(
         raise ModelLoadError(f"could not load {name!r}: {first_line(e)}") from e
     model.eval()
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a model comes from, as :func:`check_source` found it."""
+
+    name: str
+    """A local folder (absolute, ``~`` expanded) or a hub name."""
+    local: bool
+    offline: bool
+    """A hub name that must be read from the local cache (the hub cannot be reached)."""
+
+
+def check_source(name_or_path: str | os.PathLike[str], *, architecture: bool = True) -> Source:
+    """Check, in seconds and without loading weights, that a model can be loaded: what :func:`load_model` does first.
+
+    A local folder is inspected (config, weights, tokenizer, and with ``architecture``
+    whether TransformerLens runs it); a hub name must be reachable, or in the local
+    cache when the hub is not (or is switched off with ``HF_HUB_OFFLINE``).
+
+    Raises:
+        ModelLoadError: The folder is missing or damaged, or the hub name cannot be reached or found in the cache.
+    """
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        config = inspect_checkpoint(path)
+        load_tokenizer(path)
+        if architecture:
+            check_supported(config, str(path))
+        return Source(str(path), True, False)
+    if _looks_like_path(name):
+        raise ModelLoadError(f"no checkpoint folder at {name!r}; check the path, or pass a hub name")
+    if hub_offline() or not hub_reachable():
+        # Without this check, transformers retries for a minute before it fails or falls back to its cache.
+        if not _cached(name):
+            why = "the hub is switched off (HF_HUB_OFFLINE)" if hub_offline() else f"cannot reach the Hugging Face hub ({hub_endpoint()})"
+            raise ModelLoadError(
+                f"{why} and {name!r} is not in the local cache; "
+                f"{'there is no folder of that name here either; ' if '/' not in name else ''}pass a local checkpoint folder, "
+                "or use the built-in model (lens-digits run without --model; lens_digits.load_builtin_model())"
+            )
+        return Source(name, False, not hub_offline())
+    return Source(name, False, False)
 
 
 def _load(name: str, kind: str, is_local: bool, device: Any, torch_dtype: torch.dtype, n_devices: int | None, device_map: Any) -> Any:

@@ -25,7 +25,7 @@ from lens_digits.cache import ResidualCache
 from lens_digits.config import SweepConfig, parse_methods
 from lens_digits.decoders.base import DECODERS, Decoder, make_decoder
 from lens_digits.draw import Draw, merge_draws, score_readers
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, OutputError
 from lens_digits.grid import AccuracyGrid, fill_breakdown_labels
 from lens_digits.patching import INTERVENTIONS
 from lens_digits.residuals import ResidualSet, tokens_only
@@ -79,6 +79,27 @@ def refit(
         The run's grid with the new methods' rows (and emergence layers) in place of any earlier ones.
     """
     run_dir = Path(run_dir).expanduser()
+    if not save:
+        return _refit(run_dir, methods, decoder_options, probe_scope, model, progress, None)
+    if not (run_dir / "grid.csv").is_file():
+        AccuracyGrid.load(run_dir)  # the error that names what is missing, before anything is locked
+    # The run directory is locked from reading its grid to saving it: a second fit waits for nothing and loses nothing,
+    # it exits at once naming this one.
+    with Reservation(run_dir, overwrite=True) as reservation:
+        if not os.access(reservation.target, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot update {str(run_dir)!r}: the run directory is read-only; make it writable or copy it elsewhere")
+        return _refit(run_dir, methods, decoder_options, probe_scope, model, progress, reservation)
+
+
+def _refit(
+    run_dir: Path,
+    methods: Sequence[str | Decoder],
+    decoder_options: dict[str, dict[str, Any]] | None,
+    probe_scope: str | None,
+    model: Any,
+    progress: bool,
+    reservation: Reservation | None,
+) -> AccuracyGrid:
     grid = AccuracyGrid.load(run_dir)
     folder = run_dir / CACHE_FOLDER
     if not is_cache_folder(folder):
@@ -133,8 +154,8 @@ def refit(
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["refits"] = [*info.get("refits", []), {"methods": names, "when": when}]
     updated = AccuracyGrid(table, grid.problems, info, emergence=emergence)
-    if save:
-        _save_in_place(updated, run_dir, folder)
+    if reservation is not None:
+        _save_in_place(updated, run_dir, folder, reservation)
     return updated
 
 
@@ -218,15 +239,19 @@ def _combined(old: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.Da
     return fill_breakdown_labels(table[columns].copy())  # breakdowns a side did not have read "all", as in a sweep with both
 
 
-def _save_in_place(grid: AccuracyGrid, run_dir: Path, folder: Path) -> None:
-    """Replace the run directory with the updated one, its cache carried over by renames."""
-    with Reservation(run_dir, overwrite=True) as reservation:
-        pending = pending_cache(reservation.target)
-        if folder != pending:
-            if pending.exists():
-                raise LensDigitsError(f"{str(pending)!r} is in the way (another run's residual cache); remove it or move it aside")
-            os.rename(folder, pending)
+def _save_in_place(grid: AccuracyGrid, run_dir: Path, folder: Path, reservation: Reservation) -> None:
+    """Replace the run directory with the updated one, its cache carried over by renames (and put back if that fails)."""
+    pending = pending_cache(reservation.target)
+    moved = folder != pending
+    if moved:
+        if os.path.lexists(pending):
+            raise LensDigitsError(f"{str(pending)!r} is in the way (another run's residual cache); remove it or move it aside")
+        os.rename(folder, pending)
+    try:
         grid.save(run_dir, overwrite=True, reservation=reservation, cache=pending)
+    finally:
+        if moved and not reservation.written and pending.is_dir() and not os.path.lexists(folder):
+            os.rename(pending, folder)  # the run directory is as it was, cache included
 
 
 def fit_command(args: argparse.Namespace) -> int:

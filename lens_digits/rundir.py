@@ -117,6 +117,8 @@ class Reservation:
         self._fd: int | None = None
         self._created: list[Path] = []
         self._tmp: Path | None = None
+        self.left_behind: list[Path] = []
+        """What could not be removed (its folder was made read-only or removed meanwhile): the next run into it removes it."""
 
     # names beside the target
     @property
@@ -167,12 +169,20 @@ class Reservation:
         except ImportError:  # no POSIX locks (Windows): an exclusive create stands in
             fcntl = None  # type: ignore[assignment]
         while True:
+            if self.lock_path.is_symlink():
+                raise OutputError(
+                    f"the lock file {str(self.lock_path)!r} is a symbolic link; lens-digits never writes through one: remove it"
+                )
             try:
-                flags = os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL)
+                flags = os.O_RDWR | os.O_CREAT | (0 if fcntl else os.O_EXCL) | getattr(os, "O_NOFOLLOW", 0)
                 fd = os.open(self.lock_path, flags, 0o644)
             except FileExistsError:
                 raise OutputError(self._busy_message(None)) from None
             except OSError as e:
+                if e.errno == errno.ELOOP:  # made a link between the check and the open
+                    raise OutputError(
+                        f"the lock file {str(self.lock_path)!r} is a symbolic link; lens-digits never writes through one: remove it"
+                    ) from None
                 raise OutputError(
                     f"cannot write output folder {self.shown!r}: {e.strerror} for {str(self.lock_path.parent)!r}; choose another folder"
                 ) from None
@@ -214,7 +224,7 @@ class Reservation:
                 continue
             if entry.name.endswith(".tmp") and ((entry / PARTIAL_MARKER).is_file() or self.is_ours(entry)):
                 kept = entry / CACHE_FOLDER  # a run killed while its cache was being moved in: keep the shards for the next run
-                if is_cache_folder(kept) and not pending_cache(self.target).exists():
+                if is_cache_folder(kept) and not os.path.lexists(pending_cache(self.target)):
                     os.rename(kept, pending_cache(self.target))
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.name.endswith(".old") and self.is_ours(entry):
@@ -240,7 +250,18 @@ class Reservation:
         self._tmp = None
         carried = tmp / CACHE_FOLDER
         try:
-            fill(tmp)
+            try:
+                fill(tmp)
+            except OSError as e:  # name the file the user asked for, not our temporary folder
+                for attr in ("filename", "filename2"):
+                    value = getattr(e, attr)
+                    if isinstance(value, str) and value.startswith(str(tmp)):
+                        setattr(e, attr, str(self.target) + value[len(str(tmp)) :])
+                if (
+                    e.filename is None and e.errno is not None
+                ):  # a library's write() that does not say which file: the folder it was writing
+                    e.filename = str(self.target)
+                raise
             if carry is not None and carry.is_dir():
                 os.rename(carry, carried)
             (tmp / PARTIAL_MARKER).unlink()
@@ -251,10 +272,15 @@ class Reservation:
                 self._move_into_place(tmp)
                 self.written = True
         finally:
-            if carry is not None and not self.written and carried.is_dir() and not carry.exists():
-                os.rename(carried, carry)
+            if carry is not None and not self.written and carried.is_dir() and not os.path.lexists(carry):
+                try:
+                    os.rename(carried, carry)
+                except OSError:  # a folder made read-only meanwhile: the next run rescues the shards from the temporary folder
+                    self.left_behind.append(carried)
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+                if tmp.exists():
+                    self.left_behind.append(tmp)
         atomic.fsync_dir(self.target.parent)
         return self.target
 
@@ -302,10 +328,16 @@ class Reservation:
         """Remove the lock file, the unused temporary folder and any folders made for a run that wrote nothing."""
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            if self._tmp.exists():
+                self.left_behind.append(self._tmp)
             self._tmp = None
         if self._fd is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self.lock_path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self.left_behind.append(self.lock_path)
             os.close(self._fd)
             self._fd = None
         if not self.written:
@@ -322,8 +354,10 @@ class Reservation:
         return self.acquire()
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        """Release."""
+        """Release; an exception on the way out learns what could not be removed (``left_behind``)."""
         self.release()
+        if value is not None and self.left_behind:
+            value.left_behind = [*getattr(value, "left_behind", []), *self.left_behind]  # type: ignore[attr-defined]
 
 
 def _read_holder(fd: int) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ from typing import Any
 
 from lens_digits import atomic
 from lens_digits.config import SweepConfig
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, first_line
 from lens_digits.rundir import Reservation, is_run_directory, resolve_output
 from lens_digits.tasks import TaskConfig
 
@@ -187,7 +187,11 @@ def load_study(path: str | os.PathLike[str] | None = None, *, data: dict[str, An
         tasks = [{"name": "task"}]
     if not all(isinstance(t, dict) for t in tasks):
         raise LensDigitsError(f"{where}: each [[tasks]] entry must be a table")
-    study = Study([_model(m, where) for m in models], [_task(t, data, where) for t in tasks], shard_size, bool(cache))
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or not 1 <= shard_size <= 1_000_000:
+        raise LensDigitsError(f"{where}: shard_size must be an integer from 1 to 1,000,000 problems, got {shard_size!r}")
+    if not isinstance(cache, bool):
+        raise LensDigitsError(f"{where}: cache must be true or false, got {cache!r}")
+    study = Study([_model(m, where) for m in models], [_task(t, data, where) for t in tasks], shard_size, cache)
     for kind, names in (("model", [m.name for m in study.models]), ("task", [t.name for t in study.tasks])):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
@@ -235,6 +239,9 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
     out = Path(unit["out"])
     if _made_by(out, unit):
         return {"out": str(out), "ran": False}
+    for folder in (out.parent, out):
+        if folder.is_symlink():
+            raise LensDigitsError(f"{str(folder)!r} is a symbolic link; a study never writes through one: remove it")
     threads = torch.get_num_threads()
     torch.set_num_threads(int(unit["threads"]))
     try:
@@ -304,15 +311,101 @@ def run_study(
     if out is None:
         raise LensDigitsError("give the study folder (out = ... in the study file, or --out)")
     root = resolve_output(out)
-    check_study_folder(root)
+    check_study(study, root)
+    run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = executor_named(executor, address=address, progress=progress)
     root.mkdir(parents=True, exist_ok=True)
     _write(root / "study.json", json.dumps({"format": STUDY_FORMAT, "status": "running"}, indent=2) + "\n")
     units = study.units(root)
-    run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = executor_named(executor, address=address, progress=progress)
-    summaries = run(units)
-    result = combine(units)
-    result.save(root, summaries, executor)
+    try:
+        summaries = run(units)
+    except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the executor itself failed: combine what finished
+        done = [{"out": u["out"], "ran": False} for u in units if _made_by(Path(u["out"]), u)]
+        finished = [u for u in units if _made_by(Path(u["out"]), u)]
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        _finish(root, finished, done, executor, status, [{"unit": "(executor)", "error": first_line(e)}])
+        raise
+    failed = [{"unit": os.path.relpath(s_["out"], root), "error": s_["error"]} for s_ in summaries if "error" in s_]
+    finished = [u for u, s_ in zip(units, summaries, strict=True) if "error" not in s_]
+    result = _finish(root, finished, [s_ for s_ in summaries if "error" not in s_], executor, "failed" if failed else "done", failed)
+    if failed:
+        first = failed[0]
+        raise LensDigitsError(
+            f"{len(failed)} of {len(units)} study units failed ({first['unit']}: {first['error']}); the {len(finished)} finished "
+            f"unit(s) are combined in {str(root)!r} (study.json says status failed and lists the failures)"
+        )
+    assert result is not None
     return result
+
+
+def _finish(
+    root: Path, finished: list[dict[str, Any]], summaries: list[dict[str, Any]], executor: str, status: str, failed: list[dict[str, Any]]
+) -> "StudyResult | None":
+    """Combine the finished units (if any) and write the study's files with its status."""
+    if not finished:
+        record = {"format": STUDY_FORMAT, "status": status, "executor": executor, "units": [], "ran": [], "failed": failed}
+        _write(root / "study.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        return None
+    result = combine(finished)
+    result.save(root, summaries, executor, status=status, failed=failed)
+    return result
+
+
+def check_study(study: Study, root: Path) -> None:
+    """Everything a study needs, checked before any unit runs: the folder, each model's source, each task with each tokenizer.
+
+    Raises:
+        LensDigitsError: The study folder cannot be used, a unit folder is a symbolic link, a model
+            cannot be reached (a missing folder, a hub name offline and not cached), or a task's problems
+            cannot be made or tokenized for a model (an impossible scale, a template the tokenizer merges).
+    """
+    import warnings
+
+    from lens_digits.builtin import model_source
+    from lens_digits.checkpoints import peek_checkpoint
+    from lens_digits.errors import BoundaryMergeError
+    from lens_digits.models import check_source
+    from lens_digits.outputs import check_output, protected_reason
+    from lens_digits.targets import encode_checked
+    from lens_digits.tasks import generate_problems
+
+    reason = protected_reason(root)
+    if reason:
+        raise LensDigitsError(f"refusing to write a study into {str(root)!r}: {reason}; pass a new folder")
+    check_study_folder(root)
+    if not root.exists():
+        check_output(root)  # the nearest existing folder above it must be writable
+    elif not os.access(root, os.W_OK | os.X_OK):
+        raise LensDigitsError(f"study folder {str(root)!r} is not writable; choose another folder")
+    for m in study.models:
+        for folder in (root / m.name, *(root / m.name / t.name for t in study.tasks)):
+            if folder.is_symlink():
+                raise LensDigitsError(
+                    f"{str(folder)!r} is a symbolic link; a study writes its unit folders itself and never through a link: remove it"
+                )
+    problems = {}
+    for t in study.tasks:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                problems[t.name] = generate_problems(t.task)
+            except LensDigitsError as e:
+                raise LensDigitsError(f"study task {t.name!r}: {e}") from None
+    for m in study.models:
+        try:
+            source = check_source(model_source(m.model))
+        except LensDigitsError as e:
+            raise LensDigitsError(f"study model {m.name!r}: {e}") from None
+        if not source.local:
+            continue
+        tokenizer, n_ctx = peek_checkpoint(source.name)
+        for t in study.tasks:
+            bos = None if t.sweep.prepend_bos is False else tokenizer.bos_token_id
+            try:
+                encode_checked(tokenizer, problems[t.name], bos, n_ctx, chat=t.sweep.chat)
+            except BoundaryMergeError as e:
+                raise BoundaryMergeError(f"study model {m.name!r}, task {t.name!r}: template {t.task.template!r}: {e}") from None
+            except LensDigitsError as e:
+                raise LensDigitsError(f"study model {m.name!r}, task {t.name!r}: {e}") from None
 
 
 @dataclasses.dataclass
@@ -335,8 +428,16 @@ class StudyResult:
 
         return study_emergence(self.emergence, threshold, method, target)
 
-    def save(self, root: Path, summaries: Sequence[dict[str, Any]], executor: str) -> None:
-        """Write the combined files, each by an atomic rename."""
+    def save(
+        self,
+        root: Path,
+        summaries: Sequence[dict[str, Any]],
+        executor: str,
+        *,
+        status: str = "done",
+        failed: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """Write the combined files, each by an atomic rename; ``status`` other than ``done`` marks them partial."""
         _write(root / "study.csv", self.table.to_csv(index=False))
         _write(root / "study_emergence.csv", self.emergence.to_csv(index=False))
         html = self.figure().to_html(include_plotlyjs=True, full_html=False)
@@ -345,11 +446,13 @@ class StudyResult:
         _write(root / "study.html", f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
         record = {
             "format": STUDY_FORMAT,
-            "status": "done",
+            "status": status,
             "executor": executor,
             "units": [{"out": os.path.relpath(u["out"], root), **_identity(u)} for u in self.units],
             "ran": [os.path.relpath(s["out"], root) for s in summaries if s.get("ran")],
         }
+        if status != "done":
+            record["failed"] = list(failed)
         _write(root / "study.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -1,6 +1,9 @@
 """Executors: one run's residual shards computed as Ray tasks give the same bytes as a local run; errors say what to do."""
 
 import json
+import os
+import shutil
+import stat
 import sys
 import warnings
 
@@ -32,6 +35,7 @@ def test_a_run_whose_shards_are_computed_by_ray_tasks_equals_a_local_run(tmp_pat
         assert cli(*RUN, "--shard-size", "8", "--out", str(tmp_path / "ray"), "--executor", "ray") == 0
     finally:
         ray.shutdown()
+        shutil.rmtree(settings["_temp_dir"], ignore_errors=True)
     for name in ("grid.csv", "emergence.csv", "prompts.jsonl"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     cache = json.loads((tmp_path / "ray" / "run.json").read_text())["cache"]
@@ -51,3 +55,24 @@ def test_executor_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(LensDigitsError, match=r"needs Ray, an optional extra: pip install 'lens-digits\[ray\]'"):
         run_ray([])
+
+
+@pytest.mark.slow
+def test_a_cluster_started_for_a_run_keeps_its_session_files_private_and_removes_them(tmp_path, monkeypatch):
+    pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
+    import lens_digits.executors as executors
+
+    seen = []
+    made = executors.local_ray_settings
+
+    def settings():
+        out = made()
+        seen.append((out["_temp_dir"], stat.S_IMODE(os.stat(out["_temp_dir"]).st_mode)))
+        return out
+
+    monkeypatch.setattr(executors, "local_ray_settings", settings)
+    assert cli(*RUN, "--shard-size", "8", "--out", str(tmp_path / "ray"), "--executor", "ray") == 0
+    assert len(seen) == 1
+    folder, mode = seen[0]
+    assert mode == 0o700  # no other user reads the session's sockets and logs
+    assert not os.path.exists(folder)  # and nothing of it is left after the run

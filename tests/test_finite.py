@@ -162,7 +162,19 @@ def _poison_shard(cache_folder, pattern):
 
 def test_nan_in_a_cached_shard_is_named_at_fit_and_recomputed_by_run(tmp_path, llama_dir, capsys):
     out = tmp_path / "run"
-    args = ["--model", str(llama_dir), "--scales", "1-2", "--n", "12", "--methods", "logit_lens,probe", "--target", "first", "--no-progress"]
+    args = [
+        "--model",
+        str(llama_dir),
+        "--scales",
+        "1-2",
+        "--n",
+        "12",
+        "--methods",
+        "logit_lens,probe",
+        "--target",
+        "first",
+        "--no-progress",
+    ]
     assert cli(["run", *args, "--out", str(out)]) == 0
     before = (out / "grid.csv").read_text()
     name = _poison_shard(out / "cache", "*-train-scale2-*")

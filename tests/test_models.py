@@ -74,6 +74,7 @@ def test_a_bad_value_from_the_loader_is_not_called_a_network_failure(monkeypatch
         raise ValueError("rope_scaling must have a 'type' field")
 
     monkeypatch.setattr(models.bridge_class(), "boot_transformers", bad)
+    monkeypatch.setattr(models, "_cached", lambda name: True)  # as if it had been downloaded before
     with pytest.raises(ld.ModelLoadError, match="could not load 'someone/model': rope_scaling") as e:
         ld.load_model("someone/model", device="cpu")
     assert "Without network" not in str(e.value)
@@ -126,3 +127,14 @@ def test_an_unreachable_hub_fails_at_once_unless_the_model_is_cached(llama_dir, 
     model = ld.load_model("someone/tiny", device="cpu", progress=False)
     assert model.cfg.n_layers == 3
     assert constants.HF_HUB_OFFLINE == before, "offline mode is switched on for the load only"
+
+
+def test_a_hub_name_that_is_not_cached_fails_at_once_when_the_hub_is_off(monkeypatch):
+    from lens_digits import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    called = []
+    monkeypatch.setattr(models.bridge_class(), "boot_transformers", lambda *a, **k: called.append(a))
+    with pytest.raises(ld.ModelLoadError, match="switched off .*'someone/model' is not in the local cache"):
+        ld.load_model("someone/model", device="cpu")
+    assert called == []  # nothing was tried

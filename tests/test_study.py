@@ -1,6 +1,7 @@
 """Studies: a TOML file of models x tasks, one run directory per unit, a combined table, and Ray giving the same bytes."""
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def test_a_study_folder_that_is_not_ours_is_refused(small_dir, tmp_path):
         (lambda t: t.replace('scales = "1-2"', 'scales = "0-2"'), "impossible digit scale"),
         (lambda t: t.replace("[[models]]", "[[modelz]]"), r"\[\[models\]\]"),
         (lambda t: t + "\n[[", "not valid TOML"),
+        (lambda t: 'shard_size = "x"\n' + t, "shard_size must be an integer"),
+        (lambda t: "cache = 3\n" + t, "cache must be true or false"),
     ],
 )
 def test_a_bad_study_file_is_named_before_anything_runs(small_dir, tmp_path, edit, message):
@@ -131,7 +134,8 @@ def test_the_same_study_through_a_local_ray_cluster_gives_the_same_bytes(small_d
 
     study, _ = load_study(write(tmp_path, study_text(small_dir)))
     run_study(study, tmp_path / "local")
-    ray.init(num_cpus=2, **local_ray_settings())
+    settings = local_ray_settings()
+    ray.init(num_cpus=2, **settings)
     try:
         me = psutil.Process()
         ray_pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
@@ -145,6 +149,7 @@ def test_the_same_study_through_a_local_ray_cluster_gives_the_same_bytes(small_d
                 assert c.raddr.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1"), c
     finally:
         ray.shutdown()
+        shutil.rmtree(settings["_temp_dir"], ignore_errors=True)
     assert not home.exists()
     assert json.loads((tmp_path / "ray" / "study.json").read_text())["executor"] == "ray"
     for name in ("study.csv", "study_emergence.csv"):
@@ -152,3 +157,62 @@ def test_the_same_study_through_a_local_ray_cluster_gives_the_same_bytes(small_d
     for unit in ("arith-llama/add", "arith-llama/spaced", "small/add", "small/spaced"):
         for name in ("grid.csv", "emergence.csv", "prompts.jsonl"):
             assert (tmp_path / "ray" / unit / name).read_bytes() == (tmp_path / "local" / unit / name).read_bytes(), (unit, name)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("/nonexistent/checkpoint", "study model 'small': no checkpoint folder at '/nonexistent/checkpoint'"),
+        ("someone/not-downloaded", "study model 'small': the hub is switched off .* 'someone/not-downloaded' is not in the local cache"),
+    ],
+)
+def test_an_unreachable_model_stops_the_study_before_any_unit_runs(small_dir, tmp_path, monkeypatch, source, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = write(tmp_path, study_text(small_dir).replace(f'model = "{small_dir}"', f'model = "{source}"'))
+    study, _ = load_study(path)
+    out = tmp_path / "out"
+    with pytest.raises(LensDigitsError, match=message):
+        run_study(study, out)
+    assert not out.exists()  # the built-in model's units, listed first, did not run either
+
+
+def test_prompts_a_model_cannot_take_stop_the_study_before_any_unit_runs(small_dir, tmp_path):
+    text = study_text(small_dir).replace('template = "spaced"', 'template = "spaced"\nfew_shot = 40')  # longer than the context
+    study, _ = load_study(write(tmp_path, text))
+    with pytest.raises(LensDigitsError, match="study model 'arith-llama', task 'spaced'"):
+        run_study(study, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_symlinked_unit_folder_is_refused_and_its_target_untouched(small_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "small").symlink_to(elsewhere)
+    study, _ = load_study(write(tmp_path, study_text(small_dir)))
+    with pytest.raises(LensDigitsError, match="out/small' is a symbolic link"):
+        run_study(study, out)
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["small"]
+
+
+def test_a_failing_unit_marks_the_study_failed_and_the_finished_units_are_combined(small_dir, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(small_dir, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.layers.0.mlp.up_proj.weight"][:] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    path = write(tmp_path, study_text(broken))
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of 4 study units failed (small/add: the model's residual stream is not finite" in err[0]
+    record = json.loads((out / "study.json").read_text())
+    assert record["status"] == "failed"
+    assert [f["unit"] for f in record["failed"]] == ["small/add", "small/spaced"]
+    table = pd.read_csv(out / "study.csv")
+    assert set(table["model"]) == {"arith-llama"}  # the finished units, combined
+    assert not (out / "small" / "add").exists()

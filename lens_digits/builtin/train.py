@@ -39,7 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lens_digits.builtin.recipe import TEMPLATE, TrainConfig, builtin_tokenizer, char_ids, sample_problems
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, wrapped_os_error
 from lens_digits.rundir import Reservation
 
 
@@ -212,7 +212,13 @@ def save_trained(
 
 def write_checkpoint(result: TrainResult, folder: Path) -> None:
     """Write the checkpoint files into an existing, empty ``folder``."""
-    result.model.save_pretrained(folder)
+    try:
+        result.model.save_pretrained(folder)
+    except Exception as e:  # safetensors reports a full disk as its own error type
+        os_error = wrapped_os_error(e, folder / "model.safetensors")
+        if os_error is None:
+            raise
+        raise os_error from None
     result.tokenizer.save_pretrained(folder)
     # Name a tokenizer class that transformers 4.x knows too (5.x writes "TokenizersBackend").
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())

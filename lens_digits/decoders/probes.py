@@ -104,8 +104,8 @@ class LinearProbe(Decoder):
         scope: Literal["per_scale", "pooled"] = "per_scale",
         Cs: Sequence[float] = DEFAULT_CS,
         seed: int = 0,
-        max_iter: int = 300,
-        tol: float = 1e-4,
+        max_iter: int = 1000,
+        tol: float = 1e-6,
         device: str | torch.device | None = None,
         *,
         control: bool = True,
@@ -121,7 +121,9 @@ class LinearProbe(Decoder):
             Cs: Inverse L2 strengths to choose from (scikit-learn's ``C``).
             seed: Seed of the control task's lookup tables.
             max_iter: L-BFGS iteration cap per probe.
-            tol: Stop a probe when the max-abs gradient of its mean objective is below this.
+            tol: Stop a probe when the max-abs gradient of its mean objective is below this. The default, 1e-6, lets
+                most fits run to the precision of float32 (where they stop as stalled), so that residuals that differ
+                in their last bits (other batch sizes) give the same probes' predictions.
             device: Where to fit and score (default: where the train residuals are).
             control: Also fit probes on the control task (doubles the work).
             history: L-BFGS memory.
@@ -272,7 +274,9 @@ class LinearProbe(Decoder):
             )
         kept = ProbeWeights.chosen(W, b, mean, std, classes, chosen.to(device), self.Cs)
         for name, t in (("weights", kept.W), ("intercepts", kept.b)):
-            check_finite(t, f"the fitted {self.name}'s {name}", "the residuals or the solver overflowed; report this with the run's settings")
+            check_finite(
+                t, f"the fitted {self.name}'s {name}", "the residuals or the solver overflowed; report this with the run's settings"
+            )
         self._weights = kept.places(slice(0, n_places))
         self._control = kept.places(slice(n_places, 2 * n_places)) if self.control else None
         iters = res.n_iter.view(n_groups, n_layers, n_c, n_tasks * n_places)

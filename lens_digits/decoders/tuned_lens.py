@@ -316,7 +316,9 @@ class TunedLens(Lens):
         except LensDigitsError:
             raise
         except Exception as e:  # JSON, safetensors, pickle and torch errors of a damaged file; the user needs one line
-            raise LensDigitsError(f"the tuned lens at {str(folder)!r} cannot be read ({first_line(e)}); save or download it again") from None
+            raise LensDigitsError(
+                f"the tuned lens at {str(folder)!r} cannot be read ({first_line(e)}); save or download it again"
+            ) from None
         if not isinstance(W, Tensor) or W.shape != (adapter.n_layers, adapter.d_model, adapter.d_model):
             raise LensDigitsError(
                 f"the lens at {str(folder)!r} has translators of shape {tuple(getattr(W, 'shape', ()))}, but the model has "
@@ -328,8 +330,8 @@ class TunedLens(Lens):
                 f"the lens at {str(folder)!r} has biases of shape {tuple(getattr(b, 'shape', ()))}, not "
                 f"{(adapter.n_layers, adapter.d_model)}: the file is damaged or made for another model"
             )
-        for name, t in (("translator weights", W), ("translator biases", b)):
-            check_finite(t, f"the tuned lens at {str(folder)!r}: its {name}", "it cannot read anything; train it or download it again")
+        for name, tensor in (("translator weights", W), ("translator biases", b)):
+            check_finite(tensor, f"the tuned lens at {str(folder)!r}: its {name}", "it cannot read anything; train it or download it again")
         lens.W, lens.b = W.to(adapter.device), b.to(adapter.device)
         lens.trained = True
         return lens
