@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_floor import SHAPE, build  # noqa: E402
 
 import lens_digits as ld  # noqa: E402
-from lens_digits.cache import ResidualCache  # noqa: E402
+from lens_digits.residuals.cache import ResidualCache  # noqa: E402
 
 CHILD = """
 import json, resource, sys, tempfile, time, warnings
 import lens_digits as ld
-from lens_digits.cache import ResidualCache
+from lens_digits.residuals.cache import ResidualCache
 folder, scales, n, target, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 model = ld.load_model(folder, device="cpu", progress=False)
 cache = ResidualCache(tempfile.mkdtemp(prefix="lens-digits-capped-")) if mode == "cache" else None

@@ -6,7 +6,7 @@ same number of new tokens for every prompt (``len(answer) + 2``, what a sweep
 asks for) in batches of equal prompt length:
 
 - ``generate``: Hugging Face ``generate`` with its key-value cache, greedy;
-- ``package``: :func:`lens_digits.generate.greedy_answers` on the TransformerLens model
+- ``package``: :func:`lens_digits.model.greedy.greedy_answers` on the TransformerLens model
   (a key-value cache, checked against recomputation on the first rows; near ties
   decided by the whole sequence);
 - ``recompute``: the same with the cache turned off: the whole sequence runs
@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_floor import SHAPE, build, problems_and_encoding  # noqa: E402
 
-from lens_digits.adapter import ModelAdapter  # noqa: E402
-from lens_digits.batching import length_batches  # noqa: E402
-from lens_digits.generate import greedy_answers, greedy_decode  # noqa: E402
+from lens_digits.model.adapter import ModelAdapter  # noqa: E402
+from lens_digits.model.batching import length_batches  # noqa: E402
+from lens_digits.model.greedy import greedy_answers, greedy_decode  # noqa: E402
 
 
 @torch.inference_mode()

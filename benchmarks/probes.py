@@ -32,10 +32,10 @@ CS = (0.01, 0.1, 1.0, 10.0)
 
 def make_data(n_layers, d_model, n_train, n_val, n_test, places, seed=0):
     """Residuals where digit information grows with depth, over anisotropic noise with outlier dimensions."""
-    from lens_digits.decoders.labels import digit_labels
-    from lens_digits.residuals import ResidualSet
-    from lens_digits.targets import EncodedProblem
-    from lens_digits.tasks import Problem
+    from lens_digits.problems.digits import digit_labels
+    from lens_digits.problems.targets import EncodedProblem
+    from lens_digits.problems.tasks import Problem
+    from lens_digits.residuals.collect import ResidualSet
 
     gen = torch.Generator().manual_seed(seed)
     n = n_train + n_val + n_test
@@ -72,8 +72,8 @@ def peak_mb():
 
 
 def run_ours(args, data):
-    from lens_digits.decoders.labels import digit_labels
-    from lens_digits.decoders.probes import LinearProbe
+    from lens_digits.methods.probes.linear import LinearProbe
+    from lens_digits.problems.digits import digit_labels
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -126,7 +126,7 @@ def run_sklearn(args, data):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lens_digits.decoders.labels import digit_labels
+    from lens_digits.problems.digits import digit_labels
 
     train, val, test = data.split("train"), data.split("val"), data.split("test")
     y = {
@@ -215,8 +215,8 @@ def tolerance_check(args, data, layer, place, c=1.0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from lens_digits.decoders.labels import digit_labels
-    from lens_digits.optim import fit_multinomial
+    from lens_digits.methods.probes.optim import fit_multinomial
+    from lens_digits.problems.digits import digit_labels
 
     train, test = data.split("train"), data.split("test")
     y_train = digit_labels([p.answer for p in train.problems], args.places)[:, place].numpy()

@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep_floor import SHAPE, build  # noqa: E402
 
 import lens_digits as ld  # noqa: E402
-from lens_digits.adapter import ModelAdapter  # noqa: E402
-from lens_digits.decoders.tuned_lens import TunedLens, all_positions  # noqa: E402
-from lens_digits.targets import encode_for_model  # noqa: E402
-from lens_digits.tasks import TaskConfig, generate_problems  # noqa: E402
+from lens_digits.methods.lenses.tuned import TunedLens, all_positions  # noqa: E402
+from lens_digits.model.adapter import ModelAdapter  # noqa: E402
+from lens_digits.problems.targets import encode_for_model  # noqa: E402
+from lens_digits.problems.tasks import TaskConfig, generate_problems  # noqa: E402
 
 
 def load(which: str, vocab: int):
@@ -105,7 +105,7 @@ def kl_per_layer(lens: TunedLens, sequences) -> list[float]:
         target = lens.readout.logits(x[:, -1]).float().log_softmax(-1)
         out = []
         for layer in range(lens.adapter.n_layers):
-            logp = lens.readout.logits(lens.translate(x[:, layer], layer)).float().log_softmax(-1)
+            logp = lens.readout.logits(lens.transform_hidden(x[:, layer], layer)).float().log_softmax(-1)
             out.append(float((target.exp() * (target - logp)).sum(-1).mean()))
     return out
 

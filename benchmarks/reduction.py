@@ -8,8 +8,8 @@ the first 20 tokens (where digit tokens sit), or anywhere with ``--spread``. Con
 - **floor**: ``x @ W_U`` and ``argmax``: the matrix product and top-1 only;
 - **plain**: ``x @ W_U``, then argmax, the rank by counting and ``log_softmax``
   on the whole logits (float32);
-- **fused**: :func:`lens_digits.reductions.reduce_logits` on the whole logits;
-- **tiled**: :func:`lens_digits.reductions.reduce_tiled` (what the lenses run).
+- **fused**: :func:`lens_digits.model.reductions.reduce_logits` on the whole logits;
+- **tiled**: :func:`lens_digits.model.reductions.reduce_tiled` (what the lenses run).
 
 Prints seconds (median of ``--repeats``, interleaved) and the ratio to the
 floor, as Markdown rows:
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from lens_digits.reductions import reduce_logits, reduce_tiled
+from lens_digits.model.reductions import reduce_logits, reduce_tiled
 
 
 def sync(device: str) -> None:
@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--spread", action="store_true", help="golds anywhere in the vocabulary (GPT-2, Llama-3 numbers), not the first 20")
     args = p.parse_args()
 
-    from lens_digits.readout import default_tile
+    from lens_digits.model.readout import default_tile
 
     tile = default_tile(torch.device(args.device))
     gen = torch.Generator().manual_seed(0)

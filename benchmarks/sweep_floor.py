@@ -35,10 +35,10 @@ import torch
 import transformers
 
 import lens_digits as ld
-from lens_digits.adapter import ModelAdapter
-from lens_digits.batching import length_batches
-from lens_digits.targets import encode_for_model
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.model.adapter import ModelAdapter
+from lens_digits.model.batching import length_batches
+from lens_digits.problems.targets import encode_for_model
+from lens_digits.problems.tasks import TaskConfig, generate_problems
 
 SHAPE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8, num_key_value_heads=2)
 
@@ -118,8 +118,8 @@ def _flat(tops: list[torch.Tensor], order: list[int]) -> torch.Tensor:
 
 def sweep_top1(model, encoded, target: str, batch_size: int) -> torch.Tensor:
     """The sweep's own top-1 (untimed): its residuals through its logit lens."""
-    from lens_digits.decoders import LogitLens
-    from lens_digits.residuals import collect_residuals
+    from lens_digits.methods import LogitLens
+    from lens_digits.residuals.collect import collect_residuals
 
     problems = [None] * len(encoded)
     rs = collect_residuals(model, problems, encoded=encoded, teacher_forcing=target == "answer", batch_size=batch_size)

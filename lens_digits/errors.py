@@ -35,7 +35,11 @@ class RunDirectoryError(LensDigitsError):
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, cut to ``limit`` characters (its type if it has no message)."""
+    """An exception's message on one line, cut to ``limit`` characters (its type if it has no message).
+
+    Returns:
+        The message with its whitespace collapsed to single spaces, ending in ``...`` if cut; the exception's type name if it is empty.
+    """
     text = " ".join(str(e).split())
     return (text[:limit] + "...") if len(text) > limit else (text or type(e).__name__)
 
@@ -57,6 +61,10 @@ _ERRNO_ADVICE = {
 def os_error_text(e: OSError) -> str:
     """An ``OSError`` as one line naming the path and what to do (a full disk, a read-only or vanished folder, ...).
 
+    Returns:
+        ``cannot write 'path': advice`` (``cannot use`` for a vanished folder or an I/O error), or
+        ``a file operation failed: advice`` if the error names no path.
+
     >>> import errno
     >>> os_error_text(OSError(errno.ENOSPC, "No space left on device", "/runs/demo/grid.csv"))
     "cannot write '/runs/demo/grid.csv': no space left on the device: free some space or choose a folder on another disk"
@@ -76,6 +84,10 @@ def wrapped_os_error(e: BaseException, path: object) -> OSError | None:
     """The ``OSError`` a library's own exception stands for (safetensors says ``I/O error: ... (os error 28)``), naming ``path``.
 
     None if ``e`` is no such error.
+
+    Returns:
+        ``e`` itself if it is an ``OSError``; else a new ``OSError`` with the error number that its message
+        names and ``path`` as its file name; None if the message names no ``(os error N)``.
 
     >>> wrapped_os_error(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "m").errno
     28

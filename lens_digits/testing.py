@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lens_digits.chartok import word_tokenizer
+from lens_digits.model.tokenizers import word_tokenizer
 
 CHARS = string.digits + string.ascii_letters + " +-*=:,.?()\n"
 
@@ -29,6 +29,9 @@ def _reloaded(tok: Any, name: str) -> Any:
 
     TransformerLens reads ``name_or_path`` to set up BOS handling. The folders sit in
     one temporary directory per process, removed when the process ends.
+
+    Returns:
+        The tokenizer loaded by ``AutoTokenizer`` from the folder ``name`` (saved there on first use).
     """
     from transformers import AutoTokenizer
 
@@ -44,6 +47,9 @@ def _reloaded(tok: Any, name: str) -> Any:
 def char_tokenizer() -> Any:
     """One token per character; ``<s>`` BOS, ``</s>`` EOS, ``<pad>`` padding.
 
+    Returns:
+        The tokenizer (ids 0-3 are ``<pad>``, ``<s>``, ``</s>``, ``<unk>``; then the characters of ``CHARS``).
+
     >>> char_tokenizer()("12+3=", add_special_tokens=False)["input_ids"]
     [5, 6, 67, 7, 70]
     """
@@ -52,6 +58,9 @@ def char_tokenizer() -> Any:
 
 def chunk_tokenizer() -> Any:
     """Digit runs in chunks of up to three digits from the left, other characters one each.
+
+    Returns:
+        The tokenizer, with the same special tokens as :func:`char_tokenizer`.
 
     >>> t = chunk_tokenizer()
     >>> [t.decode([i]) for i in t("12345+6=", add_special_tokens=False)["input_ids"]]
@@ -66,6 +75,9 @@ def bpe_tokenizer(vocab_size: int = 600) -> Any:
 
     Digit runs merge into multi-digit tokens and a space before a number is glued
     to it; BOS, EOS and padding are all ``<|endoftext|>``, as in GPT-2.
+
+    Returns:
+        The tokenizer, with a vocabulary of at most ``vocab_size`` tokens.
 
     >>> t = bpe_tokenizer()
     >>> len(t(" 12", add_special_tokens=False)["input_ids"])
@@ -95,8 +107,13 @@ def bpe_tokenizer(vocab_size: int = 600) -> Any:
 
 
 def tiny_model(kind: str = "bridge", tokenizer: Any = None, **overrides: Any) -> Any:
-    """A random 2-layer model with :func:`char_tokenizer`, built in-process."""
-    from lens_digits.models import build_model
+    """A random 2-layer model with :func:`char_tokenizer`, built in-process.
+
+    Returns:
+        The model (a ``TransformerBridge``, or a ``HookedTransformer`` with ``kind="hooked"``), in eval mode;
+        ``overrides`` go to :func:`~lens_digits.model.loading.build_model`.
+    """
+    from lens_digits.model.loading import build_model
 
     return build_model(tokenizer=tokenizer or char_tokenizer(), kind=kind, **overrides)  # type: ignore[arg-type]
 
@@ -164,6 +181,12 @@ def save_checkpoint(
     ``gemma2`` (scaled embeddings, pre- and post-norms, logit soft-capping). Loads
     with ``lens_digits.load_model(folder)`` or plain
     ``transformers.AutoModelForCausalLM.from_pretrained(folder)``.
+
+    Returns:
+        ``folder``, as a ``Path``.
+
+    Raises:
+        ValueError: ``arch`` is not one of :data:`ARCHITECTURES`.
     """
     import torch
     import transformers

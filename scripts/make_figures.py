@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import lens_digits as ld
-from lens_digits.plotting import static_image
+from lens_digits.results.figures import static_image
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -2,21 +2,25 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.decoders.labels import digit_labels
-from lens_digits.models import hooked_transformer_class, transformer_lens_version
-from lens_digits.residuals import ResidualSet
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import Problem, TaskConfig, generate_problems
+from lens_digits.model.loading import hooked_transformer_class, transformer_lens_version
+from lens_digits.problems.digits import digit_labels
+from lens_digits.problems.targets import EncodedProblem
+from lens_digits.problems.tasks import Problem, TaskConfig, generate_problems
+from lens_digits.residuals.collect import ResidualSet
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository's root (tests live in tests/unit and tests/integration)."""
 
 HAS_HOOKED = hooked_transformer_class() is not None
 

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from lens_digits import rundir
+from lens_digits.storage import reservation as rundir
 
 
 def fill_with(tag: str):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.adapter import ModelAdapter
-from lens_digits.models import model_kind
+from lens_digits.model.adapter import ModelAdapter
+from lens_digits.model.loading import model_kind
 from lens_digits.testing import tiny_model
 
 
@@ -59,7 +59,7 @@ def test_wrap_refuses_what_is_not_a_transformer_lens_model():
 def test_last_logits_are_the_models_own_at_the_last_position(which, request):
     import torch
 
-    from lens_digits.adapter import ModelAdapter
+    from lens_digits.model.adapter import ModelAdapter
 
     model = request.getfixturevalue(which)
     adapter = ModelAdapter.wrap(model)

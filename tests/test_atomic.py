@@ -8,8 +8,9 @@ import time
 import pytest
 from runs import fill_with, tag_of
 
-from lens_digits import atomic, rundir
-from lens_digits.rundir import Reservation
+from lens_digits.storage import atomic
+from lens_digits.storage import reservation as rundir
+from lens_digits.storage.reservation import Reservation
 
 
 def test_signals_arriving_during_the_move_are_delivered_after_it(tmp_path, monkeypatch):

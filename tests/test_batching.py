@@ -1,6 +1,6 @@
 """Batches of equal token length, in a fixed order."""
 
-from lens_digits.batching import length_batches
+from lens_digits.model.batching import length_batches
 
 
 def test_length_batches_groups_equal_lengths_in_a_fixed_order():

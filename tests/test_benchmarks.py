@@ -2,11 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = REPO / "benchmarks"
 
 
 def run(*args):

@@ -8,8 +8,8 @@ import torch
 import lens_digits as ld
 from lens_digits.builtin import BUILTIN_MODEL_NAME, builtin_card, builtin_model_path
 from lens_digits.cli import main
-from lens_digits.generate import greedy_answers
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.model.greedy import greedy_answers
+from lens_digits.problems.tasks import TaskConfig, generate_problems
 
 # The fixtures `builtin` (the loaded model) and `card` (its card.json) are in conftest.py.
 

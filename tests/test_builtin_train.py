@@ -9,7 +9,7 @@ import lens_digits as ld
 from lens_digits.builtin.recipe import TrainConfig
 from lens_digits.builtin.train import save_trained, train
 from lens_digits.cli import main
-from lens_digits.models import hooked_transformer_class
+from lens_digits.model.loading import hooked_transformer_class
 
 # ---- training through the same code --------------------------------------------------------------
 

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits import rundir
-from lens_digits.cache import ResidualCache
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
-from lens_digits.rundir import Reservation, is_run_directory, pending_cache
+from lens_digits.residuals.cache import ResidualCache
+from lens_digits.storage import reservation as rundir
+from lens_digits.storage.paths import is_run_directory, pending_cache
+from lens_digits.storage.reservation import Reservation
 
 SWEEP = dict(scales=[2, 3], n_per_scale=12, methods=["logit_lens", "probe"], target="both", seed=3)
 
@@ -207,11 +208,11 @@ def test_a_run_killed_at_any_point_resumes_to_a_byte_identical_grid(tmp_path):
 
 
 def test_collected_residuals_are_memory_mapped_and_leave_no_file_behind(builtin, tmp_path):
-    from lens_digits.adapter import ModelAdapter
-    from lens_digits.cache import sweep_key
-    from lens_digits.residuals import collect_residuals
-    from lens_digits.targets import encode_for_model
-    from lens_digits.tasks import TaskConfig, generate_problems
+    from lens_digits.model.adapter import ModelAdapter
+    from lens_digits.problems.targets import encode_for_model
+    from lens_digits.problems.tasks import TaskConfig, generate_problems
+    from lens_digits.residuals.cache import sweep_key
+    from lens_digits.residuals.collect import collect_residuals
 
     adapter = ModelAdapter.wrap(builtin)
     with warnings.catch_warnings():

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.carries import add_column_breakdown, incoming
-from lens_digits.decoders.base import Scores
-from lens_digits.decoders.labels import place_name
-from lens_digits.grid import AccuracyGrid
-from lens_digits.tasks import Problem
+from lens_digits.methods.scores import Scores, add_column_breakdown
+from lens_digits.problems.carries import incoming
+from lens_digits.problems.digits import place_name
+from lens_digits.problems.tasks import Problem
+from lens_digits.results.grid import AccuracyGrid
 
 
 def digit_sum(n: int) -> int:

@@ -3,7 +3,7 @@
 import tempfile
 
 from lens_digits import testing
-from lens_digits.chartok import SPECIALS, word_tokenizer
+from lens_digits.model.tokenizers import SPECIALS, word_tokenizer
 
 VOCAB = list("0123456789+=")  # ids 4.. after the four special tokens: "0" is 4, "+" is 14, "=" is 15
 

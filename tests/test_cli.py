@@ -11,9 +11,10 @@ import textwrap
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 
 from lens_digits.cli import build_parser, main
-from lens_digits.grid import FILES
+from lens_digits.results.grid import FILES
 
 
 def run_cli(capsys, *args):
@@ -219,7 +220,7 @@ def test_batch_size_and_threads_change_no_count_and_no_problem(llama_dir, tmp_pa
 SLOW_SAVE = textwrap.dedent(
     """
     import sys, time
-    from lens_digits.grid import AccuracyGrid
+    from lens_digits.results.grid import AccuracyGrid
     def slow_figure(self, *args, **kwargs):  # called while the run directory is being written
         print("SAVING", flush=True)
         time.sleep(120)
@@ -317,10 +318,9 @@ def test_help_and_typos_load_no_torch(args, exit_code, tmp_path, monkeypatch):
 
 
 def test_help_shows_no_empty_defaults_and_the_readme_lists_every_flag():
-    from pathlib import Path
 
     parser = build_parser()
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     synopsis = readme[readme.index("## Command line") :].split("```")[1]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
@@ -338,7 +338,7 @@ def test_the_output_folder_is_written_to_before_any_compute(llama_dir, tmp_path,
     import errno
     from pathlib import Path
 
-    from lens_digits import models
+    from lens_digits.model import loading as models
 
     real_mkdir = Path.mkdir
 
@@ -374,7 +374,7 @@ def test_plot_redraws_a_run_and_compare_subtracts_two(llama_dir, tmp_path, capsy
     html = (a / "heatmap-probe-answer-units.html").read_text()
     assert "Accuracy Breakdown" in html and "place units" in html
     assert ld_load(a).to_dataframe().equals(ld_load(a).to_dataframe())  # still a readable run directory
-    from lens_digits.rundir import is_run_directory
+    from lens_digits.storage.paths import is_run_directory
 
     assert is_run_directory(a), "a redrawn figure keeps the folder a run directory (overwritable)"
     code, _, err = run_cli(capsys, "plot", str(a), "--method", "nope")

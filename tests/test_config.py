@@ -6,13 +6,13 @@ import warnings
 
 import pytest
 
-from lens_digits.config import SweepConfig
+from lens_digits.runs.config import SweepConfig
 
 
 def test_config_checks_types_for_users_without_a_type_checker():
     # The test suite type-checks every call (jaxtyping + beartype); a user's session does not, so check in a plain process.
     script = (
-        "from lens_digits.config import SweepConfig\n"
+        "from lens_digits.runs.config import SweepConfig\n"
         "for kw in ({'prepend_bos': 'yes'}, {'batch_size': 2.5}, {'chat': 'no'}):\n"
         "    try:\n"
         "        SweepConfig(**kw)\n"

@@ -17,9 +17,9 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
 
         return Always
 
-    ld.register_decoder(cell())
+    ld.register_method(cell())
     with pytest.warns(UserWarning, match="registered again"):
-        ld.register_decoder(cell())
+        ld.register_method(cell())
 
     class Impostor(ld.Decoder):
         name = "test_always_right"
@@ -28,7 +28,7 @@ def test_registered_user_decoder_is_drawn_beside_built_in(native_model):
             raise AssertionError
 
     with pytest.raises(ld.LensDigitsError, match="already registered"):  # another class may not take the name
-        ld.register_decoder(Impostor)
+        ld.register_method(Impostor)
     grid = ld.run_sweep(native_model, scales=[1, 2], n_per_scale=20, methods=["logit_lens", "test_always_right"], target="first")
     df = grid.to_dataframe()
     assert (df.loc[df["method"] == "test_always_right", "accuracy"] == 1).all()

@@ -9,12 +9,12 @@ from conftest import splits
 from sklearn.linear_model import Ridge
 
 import lens_digits as ld
-from lens_digits.decoders import CircularProbe, LinearProbe
-from lens_digits.decoders.circular_probe import digit_circle, ridge
-from lens_digits.decoders.labels import digit_labels
-from lens_digits.residuals import ResidualSet
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import Problem
+from lens_digits.methods import CircularProbe, LinearProbe
+from lens_digits.methods.probes.circular import digit_circle, ridge
+from lens_digits.problems.digits import digit_labels
+from lens_digits.problems.targets import EncodedProblem
+from lens_digits.problems.tasks import Problem
+from lens_digits.residuals.collect import ResidualSet
 
 
 def test_ridge_equals_scikit_learn_with_weights_and_several_alphas():

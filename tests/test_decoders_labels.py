@@ -6,12 +6,13 @@ import torch
 from conftest import splits, synthetic_set
 
 import lens_digits as ld
-from lens_digits.decoders import LinearProbe
-from lens_digits.decoders.labels import control_labels, digit_labels, digit_permutation, first_token_digits, place_name, relabel
 from lens_digits.errors import LensDigitsError
-from lens_digits.residuals import ResidualSet
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import Problem
+from lens_digits.methods import LinearProbe
+from lens_digits.methods.probes.labels import control_labels, digit_permutation, first_token_digits, relabel
+from lens_digits.problems.digits import digit_labels, place_name
+from lens_digits.problems.targets import EncodedProblem
+from lens_digits.problems.tasks import Problem
+from lens_digits.residuals.collect import ResidualSet
 
 # ---- labels --------------------------------------------------------------------------------------
 

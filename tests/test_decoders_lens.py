@@ -6,19 +6,35 @@ import pytest
 import torch
 from conftest import problems_for
 
-from lens_digits.decoders import LogitLens
-from lens_digits.decoders.lens import Lens
-from lens_digits.residuals import ResidualSet, collect_residuals
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import Problem
+from lens_digits.methods import LogitLens
+from lens_digits.methods.lenses.base import Lens
+from lens_digits.methods.lenses.numbers import numeric_scores
+from lens_digits.problems.targets import EncodedProblem
+from lens_digits.problems.tasks import Problem
+from lens_digits.residuals.collect import ResidualSet, collect_residuals
 
 
 def test_gold_rank_and_prob_are_consistent(llama_model):
     rs = collect_residuals(llama_model, problems_for(scales=(2,), n=20))
-    scores = LogitLens.from_model(llama_model).score(rs, "first")
+    lens = LogitLens.from_model(llama_model)
+    scores = lens.score(rs, "first")
     rank, prob = scores.metrics["gold_rank"], scores.metrics["gold_prob"]
-    assert torch.equal(scores.correct, rank == 0)
+    assert not (scores.correct & (rank > 0)).any()  # a gold read as top-1 has no token above it
+    # The documented tie rule: top-1 is the first maximal index, and a gold tied with it has rank 0 without being read.
+    for i, layer in (~scores.correct & (rank == 0)).nonzero().tolist():
+        logits = lens.layer_logits(rs.resid[i, layer, :1], layer)[0].float()
+        gold = int(rs.target_ids[i, 0])
+        assert logits[gold] == logits.max() and int(logits.argmax()) < gold
     assert ((prob > 0) & (prob <= 1)).all()
+
+
+def test_a_gold_tied_with_an_earlier_token_has_rank_0_but_is_not_read():
+    table = torch.zeros(1, 1, 1, V)
+    table[0, 0, 0, [1, 3]] = 5.0  # tokens 1 and 3 tie at the maximum; the gold is 3
+    problem = Problem(1, "add", 1, 2, "1+2=", "3", "test")
+    data = ResidualSet(torch.tensor([[[[0.0, 0.0]]]]), torch.tensor([[3]]), [problem], [EncodedProblem((0,), (3,))])
+    scores = TableLens(table).score(data, "first")
+    assert scores.metrics["gold_rank"].item() == 0 and not scores.correct.item()
 
 
 # ---- a toy lens with fixed logits, scored by hand ------------------------------------------------
@@ -141,7 +157,7 @@ def test_numeric_scores_read_each_layers_number_by_hand_prefixes_and_ends_includ
     )
     lens = TableLens(torch.zeros(1, 3, 2, 5))
     lens.tokenizer = _Texts()
-    out = lens.numeric_scores(data, top1, "answer")
+    out = numeric_scores(data, top1, "answer", lens.token_text, lens.within)
     nan = math.nan
     want = torch.tensor([[0, nan, 9], [0, 9, nan], [0, 1, 1]], dtype=torch.float64)
     torch.testing.assert_close(out["abs_error"], want, equal_nan=True)
@@ -166,7 +182,7 @@ def test_decode_gives_top1_rank_and_log_probability_per_position():
 
 
 def test_fused_reduction_equals_the_straightforward_one_ties_included():
-    from lens_digits.decoders.lens import reduce_logits
+    from lens_digits.methods.lenses.base import reduce_logits
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(300, 1000, generator=gen)
@@ -190,7 +206,7 @@ def test_fused_reduction_equals_the_straightforward_one_ties_included():
 @pytest.mark.parametrize("bias,cap", [(False, None), (True, None), (True, 5.0)])
 def test_tiled_reduction_equals_the_straightforward_one_ties_included(dtype, bias, cap):
     """Small integers make every logit exact in any summation order, so ties are real ties across tiles."""
-    from lens_digits.reductions import reduce_tiled
+    from lens_digits.model.reductions import reduce_tiled
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(-2, 3, (200, 16), generator=gen).to(dtype)
@@ -215,7 +231,7 @@ def test_tiled_reduction_equals_the_straightforward_one_ties_included(dtype, bia
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_tiled_reduction_ranks_against_the_logits_its_tiles_make_each_made_once(dtype):
     """Random real-valued logits: in 16-bit many round to the gold logit's value; each tile is made once."""
-    from lens_digits.reductions import reduce_tiled
+    from lens_digits.model.reductions import reduce_tiled
 
     gen = torch.Generator().manual_seed(2)
     d, vocab, tile = 64, 3000, 256
@@ -241,8 +257,8 @@ def test_tiled_reduction_ranks_against_the_logits_its_tiles_make_each_made_once(
 
 
 def test_readout_reduces_in_tiles_where_the_unembedding_is_a_matrix(llama_model):
-    from lens_digits.readout import Readout
-    from lens_digits.reductions import reduce_logits
+    from lens_digits.model.readout import Readout
+    from lens_digits.model.reductions import reduce_logits
 
     readout = Readout(llama_model)
     resid = torch.randn(30, llama_model.cfg.d_model, generator=torch.Generator().manual_seed(0))

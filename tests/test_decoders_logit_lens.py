@@ -6,8 +6,8 @@ from conftest import problems_for
 from reference import greedy, hf_reference_top1, own_prediction
 
 import lens_digits as ld
-from lens_digits.decoders import LogitLens
-from lens_digits.residuals import collect_residuals
+from lens_digits.methods import LogitLens
+from lens_digits.residuals.collect import collect_residuals
 
 
 @pytest.mark.parametrize("which", ["native_model", "llama_model", "gpt2_model", "hooked_model"])
@@ -98,7 +98,7 @@ def reference_positions(folder, gold_ids):
     """Row label -> answer position per problem: digit places when every answer token holds at most one digit, else tokens."""
     import transformers
 
-    from lens_digits.decoders.labels import place_name
+    from lens_digits.problems.digits import place_name
 
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     digits = [[sum(c.isdigit() for c in tok.decode([t])) for t in row if t >= 0] for row in gold_ids.tolist()]

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from lens_digits.decoders.probe_weights import FORMAT, ProbeWeights, best_strength, default_c_index, load_weights, save_weights
 from lens_digits.errors import LensDigitsError
+from lens_digits.methods.probes.weights import FORMAT, ProbeWeights, best_strength, default_c_index, load_weights, save_weights
 
 
 def small_weights(seed=0, *, mean=None, std=None, layers=2, places=2, d=3):

@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import splits, synthetic_set
 
-from lens_digits.decoders import DECODERS, LinearProbe, Scores
-from lens_digits.decoders.labels import control_labels, digit_labels
 from lens_digits.errors import LensDigitsError
+from lens_digits.methods import METHODS, LinearProbe, Scores
+from lens_digits.methods.probes.labels import control_labels
+from lens_digits.problems.digits import digit_labels
 
 
 def random_answers(n, low=100, high=1000, seed=0):
@@ -25,7 +26,7 @@ def planted():
 
 
 def test_registered_and_validated():
-    assert DECODERS["probe"] is LinearProbe
+    assert METHODS["probe"] is LinearProbe
     assert LinearProbe.targets == ("first", "answer")
     with pytest.raises((LensDigitsError, TypeError)):  # TypeError under runtime type checking
         LinearProbe(scope="global")
@@ -156,9 +157,11 @@ def test_deterministic_given_seed(planted):
     again.fit(data.split("train"), data.split("val"))
     assert torch.equal(again.weights.W, probe.weights.W)
     assert torch.equal(again.control_weights.W, probe.control_weights.W)
-    other = LinearProbe(Cs=(0.1, 1.0), seed=1, max_iter=5)
+    other = LinearProbe(Cs=(0.1, 1.0), seed=1)  # only the seed differs: it draws the control task's relabelling
     other.fit(data.split("train"), data.split("val"))
+    assert other.control_perm != probe.control_perm
     assert not torch.equal(other.control_weights.W, probe.control_weights.W)
+    assert torch.equal(other.weights.W, probe.weights.W)  # the task's own probes do not depend on the seed
 
 
 # ---- scopes, signs, groups -----------------------------------------------------------------------
@@ -201,3 +204,24 @@ def test_fitting_shows_its_progress(capsys):
     LinearProbe(Cs=(1.0,), control=False, progress=True).fit(data.split("train"), data.split("val"))
     err = capsys.readouterr().err
     assert "fitting probes" in err and "fits" in err
+
+
+def test_the_regularisation_is_chosen_blind_to_the_test_labels(planted):
+    """Permuting the test problems' answers changes the test accuracy, never the chosen C or the fitted probes."""
+    import dataclasses
+
+    from lens_digits.runs.draw import score_methods
+
+    data, _ = planted
+    train, val, test = data.split("train"), data.split("val"), data.split("test")
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0)).tolist()
+    shuffled = dataclasses.replace(test, problems=[test.problems[i] for i in order])  # the answers move among test problems
+    fitted, accuracy = [], []
+    for t in (test, shuffled):
+        probe = LinearProbe(Cs=(0.01, 0.1, 1.0, 10.0), seed=0)
+        (_, _, scores), *_ = score_methods(None, [probe], {"probe": ["answer"]}, train, val, {"answer": t}, seed=0)
+        fitted.append((probe.weights.C, probe.weights.W, probe.control_weights.C))
+        accuracy.append(scores.correct.float().mean())
+    assert torch.equal(fitted[0][0], fitted[1][0]) and torch.equal(fitted[0][1], fitted[1][1])
+    assert torch.equal(fitted[0][2], fitted[1][2])
+    assert accuracy[0] != accuracy[1]  # the test labels did change what is scored

@@ -8,9 +8,9 @@ import transformers
 from reference import final_norm, hf_output_transform
 
 import lens_digits as ld
-from lens_digits.decoders import LogitLens, TunedLens
-from lens_digits.residuals import collect_residuals
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.methods import LogitLens, TunedLens
+from lens_digits.problems.tasks import TaskConfig, generate_problems
+from lens_digits.residuals.collect import collect_residuals
 from lens_digits.testing import ARCHITECTURES, char_tokenizer, save_checkpoint
 
 
@@ -95,7 +95,7 @@ def test_a_corpus_trains_it_too(llama_model, tmp_path):
 
 
 def _empty_sets(model):
-    from lens_digits.residuals import tokens_only
+    from lens_digits.residuals.collect import tokens_only
 
     empty = tokens_only([], [], model.cfg.n_layers + 1)
     return empty, empty

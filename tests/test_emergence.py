@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.config import SweepConfig
-from lens_digits.emergence import Bootstrap, emergence_text, first_layer
-from lens_digits.sweep import sweep
-from lens_digits.tasks import TaskConfig
+from lens_digits.problems.tasks import TaskConfig
+from lens_digits.results.emergence import Bootstrap, emergence_text, first_layer
+from lens_digits.runs.config import SweepConfig
+from lens_digits.runs.sweep import sweep
 
 
 def table(accuracies, n):

@@ -11,7 +11,7 @@ import pytest
 
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
-from lens_digits.executors import executor_named, run_ray
+from lens_digits.runs.executors import executor_named, run_ray
 
 RUN = ["run", "--scales", "1-2", "--n", "12", "--methods", "logit_lens,probe", "--target", "both", "--seed", "2", "--no-progress"]
 
@@ -25,7 +25,7 @@ def cli(*args: str) -> int:
 @pytest.mark.slow
 def test_a_run_whose_shards_are_computed_by_ray_tasks_equals_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    from lens_digits.executors import local_ray_settings
+    from lens_digits.runs.executors import local_ray_settings
 
     settings = local_ray_settings()  # before Ray is imported
     ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
@@ -60,7 +60,7 @@ def test_executor_errors_say_what_to_do(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_cluster_started_for_a_run_keeps_its_session_files_private_and_removes_them(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
-    import lens_digits.executors as executors
+    import lens_digits.runs.executors as executors
 
     seen = []
     made = executors.local_ray_settings

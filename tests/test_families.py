@@ -12,11 +12,11 @@ import torch
 from reference import hf_lens_reference
 
 import lens_digits as ld
-from lens_digits.decoders import LogitLens
-from lens_digits.generate import greedy_answers
-from lens_digits.residuals import collect_residuals
-from lens_digits.targets import EncodedProblem
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.methods import LogitLens
+from lens_digits.model.greedy import greedy_answers
+from lens_digits.problems.targets import EncodedProblem
+from lens_digits.problems.tasks import TaskConfig, generate_problems
+from lens_digits.residuals.collect import collect_residuals
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
 
 ARCHS = {"gpt2": "gpt2", "pythia": "gpt_neox", "llama2": "llama", "qwen2": "qwen2", "mistral": "mistral", "gemma2": "gemma2"}

@@ -245,8 +245,8 @@ def test_a_symlinked_pending_cache_is_refused_and_nothing_written_through_it(tmp
 
 
 def test_a_symlink_where_a_temporary_file_goes_is_refused(tmp_path):
-    from lens_digits import atomic
     from lens_digits.errors import OutputError
+    from lens_digits.storage import atomic
 
     precious = tmp_path / "precious.txt"
     precious.write_text("mine")

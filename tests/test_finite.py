@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 import lens_digits as ld
 from lens_digits.cli import main as cli
 from lens_digits.errors import NonFiniteError
-from lens_digits.finite import count_nonfinite, nonfinite_parameters
+from lens_digits.model.finite import count_nonfinite, nonfinite_parameters
 from lens_digits.testing import save_checkpoint
 
 
@@ -67,7 +67,7 @@ def test_nan_in_the_readout_alone_is_named_by_the_lens(tmp_path, char_tok):
 
 
 def test_greedy_answers_of_a_nan_model_are_an_error_not_null(tmp_path, char_tok):
-    from lens_digits.generate import greedy_answers
+    from lens_digits.model.greedy import greedy_answers
 
     folder = _damaged_checkpoint(tmp_path / "head", char_tok, "lm_head.weight", index=(slice(None), slice(None)))
     model = ld.load_model(folder, device="cpu")
@@ -76,13 +76,13 @@ def test_greedy_answers_of_a_nan_model_are_an_error_not_null(tmp_path, char_tok)
 
 
 def test_a_tuned_lens_with_nan_translators_is_refused_at_load(tmp_path, native_model):
-    lens = ld.decoders.TunedLens.from_model(native_model, steps=2)
+    lens = ld.TunedLens.from_model(native_model, steps=2)
     n, d = native_model.cfg.n_layers, native_model.cfg.d_model
     lens.W, lens.b = torch.zeros(n, d, d), torch.zeros(n, d)
     lens.W[1, 0, 0] = math.nan
     lens.save(tmp_path / "lens")
     with pytest.raises(NonFiniteError, match="translator weights holds 1 NaN"):
-        ld.decoders.TunedLens.load(tmp_path / "lens", native_model)
+        ld.TunedLens.load(tmp_path / "lens", native_model)
 
 
 @pytest.mark.parametrize(
@@ -96,13 +96,13 @@ def test_a_tuned_lens_with_nan_translators_is_refused_at_load(tmp_path, native_m
     ],
 )
 def test_damaged_tuned_lens_files_are_one_clear_error(tmp_path, native_model, damage, message):
-    lens = ld.decoders.TunedLens.from_model(native_model)
+    lens = ld.TunedLens.from_model(native_model)
     n, d = native_model.cfg.n_layers, native_model.cfg.d_model
     lens.W, lens.b = torch.zeros(n, d, d), torch.zeros(n, d)
     folder = lens.save(tmp_path / "lens")
     damage(folder)
     with pytest.raises(ld.LensDigitsError, match=message):
-        ld.decoders.TunedLens.load(folder, native_model)
+        ld.TunedLens.load(folder, native_model)
 
 
 def test_a_tuned_lens_library_folder_with_a_missing_translator_is_one_error(tmp_path, native_model):
@@ -110,13 +110,13 @@ def test_a_tuned_lens_library_folder_with_a_missing_translator_is_one_error(tmp_
     torch.save({"0.weight": torch.zeros(d, d), "0.bias": torch.zeros(d)}, tmp_path / "params.pt")
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": native_model.cfg.n_layers}))
     with pytest.raises(ld.LensDigitsError, match="cannot be read .*1.weight"):
-        ld.decoders.TunedLens.load(tmp_path, native_model)
+        ld.TunedLens.load(tmp_path, native_model)
 
 
 def test_a_diverging_tuned_lens_is_named(native_model):
-    lens = ld.decoders.TunedLens.from_model(native_model, steps=10, lr=1e37)
+    lens = ld.TunedLens.from_model(native_model, steps=10, lr=1e37)
     grid_problems = ld.generate_problems(ld.TaskConfig(scales=[1], n_per_scale=5, n_train=20, n_val=5))
-    from lens_digits.residuals import collect_residuals
+    from lens_digits.residuals.collect import collect_residuals
 
     data = collect_residuals(native_model, grid_problems, teacher_forcing=False)
     with pytest.raises(NonFiniteError, match="training the tuned lens diverged.*lower its learning rate"):
@@ -127,7 +127,7 @@ def test_a_saved_probe_with_nan_weights_is_refused(tmp_path, native_model):
     grid = ld.run_sweep(native_model, scales=[1], n_per_scale=20, methods=["probe"], target="first", n_train=40, n_val=10)
     assert len(grid.table)
     probe = ld.LinearProbe(seed=0)
-    from lens_digits.residuals import collect_residuals
+    from lens_digits.residuals.collect import collect_residuals
 
     data = collect_residuals(native_model, ld.generate_problems(ld.TaskConfig(scales=[1], n_per_scale=20)), teacher_forcing=False)
     probe.fit(data.split("train"), data.split("val"))

@@ -5,9 +5,9 @@ from reference import greedy
 
 
 def test_greedy_answers_match_step_by_step_decoding(llama_model):
-    from lens_digits.adapter import ModelAdapter
-    from lens_digits.generate import greedy_answers
-    from lens_digits.targets import encode_for_model
+    from lens_digits.model.adapter import ModelAdapter
+    from lens_digits.model.greedy import greedy_answers
+    from lens_digits.problems.targets import encode_for_model
 
     problems = problems_for(scales=(1, 2), n=10)
     encoded = encode_for_model(ModelAdapter.wrap(llama_model), problems)
@@ -21,10 +21,10 @@ def test_decoding_stops_once_every_answer_is_complete(builtin, monkeypatch):
     """Early stopping changes no answer, only how many steps run (the built-in model ends its answers)."""
     import torch
 
-    from lens_digits.adapter import ModelAdapter
-    from lens_digits.generate import greedy_answers, number_text
-    from lens_digits.kvcache import greedy_tokens
-    from lens_digits.targets import encode_for_model
+    from lens_digits.model.adapter import ModelAdapter
+    from lens_digits.model.greedy import greedy_answers, number_text
+    from lens_digits.model.kvcache import greedy_tokens
+    from lens_digits.problems.targets import encode_for_model
 
     adapter = ModelAdapter.wrap(builtin)
     encoded = encode_for_model(adapter, problems_for(scales=(1, 2), n=12))

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 import lens_digits as ld
-from lens_digits.grid import CONTRACT_COLUMNS, FILES, AccuracyGrid, wilson_interval
+from lens_digits.results.cells import wilson_interval
+from lens_digits.results.grid import CONTRACT_COLUMNS, FILES, AccuracyGrid
 
 # The fixture `grid` (a sweep of a tiny model, both targets) is in conftest.py.
 

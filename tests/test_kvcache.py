@@ -1,4 +1,4 @@
-"""Greedy decoding with a key-value cache (``lens_digits.kvcache``): the same tokens as running the whole sequence every step.
+"""Greedy decoding with a key-value cache (``lens_digits.model.kvcache``): the same tokens as running the whole sequence every step.
 
 The reference is the model's own forward pass on the whole sequence, its output
 logits at the last position (``model(tokens)``), written out here step by step.
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits import kvcache
-from lens_digits.adapter import ModelAdapter
-from lens_digits.kvcache import greedy_tokens
-from lens_digits.patching import patched_greedy
+from lens_digits.methods.interventions.patching import patched_greedy
+from lens_digits.model import kvcache
+from lens_digits.model.adapter import ModelAdapter
+from lens_digits.model.kvcache import greedy_tokens
 
 
 def own_greedy(model, tokens, n, hooks=()):

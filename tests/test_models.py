@@ -5,7 +5,7 @@ import torch
 from conftest import HAS_HOOKED
 
 import lens_digits as ld
-from lens_digits.models import hooked_transformer_class, model_kind, transformer_lens_version
+from lens_digits.model.loading import hooked_transformer_class, model_kind, transformer_lens_version
 
 
 def test_feature_detection_matches_installed_version():
@@ -53,7 +53,7 @@ def test_hooked_kind_built_where_available_else_refused():
 
 
 def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
-    from lens_digits import models
+    from lens_digits.model import loading as models
 
     seen = {}
     real = models.bridge_class().boot_transformers
@@ -68,13 +68,13 @@ def test_multi_device_options_reach_transformer_lens(llama_dir, monkeypatch):
 
 
 def test_a_bad_value_from_the_loader_is_not_called_a_network_failure(monkeypatch):
-    from lens_digits import models
+    from lens_digits.model import loading as models
 
     def bad(*args, **kwargs):
         raise ValueError("rope_scaling must have a 'type' field")
 
     monkeypatch.setattr(models.bridge_class(), "boot_transformers", bad)
-    monkeypatch.setattr(models, "_cached", lambda name: True)  # as if it had been downloaded before
+    monkeypatch.setattr(models, "cached", lambda name: True)  # as if it had been downloaded before
     with pytest.raises(ld.ModelLoadError, match="could not load 'someone/model': rope_scaling") as e:
         ld.load_model("someone/model", device="cpu")
     assert "Without network" not in str(e.value)
@@ -105,7 +105,7 @@ def test_an_unreachable_hub_fails_at_once_unless_the_model_is_cached(llama_dir, 
     """Without HF_HUB_OFFLINE, transformers used to retry for a minute; now a closed hub is noticed and the cache used."""
     import shutil
 
-    from lens_digits import models
+    from lens_digits.model import loading as models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -130,7 +130,7 @@ def test_an_unreachable_hub_fails_at_once_unless_the_model_is_cached(llama_dir, 
 
 
 def test_a_hub_name_that_is_not_cached_fails_at_once_when_the_hub_is_off(monkeypatch):
-    from lens_digits import models
+    from lens_digits.model import loading as models
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     called = []

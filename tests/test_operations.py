@@ -3,8 +3,8 @@
 import pytest
 
 import lens_digits as ld
-from lens_digits.operations import n_distinct, operand_range
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.problems.operations import n_distinct, operand_range
+from lens_digits.problems.tasks import TaskConfig, generate_problems
 
 
 def test_registered_operation_and_duplicate_refused():
@@ -54,7 +54,7 @@ def test_a_rule_that_accepts_almost_nothing_fails_with_a_message():
 
 
 def test_a_vectorisable_rule_and_a_scalar_one_allow_the_same_pairs():
-    from lens_digits.operations import _allowed_mask
+    from lens_digits.problems.operations import _allowed_mask
 
     def scalar(a, b):
         return bool(a >= b)  # bool() of an array raises: evaluated pair by pair

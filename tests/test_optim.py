@@ -2,7 +2,7 @@
 
 import torch
 
-from lens_digits.optim import fit_multinomial
+from lens_digits.methods.probes.optim import fit_multinomial
 
 
 def test_solver_matches_sklearn_objective():
@@ -23,7 +23,7 @@ def test_solver_matches_sklearn_objective():
 
 
 def test_a_working_memory_budget_solves_in_chunks_with_the_same_result(monkeypatch):
-    from lens_digits import optim
+    from lens_digits.methods.probes import optim
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(6, 80, 5, generator=gen)

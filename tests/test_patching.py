@@ -8,11 +8,18 @@ import transformers
 from reference import blocks, final_norm
 
 import lens_digits as ld
-from lens_digits.adapter import ModelAdapter
 from lens_digits.errors import LensDigitsError
-from lens_digits.patching import ActivationPatching, OperandPatching, draw_sources, operand_positions, patched_greedy, residuals_at
-from lens_digits.residuals import collect_residuals
-from lens_digits.tasks import Problem, TaskConfig, generate_problems, operand_spans
+from lens_digits.methods.interventions.patching import (
+    ActivationPatching,
+    OperandPatching,
+    draw_sources,
+    operand_positions,
+    patched_greedy,
+    residuals_at,
+)
+from lens_digits.model.adapter import ModelAdapter
+from lens_digits.problems.tasks import Problem, TaskConfig, generate_problems, operand_spans
+from lens_digits.residuals.collect import collect_residuals
 from lens_digits.testing import ARCHITECTURES, bpe_tokenizer, char_tokenizer, save_checkpoint
 
 
@@ -164,7 +171,7 @@ def test_operand_spans_and_positions_find_the_question_operands_only():
     # one token per character: the operand digits are the operand positions (BOS shifts them by one)
     tok = char_tokenizer()
     p = Problem(2, "add", 12, 34, "12+34=", "46", "test")
-    from lens_digits.targets import encode_problems
+    from lens_digits.problems.targets import encode_problems
 
     enc = encode_problems(tok, [p.prompt], [p.answer], bos_token_id=tok.bos_token_id)
     assert operand_positions(tok, [p], enc, "compact") == [(1, 2, 4, 5)]

@@ -2,7 +2,7 @@ import plotly.graph_objects as go
 import pytest
 
 import lens_digits as ld
-from lens_digits.plotting import static_image
+from lens_digits.results.figures import static_image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +77,7 @@ def test_figure_options_cell_text_colours_facets_and_lines(native_model):
 
 
 def test_subtitle_wraps_to_the_figure_width():
-    from lens_digits.plotting import wrap
+    from lens_digits.results.figures import wrap
 
     text = " · ".join(["a-long-method-name"] * 12)
     wrapped = wrap(text, width=60)

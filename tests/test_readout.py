@@ -5,9 +5,9 @@ import torch
 
 import lens_digits as ld
 from lens_digits.errors import LensDigitsError
-from lens_digits.readout import Readout
-from lens_digits.residuals import collect_residuals
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.model.readout import Readout
+from lens_digits.problems.tasks import TaskConfig, generate_problems
+from lens_digits.residuals.collect import collect_residuals
 from lens_digits.testing import char_tokenizer, save_checkpoint, tiny_model
 
 TOKENS = torch.tensor([[1, 5, 6, 67, 7, 70], [1, 13, 12, 67, 5, 70]])  # <s>12+3= and <s>98+1= in char_tokenizer's ids

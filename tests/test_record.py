@@ -1,12 +1,13 @@
 """run.json: records of earlier schemas still load, and a record says what was fed to the model and how it was read."""
 
 import json
-from pathlib import Path
+
+from conftest import REPO
 
 import lens_digits as ld
-from lens_digits.grid import AccuracyGrid
+from lens_digits.results.grid import AccuracyGrid
 
-SCHEMA1 = Path(__file__).parent / "data" / "run_schema1"  # written by lens-digits 0.1.0 before run.json had a schema
+SCHEMA1 = REPO / "tests" / "data" / "run_schema1"  # written by lens-digits 0.1.0 before run.json had a schema
 
 
 def test_a_run_directory_of_the_previous_schema_loads(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
-from lens_digits.grid import AccuracyGrid
-from lens_digits.refit import refit
-from lens_digits.rundir import is_run_directory, pending_cache
+from lens_digits.results.grid import AccuracyGrid
+from lens_digits.runs.fit import refit
+from lens_digits.storage.paths import is_run_directory, pending_cache
 
 BASE = ["--scales", "2-3", "--n", "12", "--target", "both", "--seed", "5", "--no-progress", "--shard-size", "8"]
 

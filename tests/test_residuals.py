@@ -5,9 +5,9 @@ import torch
 from conftest import GPU_CPU_SPLIT, problems_for
 
 import lens_digits as ld
-from lens_digits.decoders import LogitLens
-from lens_digits.residuals import _keep, collect_residuals
-from lens_digits.tasks import TaskConfig, generate_problems
+from lens_digits.methods import LogitLens
+from lens_digits.problems.tasks import TaskConfig, generate_problems
+from lens_digits.residuals.collect import _keep, collect_residuals
 
 
 class OnlyItsOwnDevice(torch.Tensor):
@@ -109,7 +109,7 @@ def test_stopping_at_the_final_residual_leaves_the_model_as_it_was(llama_model):
         after = llama_model(tokens)
     torch.testing.assert_close(after, before)  # no hook left behind
     # and the final column is still the residual the model's own readout turns into its prediction
-    from lens_digits.decoders import LogitLens
+    from lens_digits.methods import LogitLens
 
     top1, _, _ = LogitLens.from_model(llama_model).decode(rs)
     with torch.inference_mode():

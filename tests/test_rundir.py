@@ -1,7 +1,7 @@
 """Run directories: never over what the package did not write, atomic, one winner per folder, no litter.
 
 The race and crash tests run small writer processes that import only
-``lens_digits.rundir`` (no torch), so that many trials stay fast.
+``lens_digits.storage.reservation`` (no torch), so that many trials stay fast.
 """
 
 import json
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from runs import fill_with, tag_of
 
-from lens_digits import atomic, rundir
 from lens_digits.errors import OutputError
-from lens_digits.rundir import Reservation, check_output, is_run_directory
-
-REPO = Path(__file__).resolve().parents[1]
+from lens_digits.storage import atomic
+from lens_digits.storage import reservation as rundir
+from lens_digits.storage.paths import check_output, is_run_directory
+from lens_digits.storage.reservation import Reservation
 
 
 def fake_run(folder: Path, tag: str = "old") -> Path:
@@ -204,7 +204,8 @@ def test_unwritable_parent_is_refused_before_any_work(tmp_path):
 WRITER = textwrap.dedent(
     """
     import json, sys, time
-    from lens_digits.rundir import Reservation, RUN_FILES, RUN_FORMAT
+    from lens_digits.storage.reservation import Reservation
+    from lens_digits.storage.paths import RUN_FILES, RUN_FORMAT
     from lens_digits.errors import OutputError
     out, tag, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
     def fill(tmp):
@@ -227,7 +228,7 @@ def test_two_runs_into_one_new_folder_have_exactly_one_winner(tmp_path):
     assert (
         "torch"
         not in subprocess.run(
-            [sys.executable, "-c", "import sys, lens_digits.rundir; print(' '.join(sys.modules))"],
+            [sys.executable, "-c", "import sys, lens_digits.storage.reservation; print(' '.join(sys.modules))"],
             capture_output=True,
             text=True,
             check=True,
@@ -272,7 +273,8 @@ def test_a_second_run_fails_at_once_while_the_first_computes(tmp_path):
 CRASHER = textwrap.dedent(
     """
     import json, os, signal, sys, time
-    from lens_digits import atomic, rundir
+    from lens_digits.storage import atomic
+    from lens_digits.storage import reservation as rundir
     from lens_digits.cli import _raise_interrupted
     signal.signal(signal.SIGTERM, _raise_interrupted)
     out, where, overwrite = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -285,7 +287,7 @@ CRASHER = textwrap.dedent(
             (tmp / name).write_text("new")
         (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": "new"}))
     if where == "exchange":
-        from lens_digits import atomic
+        from lens_digits.storage import atomic
         real = atomic.exchange
         def exchange_then_die(a, b):
             real(a, b)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 import lens_digits as ld
-from lens_digits.grid import AccuracyGrid
+from lens_digits.results.grid import AccuracyGrid
 
 # The fixtures `grid` and `saved` (that grid's run directory) are in conftest.py.
 

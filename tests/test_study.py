@@ -10,8 +10,8 @@ import pytest
 
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
-from lens_digits.rundir import is_run_directory
-from lens_digits.study import load_study, run_study
+from lens_digits.runs.study import load_study, run_study
+from lens_digits.storage.paths import is_run_directory
 from lens_digits.testing import char_tokenizer, save_checkpoint
 
 
@@ -130,7 +130,7 @@ def test_the_same_study_through_a_local_ray_cluster_gives_the_same_bytes(small_d
     ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
     import psutil
 
-    from lens_digits.executors import local_ray_settings
+    from lens_digits.runs.executors import local_ray_settings
 
     study, _ = load_study(write(tmp_path, study_text(small_dir)))
     run_study(study, tmp_path / "local")

@@ -6,7 +6,7 @@ import torch
 
 import lens_digits as ld
 from lens_digits.cli import main
-from lens_digits.config import SweepConfig
+from lens_digits.runs.config import SweepConfig
 
 # ---- settings ------------------------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ def test_run_sweep_leaves_the_global_random_state_alone(native_model):
 # ---- the model's own answers: target model, subsets ----------------------------------------------
 
 
-def test_model_target_reads_the_models_own_greedy_answer(llama_model):
+def test_model_target_reads_the_models_own_greedy_answer(llama_model, llama_dir):
     grid = ld.run_sweep(llama_model, scales=[1, 2], n_per_scale=30, target="all", seed=3)
     df = grid.main()
     model_rows = df[df["target"] == "model"]
@@ -77,10 +77,25 @@ def test_model_target_reads_the_models_own_greedy_answer(llama_model):
     # greedy answers run on the scored test problems only
     assert {p.model_output is not None for p in grid.problems if p.split == "test"} == {True}
     assert {p.model_output for p in grid.problems if p.split != "test"} == {None}
-    for p in grid.problems:
-        if p.split == "test":
-            assert p.model_correct == (p.model_output == p.answer)
-    assert grid.info["model_runs"]["greedy"] == sum(p.split == "test" for p in grid.problems)
+    # model_correct against plain Hugging Face greedy generation on the same checkpoint (no TransformerLens, no cache
+    # of ours): the leading number of what it writes, compared with the answer
+    import re
+
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    bos = grid.info["encoding"]["bos"]["id"]
+    tests = [p for p in grid.problems if p.split == "test"]
+    for p in tests:
+        ids = ([bos] if bos is not None else []) + tok(p.prompt, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=len(p.answer) + 2, do_sample=False, pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, len(ids) :], skip_special_tokens=False)
+        number = re.match(r"\s*(-?\d*)", text).group(1)
+        assert p.model_correct == (number == p.answer), (p.prompt, text, p.model_output)
+    assert any(p.model_correct for p in tests) or not any(p.model_correct is False for p in tests)
+    assert grid.info["model_runs"]["greedy"] == len(tests)
 
 
 def test_subset_solved_scores_only_solved_problems(tmp_path):
@@ -123,10 +138,41 @@ def test_both_methods_scored_on_the_same_problems(both):
     n = df.pivot_table(index=["scale", "target"], columns="method", values="n")
     assert (n["probe"] == n["logit_lens"]).all()
     assert {"chance", "control", "selectivity"} <= set(df.columns)
-    probe = df[df["method"] == "probe"]
-    assert ((probe["selectivity"] - (probe["accuracy"] - probe["control"])).abs() <= 2e-6).all()  # six significant digits each
     places = set(both.to_dataframe()["place"])
     assert {"all", "units", "tens"} <= places
+
+
+def test_the_control_and_selectivity_agree_with_scikit_learn_on_the_control_task(both, llama_model):
+    """The control column is a probe fitted on the control task's labels: refit one cell with scikit-learn and compare."""
+    from sklearn.linear_model import LogisticRegression
+
+    from lens_digits.methods.probes.labels import control_labels
+    from lens_digits.residuals import collect_residuals
+
+    settings = both.info["methods"]["probe"]
+    scale, place, layer = 2, 1, both.info["model"]["n_layers"]  # tens place of 2-digit sums, final residual
+    group = [g for g, scales in enumerate(settings["group_scales"]) if scale in scales][0]
+    c = settings["control_chosen_C"][group][layer][place]
+    problems = [p for p in both.problems if p.scale == scale and p.split in ("train", "test")]
+    data = collect_residuals(llama_model, problems, teacher_forcing=False)
+    x = data.resid[:, layer, 0].double().numpy()
+    labels = control_labels(problems, settings["control_perm"], settings["n_places"][group])[:, place].numpy()
+    train = [i for i, p in enumerate(problems) if p.split == "train"]
+    test = [i for i, p in enumerate(problems) if p.split == "test"]
+    mean, std = x[train].mean(0), x[train].std(0)
+    std[std < 1e-12] = 1
+    sk = LogisticRegression(C=c, max_iter=10000, tol=1e-10).fit((x[train] - mean) / std, labels[train])
+    control = (sk.predict((x[test] - mean) / std) == labels[test]).mean()
+    rows = both.to_dataframe()
+    cell = rows[(rows.method == "probe") & (rows.target == "answer") & (rows.scale == scale) & (rows.layer == layer)]
+    cell = cell[cell["place"] == "tens"]
+    for column in ("carries", "carry_in"):
+        if column in cell.columns:
+            cell = cell[cell[column] == "all"]
+    tens = cell.iloc[0]
+    n = int(tens["n"])
+    assert abs(tens["control"] - control) <= 1 / n + 1e-9  # the same fit, to one problem
+    assert abs(tens["selectivity"] - (tens["accuracy"] - control)) <= 1 / n + 1e-9
 
 
 def test_difference_and_selectivity_figures(both):
@@ -217,7 +263,7 @@ def test_the_builtin_model_warns_about_what_it_was_not_trained_on(builtin):
 def test_the_builtin_model_does_not_warn_about_a_filtered_addition(builtin):
     import warnings
 
-    from lens_digits.operations import OPERATIONS
+    from lens_digits.problems.operations import OPERATIONS
 
     if "add_even_units" not in OPERATIONS:
         ld.register_operation(ld.Operation("add_even_units", "+", lambda a, b: a + b, allowed=lambda a, b: (a + b) % 2 == 0))

@@ -5,8 +5,8 @@ import torch
 from conftest import problems_for
 
 import lens_digits as ld
-from lens_digits.residuals import collect_residuals
-from lens_digits.targets import encode_problems
+from lens_digits.problems.targets import encode_problems
+from lens_digits.residuals.collect import collect_residuals
 
 
 def strs(tok, ids):
@@ -60,9 +60,9 @@ def test_gpt2_spaced_template_with_answer_prefix_works(gpt2_model, bpe_tok):
 
 
 def test_chat_template_wraps_prompt_without_extra_bos(llama_dir):
-    from lens_digits.adapter import ModelAdapter
-    from lens_digits.targets import encode_for_model
-    from lens_digits.tasks import TaskConfig, generate_problems
+    from lens_digits.model.adapter import ModelAdapter
+    from lens_digits.problems.targets import encode_for_model
+    from lens_digits.problems.tasks import TaskConfig, generate_problems
 
     model = ld.load_model(llama_dir, device="cpu", progress=False)
     model.tokenizer.chat_template = (

@@ -3,7 +3,7 @@
 import pytest
 
 import lens_digits as ld
-from lens_digits.tasks import MAX_SCALE, TaskConfig, generate_problems, n_distinct, operand_range, parse_scales
+from lens_digits.problems.tasks import MAX_SCALE, TaskConfig, generate_problems, n_distinct, operand_range, parse_scales
 
 
 def test_same_seed_same_problems_and_scales_independent():

@@ -2,9 +2,10 @@
 
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
+ROOT = REPO
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import sync_tutorials  # noqa: E402

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lens_digits.generate import greedy_answers
-from lens_digits.operations import n_distinct
-from lens_digits.tasks import TaskConfig, generate_problems, parse_scales
+from lens_digits.model.greedy import greedy_answers
+from lens_digits.problems.operations import n_distinct
+from lens_digits.problems.tasks import TaskConfig, generate_problems, parse_scales
 
 
 def greedy_accuracy(
@@ -32,7 +32,7 @@ def greedy_accuracy(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Greedy exact-match accuracy per op and digit scale, on :mod:`lens_digits.tasks` problems.
+    """Greedy exact-match accuracy per op and digit scale, on :mod:`lens_digits.problems.tasks` problems.
 
     Problems are ``generate_problems(TaskConfig(scales=[s], n_per_scale=n, op=op,
     seed=seed))``, all three splits. Prompts get the tokenizer's BOS, as the
@@ -110,7 +110,7 @@ def write_card(
         "final_loss": info["losses"][-1][1] if info["losses"] else None,
         "evaluation": {
             "metric": "greedy exact match (continuation cut at EOS equals the answer)",
-            "problems": "lens_digits.tasks.generate_problems(TaskConfig(scales=[s], n_per_scale=n, op=op, seed=seed)), all splits",
+            "problems": "lens_digits.problems.tasks.generate_problems(TaskConfig(scales=[s], n_per_scale=n, op=op, seed=seed)), all splits",
             "n_per_scale": n_per_scale,
             "seed": seed,
             "seconds": round(time.perf_counter() - started, 1),
@@ -123,7 +123,11 @@ def write_card(
 
 
 def card_table(card: dict[str, Any]) -> str:
-    """Greedy accuracy per digit scale (rows) and op (columns), as a Markdown table."""
+    """Greedy accuracy per digit scale (rows) and op (columns), as a Markdown table.
+
+    Returns:
+        The table's lines joined by newlines; trained scales and untrained ops are marked.
+    """
     r = card["recipe"]
     ops = list(card["accuracy"])
     scales = list(card["accuracy"][ops[0]])
@@ -138,7 +142,11 @@ def card_table(card: dict[str, Any]) -> str:
 
 
 def _coverage(recipe: dict[str, Any]) -> str:
-    """How much of each trained scale's problem space training drew (expected, same-length draws)."""
+    """How much of each trained scale's problem space training drew (expected, same-length draws).
+
+    Returns:
+        One clause per trained op and scale, joined by semicolons.
+    """
     draws = recipe["steps"] * recipe["batch_size"] * (1 - recipe["mixed"]) / len(recipe["scales"]) / len(recipe["ops"])
     parts = []
     for op in recipe["ops"]:
@@ -150,7 +158,11 @@ def _coverage(recipe: dict[str, Any]) -> str:
 
 
 def _retraining(card: dict[str, Any]) -> str:
-    """The card's Retraining section, where the spread of retrains has been measured."""
+    """The card's Retraining section, where the spread of retrains has been measured.
+
+    Returns:
+        The section as Markdown, or an empty string when the card has no ``retrain_spread``.
+    """
     spread = card.get("retrain_spread")
     if not spread:
         return ""
@@ -182,13 +194,17 @@ checks it on whatever machine runs the test suite; `promises` in `card.json`):
 
 
 def render_card(card: dict[str, Any]) -> str:
-    """The model card (Markdown) for a ``card.json`` dict."""
+    """The model card (Markdown) for a ``card.json`` dict.
+
+    Returns:
+        The text of ``README.md``.
+    """
     r = card["recipe"]
     minutes = card["train_seconds"] / 60
     return f"""# {card["name"]}
 
 A small decoder-only transformer trained from scratch by `lens_digits.train_model` on
-arithmetic written exactly as `lens_digits.tasks` writes it with the default template
+arithmetic written exactly as `lens_digits.problems.tasks` writes it with the default template
 (`{{a}}{{op}}{{b}}=`): `<s>12+34=46</s>`. It is an ordinary Hugging Face checkpoint folder:
 `lens_digits.load_model(folder)` and `transformers.AutoModelForCausalLM.from_pretrained(folder)`
 load it. The package ships one trained with the default recipe as its built-in model,

@@ -2,7 +2,7 @@
 
 :class:`TrainConfig` is the recipe (the defaults are the shipped model's);
 :func:`sample_problems` draws training problems written exactly as
-:mod:`lens_digits.tasks` writes them with the ``compact`` template
+:mod:`lens_digits.problems.tasks` writes them with the ``compact`` template
 (``12+34=``), which :func:`lens_digits.builtin.train.encode_batch` turns into tokens and
 labels (``<s>12+34=46</s>``, loss on the answer and EOS only). Importing this
 module loads no torch, so the command line's help stays fast.
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from lens_digits.chartok import SPECIALS, word_tokenizer
-from lens_digits.config import known_fields, option
 from lens_digits.errors import LensDigitsError
-from lens_digits.operations import OPERATIONS, operand_range
-from lens_digits.tasks import TEMPLATES, format_answer, parse_scales
+from lens_digits.model.tokenizers import SPECIALS, word_tokenizer
+from lens_digits.problems.operations import OPERATIONS, operand_range
+from lens_digits.problems.tasks import TEMPLATES, format_answer, parse_scales
+from lens_digits.settings import known_fields, option
 
 CHARS = "0123456789+-*= \n"
 """Characters of the vocabulary: digits, the operation symbols, ``=``, space and newline."""
@@ -66,7 +66,14 @@ class TrainConfig:
     seed: int = option(0, "seed of the weights and the training problems")
 
     def __post_init__(self) -> None:
-        """Validate every field."""
+        """Validate every field.
+
+        Raises:
+            LensDigitsError: A size, ``steps`` or ``batch_size`` is not a positive integer; ``d_model`` is not a
+                multiple of ``n_heads`` or the head width is odd; no op is given or one is not ``add``, ``sub`` or
+                ``mul``; the longest scale's problems do not fit ``n_ctx``; ``mixed`` is outside 0 to 1; ``lr`` is
+                not a positive number; ``warmup`` or ``weight_decay`` is negative; or ``seed`` is not an integer.
+        """
         if self.d_mlp is None and isinstance(self.d_model, int):
             self.d_mlp = 4 * self.d_model
         for name in ("n_layers", "d_model", "n_heads", "d_mlp", "n_ctx", "steps", "batch_size"):
@@ -101,7 +108,11 @@ class TrainConfig:
             raise LensDigitsError(f"seed must be an integer, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready recipe."""
+        """JSON-ready recipe.
+
+        Returns:
+            Every field by name, ``scales`` and ``ops`` as lists.
+        """
         d = dataclasses.asdict(self)
         d["scales"] = list(self.scales)
         d["ops"] = list(self.ops)
@@ -109,7 +120,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are skipped with a warning."""
+        """Inverse of :meth:`to_dict`; unknown keys (from a newer version) are skipped with a warning.
+
+        Returns:
+            The recipe, validated as on construction.
+        """
         return cls(**known_fields(cls, d))
 
 
@@ -122,6 +137,9 @@ def builtin_tokenizer() -> Any:
     ``generate``) feeds what the model expects; ``add_special_tokens=False``
     gives the bare characters, as :mod:`lens_digits` uses them.
 
+    Returns:
+        A fast Hugging Face tokenizer over the special tokens and ``CHARS``.
+
     >>> tok = builtin_tokenizer()
     >>> tok("12+3=")["input_ids"], tok("12+3=", add_special_tokens=False)["input_ids"]
     ([1, 5, 6, 14, 7, 17], [5, 6, 14, 7, 17])
@@ -130,12 +148,19 @@ def builtin_tokenizer() -> Any:
 
 
 def char_ids() -> dict[str, int]:
-    """Token id of each special token and character."""
+    """Token id of each special token and character.
+
+    Returns:
+        A map from each special token and character of ``CHARS`` to its id in :func:`builtin_tokenizer`.
+    """
     return {t: i for i, t in enumerate([*SPECIALS, *CHARS])}
 
 
 def sample_problems(rng: np.random.Generator, n: int, config: TrainConfig) -> list[tuple[str, str]]:
     """Draw ``n`` training problems as ``(prompt, answer)`` strings.
+
+    Returns:
+        ``n`` pairs of prompt (``12+34=``) and answer, drawn with ``rng``.
 
     >>> c = TrainConfig(scales=[2], mixed=0.0)
     >>> prompt, answer = sample_problems(np.random.default_rng(0), 1, c)[0]

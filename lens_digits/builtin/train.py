@@ -2,13 +2,13 @@
 
 The recipe is :class:`TrainConfig`: a ``LlamaForCausalLM`` (RMSNorm, rotary
 positions, SwiGLU) trained from scratch with AdamW on problems written exactly
-as :mod:`lens_digits.tasks` writes them with the default ``compact`` template:
+as :mod:`lens_digits.problems.tasks` writes them with the default ``compact`` template:
 ``<s>12+34=46</s>``. The loss is on the answer and the end-of-sequence token
 only; the operands are random and cannot be predicted.
 
 Each training example draws an operation from ``ops`` and a digit scale from
 ``scales``; both operands have that many digits (scale 1 includes 0), as in
-:func:`lens_digits.tasks.generate_problems`. A fraction ``mixed`` of examples
+:func:`lens_digits.problems.tasks.generate_problems`. A fraction ``mixed`` of examples
 instead draw each operand's length on its own (``7+123=``). ``sub`` keeps
 ``a >= b``, as the package's problems do by default. Problems are drawn afresh
 every step from a generator seeded by ``seed``, so the model sees (almost)
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from lens_digits.builtin.recipe import TEMPLATE, TrainConfig, builtin_tokenizer, char_ids, sample_problems
 from lens_digits.errors import LensDigitsError, wrapped_os_error
-from lens_digits.rundir import Reservation
+from lens_digits.storage.reservation import Reservation
 
 
 def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tuple[Tensor, Tensor]:
@@ -48,6 +48,9 @@ def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tu
 
     Right padding needs no attention mask under a causal model: no real token
     attends to a later pad.
+
+    Returns:
+        The tokens and the labels, both ``(problem, position)`` and as wide as the longest sequence.
     """
     seqs, labels = [], []
     for prompt, answer in problems:
@@ -65,7 +68,11 @@ def encode_batch(problems: Sequence[tuple[str, str]], ids: dict[str, int]) -> tu
 
 
 def build_llama(config: TrainConfig, tokenizer: Any) -> Any:
-    """A freshly initialised ``LlamaForCausalLM`` of the recipe's shape (seeded)."""
+    """A freshly initialised ``LlamaForCausalLM`` of the recipe's shape (seeded).
+
+    Returns:
+        The untrained model, its weights drawn after seeding torch with the recipe's seed.
+    """
     import transformers
 
     hf_config = transformers.LlamaConfig(
@@ -111,6 +118,12 @@ def train(
             number of cores.
         progress: Show a tqdm bar with the running loss.
         callback: Called as ``callback(step, loss)`` after every step.
+
+    Returns:
+        The trained model (eval mode), its tokenizer and a record of the recipe, size, wall time and losses.
+
+    Raises:
+        LensDigitsError: ``threads`` is neither None nor a positive integer.
     """
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise LensDigitsError(f"threads must be a positive integer or None, got {threads!r}")
@@ -181,7 +194,11 @@ CHECKPOINT_MARKER = "train.json"
 
 
 def is_checkpoint_dir(folder: Path) -> bool:
-    """Whether ``folder`` is a checkpoint folder this package trained (so ``overwrite`` may replace it)."""
+    """Whether ``folder`` is a checkpoint folder this package trained (so ``overwrite`` may replace it).
+
+    Returns:
+        True when its ``train.json`` holds a recipe and it has no files but a checkpoint's; False when it cannot be read.
+    """
     try:
         names = {p.name for p in folder.iterdir()}
         info = json.loads((folder / CHECKPOINT_MARKER).read_text())
@@ -197,8 +214,15 @@ def save_trained(
 ) -> Path:
     """Write a trained model as a Hugging Face checkpoint folder, with ``train.json``.
 
-    Written whole or not at all (:mod:`lens_digits.rundir`); ``overwrite``
+    Written whole or not at all (:mod:`lens_digits.storage.reservation`); ``overwrite``
     replaces only a folder this function wrote earlier.
+
+    Returns:
+        The checkpoint folder.
+
+    Raises:
+        OutputError: ``out_dir`` cannot be written: it is not empty (and not, with ``overwrite``, a checkpoint of
+            this package), another process is writing it, or it was filled meanwhile.
     """
 
     def fill(tmp: Path) -> None:
@@ -284,6 +308,11 @@ def train_model(
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        LensDigitsError: The recipe is invalid (see :class:`TrainConfig`), or ``threads`` is neither None nor a
+            positive integer.
+        OutputError: ``out_dir`` cannot be written (see :func:`save_trained`).
 
     >>> import tempfile, lens_digits as ld
     >>> folder = ld.train_model(tempfile.mkdtemp() + "/m", n_layers=1, d_model=16, n_heads=2, steps=2, progress=False)
