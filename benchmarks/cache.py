@@ -121,7 +121,7 @@ def main() -> int:
     args = p.parse_args()
     if args.cap_mib is not None:
         return capped(args)
-    model = ld.load_builtin_model() if args.model == "builtin" else build(args.vocab, SHAPE)[2]
+    model = ld.load_builtin_model("arith-llama") if args.model == "builtin" else build(args.vocab, SHAPE)[2]
     kw = dict(scales="1-3", n_per_scale=args.n, target=args.target, methods=args.methods.split(","), seed=0)
     wall: dict[str, list[float]] = {"no cache": [], "cache, cold": [], "cache, warm": []}
     cpu: dict[str, list[float]] = {k: [] for k in wall}

@@ -54,7 +54,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         models = {
             "random weights": ld.load_model(random_twin(Path(tmp) / "random"), device="cpu", progress=False),
-            "built-in arith-llama": ld.load_builtin_model(device="cpu"),
+            "built-in arith-llama": ld.load_builtin_model("arith-llama", device="cpu"),
         }
         for name, model in models.items():
             grid = ld.run_sweep(model, scales=args.scales, n_per_scale=args.n, methods=["probe"], target="answer", seed=0)

@@ -52,7 +52,7 @@ from lens_digits.problems.tasks import TaskConfig, generate_problems  # noqa: E4
 
 def load(which: str, vocab: int):
     if which == "builtin":
-        return ld.load_builtin_model()
+        return ld.load_builtin_model("arith-llama")
     return build(vocab, SHAPE)[2]
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: the whole suite in fresh virtual environments, one per TransformerLens line
 # (the newest 4.x, TransformerBridge only; 3.9, HookedTransformer beside the bridge), plus the
-# tutorials (pytest --nbmake), the type checker (mypy) and the linter (ruff) under the 4.x line.
+# tutorials (pytest --nbmake), the type checker (mypy), the linter (ruff) and the API reference
+# (Sphinx, warnings as errors) under the 4.x line. The suite is tests/unit (seconds) and
+# tests/integration; the inner loop of development is `pytest tests/unit`.
 #
 #   bash scripts/test.sh          # both lines
 #   bash scripts/test.sh 4        # only the newest 4.x
@@ -53,7 +55,8 @@ for line in "${lines[@]}"; do
   if [ "$line" = 4 ]; then
     step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake tutorials
     step "type check (mypy lens_digits)" "$venv/bin/python" -m mypy
-    step "lint (ruff)" "$venv/bin/ruff" check lens_digits tests benchmarks scripts tutorials
+    step "lint (ruff, docstrings included)" "$venv/bin/ruff" check lens_digits tests benchmarks scripts tutorials
+    step "API reference (sphinx -W)" bash -c "'$venv/bin/pip' install -q -c constraints.txt -e '.[docs]' && rm -rf build/docs && '$venv/bin/sphinx-build' -q -W --keep-going -b html docs/api build/docs"
   fi
 done
 

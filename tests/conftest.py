@@ -132,14 +132,14 @@ def hooked_model(char_tok):
 def builtin():
     from lens_digits.builtin import load_builtin_model
 
-    return load_builtin_model(device="cpu")
+    return load_builtin_model("arith-llama", device="cpu")  # the small shipped model: fast; the deep one has tests of its own
 
 
 @pytest.fixture(scope="module")
 def card():
     from lens_digits.builtin import builtin_card
 
-    return builtin_card()
+    return builtin_card("arith-llama")
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,16 @@
 import json
 from pathlib import Path
 
-from lens_digits.storage import reservation as rundir
+from lens_digits.storage import paths
 
 
 def fill_with(tag: str):
     """A fill step that writes every run file, with ``tag`` in run.json (a folder lens-digits would recognise)."""
 
     def fill(tmp: Path) -> None:
-        for name in rundir.RUN_FILES:
+        for name in paths.RUN_FILES:
             (tmp / name).write_text(tag)
-        (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
+        (tmp / "run.json").write_text(json.dumps({"format": paths.RUN_FORMAT, "tag": tag}))
 
     return fill
 

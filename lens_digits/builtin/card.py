@@ -193,6 +193,33 @@ checks it on whatever machine runs the test suite; `promises` in `card.json`):
 """
 
 
+def _stored(card: dict[str, Any]) -> str:
+    """What storing the weights in 16 bits cost, where the card measured it.
+
+    Returns:
+        A clause for the Architecture section (empty for float32).
+    """
+    check = card.get("storage_check")
+    if not check:
+        return ""
+    return f"; {check}"
+
+
+def _reproduce(card: dict[str, Any]) -> str:
+    """The command that retrains a card's model: the shipped recipe it equals, or its settings as flags.
+
+    Returns:
+        A ``lens-digits train-model`` command line.
+    """
+    from lens_digits.builtin.recipe import RECIPES, TrainConfig, recipe
+
+    trained = TrainConfig.from_dict(card["recipe"])
+    for name in RECIPES:
+        if recipe(name) == trained:
+            return "lens-digits train-model --out DIR" + ("" if name == "arith-llama" else f" --recipe {name}")
+    return "lens-digits train-model --out DIR with the recipe of train.json"
+
+
 def render_card(card: dict[str, Any]) -> str:
     """The model card (Markdown) for a ``card.json`` dict.
 
@@ -207,15 +234,16 @@ A small decoder-only transformer trained from scratch by `lens_digits.train_mode
 arithmetic written exactly as `lens_digits.problems.tasks` writes it with the default template
 (`{{a}}{{op}}{{b}}=`): `<s>12+34=46</s>`. It is an ordinary Hugging Face checkpoint folder:
 `lens_digits.load_model(folder)` and `transformers.AutoModelForCausalLM.from_pretrained(folder)`
-load it. The package ships one trained with the default recipe as its built-in model,
-`arith-llama` (`lens_digits.load_builtin_model()`, the default model of `lens-digits run`).
+load it. The package ships two trained this way: `arith-llama-28` (28 layers, the default
+model of `lens-digits run`, `lens_digits.load_builtin_model()`) and `arith-llama` (4 layers,
+`builtin:arith-llama`); `lens-digits models` lists them.
 
 ## Architecture
 
 - `{card["architecture"]}`: RMSNorm, rotary positions, SwiGLU MLPs, untied embedding and unembedding.
 - n_layers {r["n_layers"]}, d_model {r["d_model"]}, n_heads {r["n_heads"]} (d_head {r["d_model"] // r["n_heads"]}), \
 d_mlp {r["d_mlp"]}, n_ctx {r["n_ctx"]}.
-- {card["n_parameters"]:,} parameters, stored in {card["checkpoint_dtype"]} (`model.safetensors`).
+- {card["n_parameters"]:,} parameters, stored in {card["checkpoint_dtype"]} (`model.safetensors`){_stored(card)}.
 - Tokenizer: one token per character (`0-9 + - * =`, space, newline; `<s>` BOS, `</s>` EOS,
   `<pad>`, `<unk>` for anything else), so numbers are read and written digit by digit, most
   significant first, as Llama-2, Qwen or Mistral do. BOS is prepended, as TransformerLens does
@@ -234,7 +262,7 @@ d_mlp {r["d_mlp"]}, n_ctx {r["n_ctx"]}.
   seed {r["seed"]}.
 - Final training loss {card["final_loss"]}. Wall time {card["train_seconds"]:.0f} s ({minutes:.1f} min) on a shared
   2-core CPU with {card["torch_threads"]} torch thread(s).
-- Reproduce: `lens-digits train-model --out DIR` (the same recipe and seed). Training runs on one
+- Reproduce: `{_reproduce(card)}` (the same recipe and seed). Training runs on one
   thread with deterministic kernels, so on the same machine and torch it gives the same weights bit
   for bit; another CPU rounds differently and ends with other weights (see Retraining below).
 

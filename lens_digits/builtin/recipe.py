@@ -128,6 +128,36 @@ class TrainConfig:
         return cls(**known_fields(cls, d))
 
 
+RECIPES: dict[str, dict[str, Any]] = {
+    "arith-llama": {},
+    "arith-llama-28": {
+        "n_layers": 28,
+        "d_model": 96,
+        "n_heads": 4,
+        "scales": (1, 2, 3, 4),
+        "steps": 5000,
+        "lr": 7e-4,
+        "warmup": 300,
+    },
+}
+"""The recipes of the shipped models, as the settings that differ from :class:`TrainConfig`'s defaults
+(``lens-digits train-model --recipe NAME``; flags given beside it override it)."""
+
+
+def recipe(name: str, **overrides: Any) -> TrainConfig:
+    """The recipe of a shipped model, with ``overrides``.
+
+    Returns:
+        The :class:`TrainConfig`.
+
+    Raises:
+        LensDigitsError: No shipped model has that name, or an override is invalid.
+    """
+    if name not in RECIPES:
+        raise LensDigitsError(f"no recipe {name!r}; the shipped models' recipes are {', '.join(RECIPES)}")
+    return TrainConfig(**{**RECIPES[name], **overrides})
+
+
 def builtin_tokenizer() -> Any:
     """The built-in model's tokenizer: one token per character of ``CHARS``.
 

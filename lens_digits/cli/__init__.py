@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--model",
         default=None,
-        help="local Hugging Face checkpoint folder, or a hub name (default: the built-in arith-llama model, "
-        "a small Llama trained on 1-3 digit additions, shipped with the package)",
+        help="local Hugging Face checkpoint folder, a hub name, or builtin:NAME (default: builtin, the shipped "
+        "arith-llama-28, a 28-layer Llama trained on 1-4 digit additions; lens-digits models lists them)",
     )
     run.add_argument("--out", required=True, help="run directory to create (must not exist or be empty)")
     add_arguments(run.add_argument_group("problems"), TaskConfig)
@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", help="run directory B (subtracted from A)")
     compare.add_argument("--out", default=None, help="write the heatmap to this file (.html, or .png with kaleido and Chrome)")
 
+    sub.add_parser(
+        "models",
+        help="list the models shipped with the package",
+        description="List the built-in models (lens-digits run --model builtin:NAME; builtin alone is the first), each with "
+        "its card's summary.",
+    )
+
     tm = sub.add_parser(
         "train-model",
         help="train a small arithmetic model like the built-in one",
@@ -147,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tm.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
     add_arguments(tm.add_argument_group("recipe"), TrainConfig)
+    tm.add_argument(
+        "--recipe",
+        default="arith-llama",
+        help="start from a shipped model's recipe: arith-llama (4 layers, the defaults below) or arith-llama-28 (28 layers, "
+        "d_model 96, scales 1-4, 5000 steps, lr 7e-4, warm-up 300); flags given beside it override it (default: arith-llama)",
+    )
     tm.add_argument("--threads", type=int, default=1, help="torch CPU threads while training; 0: torch's default (default: 1)")
     tm.add_argument("--eval-n", type=int, default=500, help="problems per op and scale for the model card; 0: no card (default: 500)")
     tm.add_argument("--eval-ops", default=None, metavar="OPS", help="operations the card measures (default: those trained on)")
@@ -283,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from lens_digits.cli.plot import compare_command
 
                 return compare_command(args)
+            if args.command == "models":
+                from lens_digits.builtin import list_models
+
+                for name, summary in list_models():
+                    print(f"builtin:{name:<16} {summary}")
+                return 0
     except LensDigitsError as e:
         print(f"lens-digits: error: {_flagged(str(e))}{_kept_for_resume(args)}{_left_behind(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -19,10 +19,12 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def _train_model(args: argparse.Namespace) -> int:
-    from lens_digits.builtin.recipe import TrainConfig
-    from lens_digits.settings import config_from_args
+    import dataclasses
 
-    config = config_from_args(TrainConfig, args)
+    from lens_digits.builtin.recipe import TrainConfig, recipe
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config = recipe(args.recipe, **given)
     if args.threads < 0:
         raise LensDigitsError(f"--threads must be 1 or more (0: torch's default), got {args.threads}")
     if args.eval_n < 0:

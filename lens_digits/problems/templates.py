@@ -75,6 +75,7 @@ def operand_spans(problem: "Problem", template: str) -> list[tuple[int, int]]:
     Raises:
         LensDigitsError: The prompt does not end with ``template`` filled in.
 
+    >>> from lens_digits.problems.tasks import Problem
     >>> p = Problem(2, "add", 12, 34, "1+2=3 12+34=", "46", "test")
     >>> [p.prompt[s:e] for s, e in operand_spans(p, "{a}+{b}=")]
     ['12', '34']

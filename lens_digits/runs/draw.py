@@ -218,17 +218,25 @@ def merge_draws(draws: list[Draw], seeds: list[int]) -> Draw:
 
 
 def _warn_unknown_tokens(adapter: ModelAdapter, problems: Sequence[Problem], encoded: Sequence[EncodedProblem]) -> None:
-    """Warn when prompts contain the tokenizer's unknown token (characters the model cannot read)."""
-    unk = getattr(adapter.tokenizer, "unk_token_id", None)
+    """Warn when the problems' text holds characters the tokenizer does not know (it reads them as its unknown token).
+
+    The text is tokenized on its own, without special tokens: a tokenizer whose one special token serves as BOS,
+    EOS and unknown alike (GPT-2, Pythia) puts it before every prompt, which is not an unknown character; and a
+    byte-level vocabulary spells a space as ``Ġ``, so characters are looked up by tokenizing them, not by name.
+    """
+    tok = adapter.tokenizer
+    unk = getattr(tok, "unk_token_id", None)
     if unk is None:
         return
-    bad = [p for p, e in zip(problems, encoded, strict=True) if unk in e.prompt_ids or unk in e.answer_ids]
+    texts = [p.prompt + p.answer_prefix + p.answer for p in problems]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    bad = [p for p, row in zip(problems, ids, strict=True) if unk in row]
     if bad:
         p = bad[0]
-        chars = sorted({c for c in p.prompt + p.answer_prefix + p.answer if adapter.tokenizer.convert_tokens_to_ids(c) == unk})
+        chars = sorted({c for c in p.prompt + p.answer_prefix + p.answer if unk in tok(c, add_special_tokens=False)["input_ids"]})
         shown = f" (characters {''.join(chars)!r})" if chars else ""
         warnings.warn(
-            f"{len(bad)} of {len(problems)} problems contain tokens this tokenizer does not know{shown}, as in {p.prompt!r}: "
+            f"{len(bad)} of {len(problems)} problems contain characters this tokenizer does not know{shown}, as in {p.prompt!r}: "
             "the model reads them as unknown; use a template it can read",
             stacklevel=3,
         )
@@ -236,28 +244,23 @@ def _warn_unknown_tokens(adapter: ModelAdapter, problems: Sequence[Problem], enc
 
 def _warn_builtin_untrained(adapter: ModelAdapter, task: TaskConfig) -> None:
     """Warn when the built-in model is asked for an operation or template it was not trained on."""
-    from pathlib import Path
-
-    from lens_digits.builtin import builtin_card, builtin_model_path
+    from lens_digits.builtin import builtin_card, shipped_model
     from lens_digits.problems.tasks import TEMPLATES
 
-    try:
-        same = Path(adapter.name).resolve() == builtin_model_path().resolve()
-    except OSError:
+    shipped = shipped_model(adapter.name)
+    if shipped is None:
         return
-    if not same:
-        return
-    recipe = builtin_card()["recipe"]
+    recipe = builtin_card(shipped)["recipe"]
     if not any(_same_operation(task.op, trained) for trained in recipe["ops"]):
         warnings.warn(
-            f"the built-in model was trained on {', '.join(recipe['ops'])} only, not {task.op!r}: expect a grid near 0 "
+            f"the built-in model {shipped} was trained on {', '.join(recipe['ops'])} only, not {task.op!r}: expect a grid near 0 "
             "(train one with lens-digits train-model --ops ...)",
             stacklevel=3,
         )
     if task.template != TEMPLATES["compact"] or task.few_shot or task.answer_prefix:
         warnings.warn(
-            f"the built-in model was trained on the compact template {TEMPLATES['compact']!r} alone, without few-shot examples "
-            "or an answer prefix: other prompts read as nonsense to it",
+            f"the built-in model {shipped} was trained on the compact template {TEMPLATES['compact']!r} alone, without few-shot "
+            "examples or an answer prefix: other prompts read as nonsense to it",
             stacklevel=3,
         )
 

@@ -12,8 +12,24 @@ import pytest
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
 from lens_digits.runs.executors import executor_named, run_ray
+from lens_digits.runs.study import run_unit
 
-RUN = ["run", "--scales", "1-2", "--n", "12", "--methods", "logit_lens,probe", "--target", "both", "--seed", "2", "--no-progress"]
+RUN = [
+    "run",
+    "--model",
+    "builtin:arith-llama",
+    "--scales",
+    "1-2",
+    "--n",
+    "12",
+    "--methods",
+    "logit_lens,probe",
+    "--target",
+    "both",
+    "--seed",
+    "2",
+    "--no-progress",
+]
 
 
 def cli(*args: str) -> int:
@@ -46,9 +62,9 @@ def test_a_run_whose_shards_are_computed_by_ray_tasks_equals_a_local_run(tmp_pat
 
 def test_executor_errors_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(LensDigitsError, match="unknown executor 'slurm'"):
-        executor_named("slurm")
+        executor_named("slurm", run_unit)
     with pytest.raises(LensDigitsError, match="--address is for --executor ray"):
-        executor_named("local", address="127.0.0.1:6379")
+        executor_named("local", run_unit, address="127.0.0.1:6379")
     assert cli(*RUN, "--out", str(tmp_path / "a"), "--executor", "ray", "--no-cache") == 2
     assert cli(*RUN, "--out", str(tmp_path / "b"), "--address", "127.0.0.1:6379") == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -33,7 +33,7 @@ def study_text(small: Path, **extra: str) -> str:
 
         [[models]]
         name = "arith-llama"
-        model = "builtin"
+        model = "builtin:arith-llama"
 
         [[models]]
         name = "small"
@@ -107,7 +107,10 @@ def test_a_study_folder_that_is_not_ours_is_refused(small_dir, tmp_path):
         (lambda t: t.replace("n = 10", "n = 10\nbogus = 1"), r"unknown setting\(s\) \['bogus'\]"),
         (lambda t: t.replace('name = "small"', 'name = "a/b"'), "names a folder"),
         (lambda t: t.replace('name = "small"', 'name = "arith-llama"'), "appear more than once"),
-        (lambda t: t.replace('model = "builtin"', 'model = "builtin"\ncolour = "red"'), r"unknown key\(s\) \['colour'\]"),
+        (
+            lambda t: t.replace('model = "builtin:arith-llama"', 'model = "builtin:arith-llama"\ncolour = "red"'),
+            r"unknown key\(s\) \['colour'\]",
+        ),
         (lambda t: t.replace('scales = "1-2"', 'scales = "0-2"'), "impossible digit scale"),
         (lambda t: t.replace("[[models]]", "[[modelz]]"), r"\[\[models\]\]"),
         (lambda t: t + "\n[[", "not valid TOML"),
@@ -187,6 +190,7 @@ def test_prompts_a_model_cannot_take_stop_the_study_before_any_unit_runs(small_d
 def test_a_symlinked_unit_folder_is_refused_and_its_target_untouched(small_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
+    (out / "study.json").write_text(json.dumps({"format": "lens_digits.study", "status": "done"}))  # a study of ours
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "small").symlink_to(elsewhere)
@@ -194,7 +198,7 @@ def test_a_symlinked_unit_folder_is_refused_and_its_target_untouched(small_dir, 
     with pytest.raises(LensDigitsError, match="out/small' is a symbolic link"):
         run_study(study, out)
     assert list(elsewhere.iterdir()) == []
-    assert sorted(p.name for p in out.iterdir()) == ["small"]
+    assert sorted(p.name for p in out.iterdir()) == ["small", "study.json"]
 
 
 def test_a_failing_unit_marks_the_study_failed_and_the_finished_units_are_combined(small_dir, tmp_path, capsys):

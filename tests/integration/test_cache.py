@@ -16,6 +16,7 @@ import lens_digits as ld
 from lens_digits.cli import main
 from lens_digits.errors import LensDigitsError
 from lens_digits.residuals.cache import ResidualCache
+from lens_digits.storage import paths
 from lens_digits.storage import reservation as rundir
 from lens_digits.storage.paths import is_run_directory, pending_cache
 from lens_digits.storage.reservation import Reservation
@@ -47,7 +48,7 @@ def test_a_cached_sweep_reads_back_exactly_what_it_computed(builtin, tmp_path):
     plain = sweep(builtin, None, scales=[2])  # without a cache: the same cells (batches differ, so compare to float rounding)
     assert (plain.table["accuracy"] - first.table["accuracy"]).abs().max() < 1e-9
     names = {p.name for p in (tmp_path / "c").iterdir()}
-    assert all(rundir.SHARD_FILE.fullmatch(n) for n in names) and len(names) == 2 * len(shards(tmp_path / "c"))
+    assert all(paths.SHARD_FILE.fullmatch(n) for n in names) and len(names) == 2 * len(shards(tmp_path / "c"))
 
 
 def test_damaged_and_truncated_shards_are_found_and_computed_again(builtin, tmp_path):
@@ -117,7 +118,21 @@ def cli(*args: str) -> int:
         return main(list(args))
 
 
-RUN = ["--scales", "1-3", "--n", "24", "--methods", "logit_lens,probe", "--target", "both", "--seed", "3", "--no-progress"]
+RUN = [
+    "--model",
+    "builtin:arith-llama",
+    "--scales",
+    "1-3",
+    "--n",
+    "24",
+    "--methods",
+    "logit_lens,probe",
+    "--target",
+    "both",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 LIGHT = ["--scales", "2-3", "--n", "12", "--target", "both", "--seed", "3", "--no-progress"]
 
 
@@ -147,7 +162,7 @@ def test_a_run_directory_keeps_its_cache_and_overwrite_reuses_it(tmp_path, capsy
 def test_a_foreign_file_in_the_cache_folder_makes_it_not_ours(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT}))
+    (out / "run.json").write_text(json.dumps({"format": paths.RUN_FORMAT}))
     (out / "cache").mkdir()
     (out / "cache" / "seed0-first-test-scale1-0000.json").write_text("{}")
     assert is_run_directory(out)

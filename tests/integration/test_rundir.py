@@ -18,7 +18,7 @@ import pytest
 from runs import fill_with, tag_of
 
 from lens_digits.errors import OutputError
-from lens_digits.storage import atomic
+from lens_digits.storage import atomic, paths
 from lens_digits.storage import reservation as rundir
 from lens_digits.storage.paths import check_output, is_run_directory
 from lens_digits.storage.reservation import Reservation
@@ -27,9 +27,9 @@ from lens_digits.storage.reservation import Reservation
 def fake_run(folder: Path, tag: str = "old") -> Path:
     """A run directory as the package writes it, with a tag to tell runs apart."""
     folder.mkdir(parents=True)
-    for name in rundir.RUN_FILES:
+    for name in paths.RUN_FILES:
         (folder / name).write_text(tag)
-    (folder / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": tag}))
+    (folder / "run.json").write_text(json.dumps({"format": paths.RUN_FORMAT, "tag": tag}))
     return folder
 
 
@@ -273,7 +273,7 @@ def test_a_second_run_fails_at_once_while_the_first_computes(tmp_path):
 CRASHER = textwrap.dedent(
     """
     import json, os, signal, sys, time
-    from lens_digits.storage import atomic
+    from lens_digits.storage import atomic, paths
     from lens_digits.storage import reservation as rundir
     from lens_digits.cli import _raise_interrupted
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -283,9 +283,9 @@ CRASHER = textwrap.dedent(
         if where == "fill":
             print("FILLING", flush=True)
             time.sleep(60)
-        for name in rundir.RUN_FILES[1:]:
+        for name in paths.RUN_FILES[1:]:
             (tmp / name).write_text("new")
-        (tmp / "run.json").write_text(json.dumps({"format": rundir.RUN_FORMAT, "tag": "new"}))
+        (tmp / "run.json").write_text(json.dumps({"format": paths.RUN_FORMAT, "tag": "new"}))
     if where == "exchange":
         from lens_digits.storage import atomic
         real = atomic.exchange

@@ -161,7 +161,8 @@ def test_deterministic_given_seed(planted):
     other.fit(data.split("train"), data.split("val"))
     assert other.control_perm != probe.control_perm
     assert not torch.equal(other.control_weights.W, probe.control_weights.W)
-    assert torch.equal(other.weights.W, probe.weights.W)  # the task's own probes do not depend on the seed
+    # the task's own probes do not depend on the seed (solved beside other control cells, to the solver's precision)
+    torch.testing.assert_close(other.weights.W, probe.weights.W, atol=1e-3, rtol=1e-3)
 
 
 # ---- scopes, signs, groups -----------------------------------------------------------------------

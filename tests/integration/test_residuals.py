@@ -30,7 +30,8 @@ def test_hook_gathers_on_the_activations_device():
     x = torch.randn(2, 5, 4, device="meta").as_subclass(OnlyItsOwnDevice)
     out = torch.zeros(3, 2, 2, 4, device="meta")
     gather = torch.tensor([[1, 2], [3, 4]])  # built on the first parameter's device (here: cpu)
-    _keep(x, None, out=out, rows=torch.tensor([0, 2]), layer=1, gather=gather, valid=torch.ones(2, 2, dtype=torch.bool))
+    finite = torch.ones(2, 2, dtype=torch.bool, device="meta")
+    _keep(x, None, out=out, rows=torch.tensor([0, 2]), layer=1, gather=gather, valid=torch.ones(2, 2, dtype=torch.bool), finite=finite)
     with pytest.raises(RuntimeError, match="index on cpu, activation on meta"):  # what the hook used to do
         x.gather(1, gather[:, :, None].expand(-1, -1, 4))
 
@@ -39,10 +40,15 @@ def test_hook_copies_exactly_the_kept_positions():
     x = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
     out = torch.full((4, 2, 2, 3), -1.0)
     valid = torch.tensor([[True, True], [True, False]])
-    _keep(x, None, out=out, rows=torch.tensor([3, 1]), layer=0, gather=torch.tensor([[1, 2], [4, 4]]), valid=valid)
+    finite = torch.zeros(2, 2, dtype=torch.bool)
+    _keep(x, None, out=out, rows=torch.tensor([3, 1]), layer=0, gather=torch.tensor([[1, 2], [4, 4]]), valid=valid, finite=finite)
     assert torch.equal(out[3, 0], x[0, [1, 2]])
     assert torch.equal(out[1, 0, 0], x[1, 4]) and torch.equal(out[1, 0, 1], torch.zeros(3))
     assert (out[[0, 2]] == -1).all() and (out[:, 1] == -1).all()
+    assert finite[:, 0].all() and not finite[:, 1].any()  # layer 0 is finite for both problems; layer 1 was not collected
+    x[1, 4, 0] = float("nan")  # a NaN at a kept position is noted for its problem and layer, never copied as a number
+    _keep(x, None, out=out, rows=torch.tensor([3, 1]), layer=1, gather=torch.tensor([[1, 2], [4, 4]]), valid=valid, finite=finite)
+    assert finite[:, 1].tolist() == [True, False]
 
 
 def test_batched_equals_unbatched(llama_model):

@@ -18,7 +18,20 @@ import pytest
 
 from lens_digits.cli import main
 
-RUN = ["run", "--scales", "1-2", "--n", "12", "--methods", "logit_lens,probe", "--target", "first", "--no-progress"]
+RUN = [
+    "run",
+    "--model",
+    "builtin:arith-llama",
+    "--scales",
+    "1-2",
+    "--n",
+    "12",
+    "--methods",
+    "logit_lens,probe",
+    "--target",
+    "first",
+    "--no-progress",
+]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -146,7 +159,7 @@ def test_plot_study_and_train_model_on_a_full_disk_are_one_line(tmp_path, made):
         assert "no space left" in one_error_line(done.stderr)
         assert not [n for n in names(run) if n.endswith(".part") or n.startswith("heatmap-")]
         study = tmp_path / "study.toml"
-        study.write_text('methods = ["logit_lens"]\nn = 10\nscales = "1"\n[[models]]\nname = "b"\nmodel = "builtin"\n')
+        study.write_text('methods = ["logit_lens"]\nn = 10\nscales = "1"\n[[models]]\nname = "b"\nmodel = "builtin:arith-llama"\n')
         done = cli_process("study", str(study), "--out", str(disk / "study"), "--no-progress")
         assert done.returncode == 2, done.stderr
         assert "no space left" in one_error_line(done.stderr)

@@ -74,7 +74,7 @@ def installed(tmp_path_factory):
     return site
 
 
-RUN = ["run", "--scales", "1-2", "--n", "10", "--target", "first", "--no-progress"]
+RUN = ["run", "--model", "builtin:arith-llama", "--scales", "1-2", "--n", "10", "--target", "first", "--no-progress"]
 
 
 def _rows(out: Path, method: str) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def test_an_installed_plugin_runs_from_run_fit_and_study(installed, tmp_path):
 
     study = tmp_path / "study.toml"
     study.write_text(
-        'methods = ["plugin_from_layer_2"]\ntarget = "first"\nn = 10\nscales = "1"\n[[models]]\nname = "b"\nmodel = "builtin"\n'
+        'methods = ["plugin_from_layer_2"]\ntarget = "first"\nn = 10\nscales = "1"\n[[models]]\nname = "b"\nmodel = "builtin:arith-llama"\n'
     )
     done = cli("study", str(study), "--out", str(tmp_path / "study"), "--no-progress", path=[installed])
     assert done.returncode == 0, done.stderr
@@ -128,7 +128,7 @@ def test_import_module_makes_a_method_of_ones_own_available(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text(
         'imports = ["my_methods"]\nmethods = ["mine_from_layer_1"]\ntarget = "first"\nn = 10\nscales = "1"\n'
-        '[[models]]\nname = "b"\nmodel = "builtin"\n'
+        '[[models]]\nname = "b"\nmodel = "builtin:arith-llama"\n'
     )
     done = cli("study", str(study), "--out", str(tmp_path / "study"), "--no-progress", path=[tmp_path])
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,21 @@ from lens_digits.results.grid import AccuracyGrid
 from lens_digits.runs.fit import refit
 from lens_digits.storage.paths import is_run_directory, pending_cache
 
-BASE = ["--scales", "2-3", "--n", "12", "--target", "both", "--seed", "5", "--no-progress", "--shard-size", "8"]
+BASE = [
+    "--model",
+    "builtin:arith-llama",
+    "--scales",
+    "2-3",
+    "--n",
+    "12",
+    "--target",
+    "both",
+    "--seed",
+    "5",
+    "--no-progress",
+    "--shard-size",
+    "8",
+]
 
 
 def cli(*args: str) -> int:
