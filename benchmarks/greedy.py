@@ -31,7 +31,7 @@ from sweep_floor import SHAPE, build, problems_and_encoding  # noqa: E402
 
 from lens_digits.model.adapter import ModelAdapter  # noqa: E402
 from lens_digits.model.batching import length_batches  # noqa: E402
-from lens_digits.model.greedy import greedy_answers, greedy_decode  # noqa: E402
+from lens_digits.model.greedy import _decode_in_batches, greedy_answers  # noqa: E402
 
 
 @torch.inference_mode()
@@ -42,7 +42,7 @@ def hf_generate(hf, prompts, steps, batch_size):
         )
         return out[:, tokens.shape[1] :]
 
-    return greedy_decode(generate, prompts, steps, batch_size=batch_size)
+    return _decode_in_batches(generate, prompts, steps, batch_size=batch_size)
 
 
 def main() -> int:

@@ -161,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "d_model 96, scales 1-4, 5000 steps, lr 7e-4, warm-up 300); flags given beside it override it (default: arith-llama)",
     )
     tm.add_argument("--threads", type=int, default=1, help="torch CPU threads while training; 0: torch's default (default: 1)")
-    tm.add_argument("--eval-n", type=int, default=500, help="problems per op and scale for the model card; 0: no card (default: 500)")
+    tm.add_argument(
+        "--eval-n",
+        type=int,
+        default=500,
+        help="the card's n_per_scale: it measures every problem of TaskConfig(n_per_scale=N), its test, train and validation "
+        "splits together, 5 x N problems per op and scale (fewer where a scale has fewer); 0: no card (default: 500)",
+    )
     tm.add_argument("--eval-ops", default=None, metavar="OPS", help="operations the card measures (default: those trained on)")
     tm.add_argument("--eval-scales", default=None, metavar="SCALES", help="digit scales the card measures (default: those trained on)")
     tm.add_argument("--overwrite", action="store_true", help="replace a checkpoint folder written by train-model at --out")

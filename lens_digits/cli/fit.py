@@ -12,7 +12,7 @@ def fit_command(args: argparse.Namespace) -> int:
     Returns:
         The exit code (0).
     """
-    from lens_digits.results.emergence import emergence_text
+    from lens_digits.results.emergence import EMERGENCE_LEGEND, emergence_text
 
     model = None
     if args.model is not None:
@@ -28,7 +28,7 @@ def fit_command(args: argparse.Namespace) -> int:
     print(grid.to_text())
     found = grid.emergence[grid.emergence["method"].isin(names)] if not grid.emergence.empty else grid.emergence
     if not found.empty:
-        print("\nEmergence layers: the first layer whose accuracy reaches each threshold [95% bootstrap interval]")
+        print("\n" + EMERGENCE_LEGEND)
         print(emergence_text(found))
     print(f"updated {args.run_dir} with {', '.join(names)} (fitted on its cached residuals)")
     return 0

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     known_methods(args, config.methods)
 
-    from lens_digits.results.emergence import emergence_text
+    from lens_digits.results.emergence import EMERGENCE_LEGEND, emergence_text
     from lens_digits.storage.paths import RUN_FILES
     from lens_digits.storage.reservation import Reservation
 
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
             raise
     print(grid.to_text())
     if not grid.emergence.empty:
-        print("\nEmergence layers: the first layer whose accuracy reaches each threshold [95% bootstrap interval]")
+        print("\n" + EMERGENCE_LEGEND)
         print(emergence_text(grid.emergence))
     written = [name for name in RUN_FILES if (out / name).exists()] + (["cache/"] if (out / "cache").is_dir() else [])
     print(f"wrote {out}/{{{', '.join(written)}}}")

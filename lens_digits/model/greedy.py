@@ -1,7 +1,7 @@
 """The model's own greedy answers: what it says, right or wrong. One decoder for the whole package.
 
 Greedy decoding runs batches of equal prompt length (no padding); see
-:func:`generator` for how each kind of model produces its tokens. Where an
+:func:`_generator` for how each kind of model produces its tokens. Where an
 answer stops is a rule:
 
 - ``until="number"`` (sweeps: target ``model``, the ``solved`` subsets): at the
@@ -31,6 +31,9 @@ from lens_digits.model.batching import length_batches
 if TYPE_CHECKING:
     from lens_digits.model.kvcache import Finished
 
+__all__ = ["GreedyOutput", "greedy_answers", "number_text"]
+"""The one public greedy function is :func:`greedy_answers`; the rest is how it runs."""
+
 _NUMBER_PIECE = re.compile(r"^\s*-?\d*$")
 
 
@@ -54,7 +57,7 @@ def _continues_number(piece: str, so_far: str) -> bool:
 
 
 @torch.inference_mode()
-def greedy_decode(
+def _decode_in_batches(
     generate: Callable[[Tensor, int], Tensor],
     prompts: Sequence[Sequence[int]],
     steps: Sequence[int],
@@ -67,7 +70,7 @@ def greedy_decode(
 
     ``generate(tokens, n)`` returns ``n`` greedy new tokens after each row of a
     ``(batch, pos)`` tensor (the model's own cached ``generate``, see
-    :func:`generator`; it may return fewer once every row's answer is
+    :func:`_generator`; it may return fewer once every row's answer is
     complete). Prompts of equal length are batched together, so no padding is
     needed; a batch runs for at most its longest ``steps``.
 
@@ -86,7 +89,7 @@ def greedy_decode(
     return out
 
 
-def generator(model: Any, finished: "Finished | None" = None) -> tuple[Callable[[Tensor, int], Tensor], torch.device]:
+def _generator(model: Any, finished: "Finished | None" = None) -> tuple[Callable[[Tensor, int], Tensor], torch.device]:
     """``(tokens, n) -> up to n greedy new tokens`` for a model, and the device its tokens go to.
 
     A plain Hugging Face model generates with its own ``generate`` and key-value
@@ -160,9 +163,9 @@ def greedy_answers(
             return [eos in row for row in new.tolist()]
         return [_number_prefix(tokenizer, row)[2] for row in new.tolist()]
 
-    generate, device = generator(model, finished)
+    generate, device = _generator(model, finished)
     per_prompt = [steps] * len(prompts) if isinstance(steps, int) else list(steps)
-    generated = greedy_decode(generate, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
+    generated = _decode_in_batches(generate, prompts, per_prompt, device=device, batch_size=batch_size, progress=progress)
     if until == "eos":
         kept = [g[: g.index(eos)] if eos in g else g for g in generated]
         return [GreedyOutput(tuple(k), tokenizer.decode(k)) for k in kept]

@@ -118,6 +118,14 @@ class Bootstrap:
         return out
 
 
+EMERGENCE_LEGEND = (
+    "Emergence layers: the first layer whose accuracy reaches each threshold, [its bootstrap 95% interval]. "
+    "'3 [2-4]': layer 3, between 2 and 4 in 95% of resamples; '5 [4-never]': some resamples never reach it; "
+    "'never': the accuracy never reaches it."
+)
+"""The one-line legend printed above :func:`emergence_text`'s table."""
+
+
 def emergence_text(table: pd.DataFrame, breakdown: bool = False) -> str:
     """The emergence table as text: one row per method, target and scale, a column per threshold.
 

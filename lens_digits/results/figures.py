@@ -157,7 +157,13 @@ def heatmap(
                 shown.add(t)
             fig.update_yaxes(title_text="Digit Scale" if col == 1 else None, type="category", row=row, col=col)
             last = row == len(panels)  # panels share the x axis: title it once, at the bottom
-            fig.update_xaxes(title_text="layer" if last else None, dtick=1 if cell["layer"].max() <= 32 else None, row=row, col=col)
+            fig.update_xaxes(
+                title_text="layer" if last else None,
+                dtick=1 if cell["layer"].max() <= 32 else None,
+                range=[-0.5, float(df["layer"].max()) + 0.5],  # the cells alone: a marker at a cell's edge does not widen it
+                row=row,
+                col=col,
+            )
     fig.update_layout(
         coloraxis={"colorscale": colorscale, "cmin": zmin, "cmax": zmax, "colorbar": {"title": {"text": value}}},
         legend={"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "x": 0},

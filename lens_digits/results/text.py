@@ -38,7 +38,8 @@ def tables(grid: "AccuracyGrid", value: str = "accuracy") -> str:
     Returns:
         The tables, each under its caption, as one string.
     """
-    out = []
+    out: list[str] = []
+    legends: set[str] = set()
     for method in grid.methods:
         for target in grid._methods_target(method):
             df = grid._panel(method, target)
@@ -55,4 +56,11 @@ def tables(grid: "AccuracyGrid", value: str = "accuracy") -> str:
             table.index.name = "scale"
             out.append(f"{caption(grid.model_name, grid.info, df, value, {})} · {value} by digit scale (rows) and layer (columns)")
             out.append(table.to_string(float_format=lambda x: f"{x:.2f}"))
+            legends |= {base for base in ("baseline", "chance") if base in table.columns}
+    if legends:
+        out.append(
+            "n: test problems per scale; ±95%: half the widest 95% interval of the row"
+            + ("; baseline: a lens that always answers the train problems' most common answer" if "baseline" in legends else "")
+            + ("; chance: a probe that always answers the train problems' most common label" if "chance" in legends else "")
+        )
     return "\n".join(out)

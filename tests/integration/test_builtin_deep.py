@@ -25,46 +25,21 @@ def test_the_default_is_the_deep_model_and_both_are_listed(capsys):
 
 
 def test_the_card_describes_the_shipped_checkpoint():
+    """(tests/integration/test_builtin_card.py holds the card's accuracies against plain Hugging Face.)"""
     card = builtin_card()
     folder = builtin_model_path()
     config = json.loads((folder / "config.json").read_text())
     assert config["num_hidden_layers"] == card["recipe"]["n_layers"] == 28
     assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float16} and card["checkpoint_dtype"] == "float16"
+    assert card["n_parameters"] == sum(w.numel() for w in weights.values())
+    assert next(ld.load_builtin_model(device="cpu").parameters()).dtype == torch.float32  # loaded in float32
     from lens_digits.builtin.recipe import recipe
 
     assert recipe("arith-llama-28") == ld.builtin.TrainConfig.from_dict(card["recipe"])  # the card's recipe is the shipped one
-
-
-@pytest.mark.slow
-def test_the_deep_models_card_holds_under_plain_hugging_face():
-    """Greedy exact match with plain transformers generate (no lens_digits decoding) against the card.
-
-    200 problems per scale (scale 1 has 100 in all): a binomial spread of at most 0.035; 0.08 passes a sound model and
-    fails a broken one.
-    """
-    import transformers
-
-    card = builtin_card()
-    folder = builtin_model_path()
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    for scale in card["recipe"]["scales"]:
-        problems = ld.generate_problems(ld.TaskConfig(scales=[scale], n_per_scale=200, seed=card["evaluation"]["seed"]))
-        by_length: dict[int, list] = {}
-        for p in problems:
-            ids = tok(p.prompt)["input_ids"]  # BOS first, as the model was trained
-            by_length.setdefault(len(ids), []).append((ids, p))
-        right = 0
-        for group in by_length.values():
-            batch = torch.tensor([ids for ids, _ in group])
-            with torch.inference_mode():
-                out = hf.generate(batch, max_new_tokens=scale + 2, do_sample=False, pad_token_id=tok.pad_token_id)
-            for row, (ids, p) in zip(out, group, strict=True):
-                text = tok.decode(row[len(ids) :], skip_special_tokens=False).split("</s>")[0]
-                right += text == p.answer
-        got = right / len(problems)
-        want = card["accuracy"]["add"][str(scale)]["accuracy"]
-        assert abs(got - want) <= 0.08, (scale, got, want)
 
 
 @pytest.mark.slow
