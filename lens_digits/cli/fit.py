@@ -19,11 +19,11 @@ def fit_command(args: argparse.Namespace) -> int:
         from lens_digits.builtin import model_source
         from lens_digits.model.loading import load_model
 
-        model = load_model(model_source(args.model), device=args.device, progress=not args.no_progress)
+        model = load_model(model_source(args.model), device=args.device, progress=False if args.no_progress else None)
     from lens_digits.cli.run import known_methods
 
     known_methods(args, parse_methods(args.methods))
-    grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=not args.no_progress)
+    grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=False if args.no_progress else None)
     names = parse_methods(args.methods)
     print(grid.to_text())
     found = grid.emergence[grid.emergence["method"].isin(names)] if not grid.emergence.empty else grid.emergence

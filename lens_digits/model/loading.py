@@ -131,7 +131,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     kind: Literal["auto", "bridge", "hooked"] = "auto",
-    progress: bool = True,
+    progress: bool | None = None,
     n_devices: int | None = None,
     device_map: str | dict[str, Any] | None = None,
 ) -> Any:
@@ -140,7 +140,8 @@ def load_model(
     ``auto`` and ``bridge`` load through ``TransformerBridge.boot_transformers``,
     which exists in TransformerLens 3.x and 4.x; ``hooked`` uses
     ``HookedTransformer.from_pretrained`` (3.x only, hub names only).
-    The model is returned in eval mode. ``progress=False`` hides the loading bars.
+    The model is returned in eval mode. ``progress``: show transformers' loading and download bars
+    (None, the default: for hub names only, where a download may take a while; a local folder loads in silence).
 
     For models larger than one GPU, ``n_devices`` (split the layers over that
     many GPUs) or ``device_map`` (e.g. ``"auto"``, as in Hugging Face) are passed
@@ -164,7 +165,7 @@ def load_model(
     is_local, offline = source.local, source.offline
     name = source.name
     try:
-        with progress_bars(progress), offline_mode(offline):
+        with progress_bars(not is_local if progress is None else progress), offline_mode(offline):
             model = _load(name, kind, is_local, device, torch_dtype, n_devices, device_map)
     except LensDigitsError:
         raise

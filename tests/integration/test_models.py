@@ -85,7 +85,7 @@ def test_progress_false_hides_bars_only_while_loading(llama_dir):
 
     assert transformers.utils.logging.is_progress_bar_enabled()
     seen = []
-    real = ld.models.bridge_class().boot_transformers
+    real = ld.model.loading.bridge_class().boot_transformers
 
     def spy(*args, **kwargs):
         seen.append(transformers.utils.logging.is_progress_bar_enabled())
@@ -93,9 +93,11 @@ def test_progress_false_hides_bars_only_while_loading(llama_dir):
 
     import unittest.mock
 
-    with unittest.mock.patch.object(ld.models.bridge_class(), "boot_transformers", spy):
+    with unittest.mock.patch.object(ld.model.loading.bridge_class(), "boot_transformers", spy):
         ld.load_model(llama_dir, device="cpu", progress=False)
-    assert seen == [False] and transformers.utils.logging.is_progress_bar_enabled()
+        ld.load_model(llama_dir, device="cpu")  # a local folder: no bars by default
+        ld.load_model(llama_dir, device="cpu", progress=True)
+    assert seen == [False, False, True] and transformers.utils.logging.is_progress_bar_enabled()
 
 
 # ---- hub names without a hub ----------------------------------------------------------------------

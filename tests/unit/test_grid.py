@@ -50,7 +50,7 @@ def test_save_load_round_trip(grid, tmp_path):
     assert {"scale", "op", "a", "b", "prompt", "answer", "split"} <= set(first)
     run = json.loads((out / "run.json").read_text())
     assert {"model", "task", "seed", "versions", "methods"} <= set(run)
-    assert run["versions"]["transformer-lens"] == ld.models.transformer_lens_version()
+    assert run["versions"]["transformer-lens"] == ld.model.checkpoints.transformer_lens_version()
     assert "Accuracy Breakdown" in (out / "heatmap.html").read_text()
 
 
