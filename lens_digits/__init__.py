@@ -23,6 +23,12 @@ from lens_digits import _aliases
 __version__ = "0.2.0"
 
 _EXPORTS = {
+    "BoundaryMergeError": "lens_digits.errors",
+    "ContextLengthError": "lens_digits.errors",
+    "ModelLoadError": "lens_digits.errors",
+    "NonFiniteError": "lens_digits.errors",
+    "OutputError": "lens_digits.errors",
+    "RunDirectoryError": "lens_digits.errors",
     "AccuracyGrid": "lens_digits.results.grid",
     "CircularProbe": "lens_digits.methods.probes.circular",
     "Decoder": "lens_digits.methods.base",
@@ -67,7 +73,9 @@ SUBMODULES = (
 __all__ = [
     "__version__",
     "AccuracyGrid",
+    "BoundaryMergeError",
     "CircularProbe",
+    "ContextLengthError",
     "Decoder",
     "Intervention",
     "Lens",
@@ -76,8 +84,12 @@ __all__ = [
     "LogitLens",
     "Method",
     "ModelAdapter",
+    "ModelLoadError",
+    "NonFiniteError",
     "Operation",
+    "OutputError",
     "ResidualSet",
+    "RunDirectoryError",
     "Scores",
     "SweepConfig",
     "TaskConfig",
@@ -93,11 +105,6 @@ __all__ = [
 
 _MOVED = {
     # names of releases before 0.2: still reachable with a DeprecationWarning naming where they live now
-    "BoundaryMergeError": "lens_digits.errors",
-    "ContextLengthError": "lens_digits.errors",
-    "ModelLoadError": "lens_digits.errors",
-    "OutputError": "lens_digits.errors",
-    "RunDirectoryError": "lens_digits.errors",
     "OPERATIONS": "lens_digits.problems.operations",
     "TEMPLATES": "lens_digits.problems.tasks",
     "Problem": "lens_digits.problems.tasks",
@@ -116,7 +123,15 @@ _RENAMED = {
 
 if TYPE_CHECKING:
     from lens_digits.builtin import load_builtin_model
-    from lens_digits.errors import LensDigitsError
+    from lens_digits.errors import (
+        BoundaryMergeError,
+        ContextLengthError,
+        LensDigitsError,
+        ModelLoadError,
+        NonFiniteError,
+        OutputError,
+        RunDirectoryError,
+    )
     from lens_digits.methods.base import Decoder, Intervention, Method, register_method
     from lens_digits.methods.lenses.base import Lens
     from lens_digits.methods.lenses.logit import LogitLens
