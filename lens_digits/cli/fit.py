@@ -23,7 +23,7 @@ def fit_command(args: argparse.Namespace) -> int:
     from lens_digits.cli.run import known_methods
 
     known_methods(args, parse_methods(args.methods))
-    grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=False if args.no_progress else None)
+    grid = refit(args.run_dir, args.methods, probe_scope=args.probe_scope, model=model, progress=not args.no_progress)
     names = parse_methods(args.methods)
     print(grid.to_text())
     found = grid.emergence[grid.emergence["method"].isin(names)] if not grid.emergence.empty else grid.emergence

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # Check every setting before anything slow happens (the configs load no torch).
     task = config_from_args(TaskConfig, args)
-    config = config_from_args(SweepConfig, args, progress=False if args.no_progress else None)
+    config = config_from_args(SweepConfig, args, progress=not args.no_progress)
     from lens_digits.model.loading import parse_dtype, resolve_device
 
     parse_dtype(args.dtype)
@@ -121,7 +121,7 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
 
         gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
         spec = {"model": args.model, "dtype": args.dtype, "device": args.device, "gpus": gpus}
-        prefill_with_ray(spec, task, config, cache, address=args.address, progress=False if args.no_progress else None)
+        prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=False if args.no_progress else None)
     grid = sweep(model, task, config, cache=cache)
     grid.info["command"] = _command_line(args.argv)

@@ -32,7 +32,7 @@ def _train_model(args: argparse.Namespace) -> int:
     from lens_digits.problems.operations import OPERATIONS
     from lens_digits.problems.tasks import parse_scales
 
-    eval_scales = parse_scales(args.eval_scales) if args.eval_scales else list(config.scales)
+    eval_scales = parse_scales(args.eval_scales) if args.eval_scales else [int(s) for s in config.scales]
     eval_ops = [o.strip() for o in args.eval_ops.split(",") if o.strip()] if args.eval_ops else list(config.ops)
     for op in eval_ops:
         if op not in OPERATIONS:

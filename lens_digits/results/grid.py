@@ -22,7 +22,7 @@ from lens_digits.methods.scores import Scores
 from lens_digits.problems.tasks import Problem
 from lens_digits.results.cells import breakdown_columns, cell_rows, fill_breakdown_labels, rounded
 from lens_digits.results.emergence import EMERGENCE_COLUMNS, N_BOOT, THRESHOLDS, Bootstrap, check_thresholds
-from lens_digits.results.figures import difference_heatmap, heatmap, lines
+from lens_digits.results.figures import difference_heatmap, heatmap, is_intervention, lines
 from lens_digits.results.files import CONTRACT_COLUMNS, KEY_COLUMNS, read_emergence_csv, read_grid_csv, read_prompts, read_run_json
 from lens_digits.results.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
 from lens_digits.results.text import caption, tables
@@ -288,9 +288,15 @@ class AccuracyGrid:
         options: dict[str, Any] = {"subtitle": caption, "facet": facet, "text": text, "emergence": emergence}
         if all(" - " in m for m in df["method"]):
             pairs = ", ".join(m.replace(" - ", " minus ") for m in dict.fromkeys(df["method"]))
-            return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", **options)
+            return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", label=f"{value} difference", **options)
         if value == "selectivity":
-            return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", **options)
+            return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", label="selectivity", **options)
+        acting = [m for m in dict.fromkeys(df["method"]) if is_intervention(m)]
+        if value == "accuracy" and acting:  # an intervention's accuracy is the share of flipped answers
+            notes = {m: "flip rate" for m in acting}
+            if len(acting) == df["method"].nunique():
+                return heatmap(df, value=value, colorscale=colorscale, title="Flip Rate Breakdown", label="flip rate", **options)
+            return heatmap(df, value=value, colorscale=colorscale, label="accuracy / flip rate", panel_notes=notes, **options)
         return heatmap(df, value=value, colorscale=colorscale, **options)
 
     def to_text(self, value: str = "accuracy") -> str:

@@ -15,7 +15,8 @@ def caption(model_name: str, info: dict[str, Any], df: pd.DataFrame, value: str,
         The caption: its parts on one line, separated by middle dots.
     """
     parts = [model_name] if model_name else []
-    parts.append(", ".join(dict.fromkeys(df["method"])))
+    if not all(" - " in str(m) for m in df["method"]):  # a difference's methods are in its title already
+        parts.append(", ".join(dict.fromkeys(df["method"])))
     parts.append("target " + ", ".join(dict.fromkeys(df["target"])))
     parts += [f"{k} {v}" for k, v in breakdown.items() if k != "target"]
     norm = (info.get("sweep") or {}).get("norm", "final")
