@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 
 
@@ -179,5 +180,7 @@ def known_fields(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(k for k in d if k not in names)
     if unknown:
-        warnings.warn(f"{cls.__name__}: skipped unknown setting(s) {unknown} (written by a newer lens-digits?)", stacklevel=3)
+        warnings.warn(
+            f"{cls.__name__}: skipped unknown setting(s) {unknown} (written by a newer lens-digits?)", stacklevel=user_stacklevel()
+        )
     return {k: v for k, v in d.items() if k in names}

@@ -10,6 +10,7 @@
 #   bash scripts/test.sh 3.9      # only 3.9
 #
 # Extra pytest arguments go after `--`:  bash scripts/test.sh 4 -- -m "not slow" -x
+# TEST_WORKERS=1 runs the suite in one process (TEST_WORKERS=auto: one per core).
 # Every step runs even when an earlier one fails; a summary at the end names each step's result,
 # and the exit status is non-zero if any failed.
 set -uo pipefail
@@ -51,9 +52,12 @@ for line in "${lines[@]}"; do
     continue  # nothing else can run in this line
   fi
   "$venv/bin/python" -c "import importlib.metadata as m; print('transformer-lens', m.version('transformer-lens'), '| torch', m.version('torch'), '| transformers', m.version('transformers'))"
-  step "tests, TransformerLens $line" "$venv/bin/python" -m pytest "$@"
+  # The suite runs in $TEST_WORKERS processes (pytest-xdist; 2 by default, one per core of a small CI machine), each
+  # test file in one process (module fixtures load once), each process with one torch thread.
+  step "tests, TransformerLens $line" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+    "$venv/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
   if [ "$line" = 4 ]; then
-    step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake tutorials
+    step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake --nbmake-timeout=900 tutorials
     step "type check (mypy lens_digits)" "$venv/bin/python" -m mypy
     step "lint (ruff, docstrings included)" "$venv/bin/ruff" check lens_digits tests benchmarks scripts tutorials
     step "API reference (sphinx -W)" bash -c "'$venv/bin/pip' install -q -c constraints.txt -e '.[docs]' && rm -rf build/docs && '$venv/bin/sphinx-build' -q -W --keep-going -b html docs/api build/docs"

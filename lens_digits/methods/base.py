@@ -38,6 +38,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.scores import Scores, Target
 from lens_digits.residuals.collect import ResidualSet
@@ -141,7 +142,7 @@ class Decoder(Method):
             warnings.warn(
                 f"{cls.__name__} defines fit() but not `fits`: set `fits = True` if it learns from train residuals (a sweep then "
                 "runs the model on train and validation problems), or `fits = False` if it reads their tokens only",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
 
     def observe(self, train: ResidualSet) -> None:  # noqa: B027 - optional hook
@@ -221,7 +222,9 @@ def register_method(cls: type[Method]) -> type[Method]:
     if old is not None and old is not cls:
         if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
             raise LensDigitsError(f"a method named {name!r} is already registered ({old.__module__}.{old.__qualname__}); pick another name")
-        warnings.warn(f"method {name!r} ({cls.__qualname__}) registered again: the new definition replaces the old one", stacklevel=2)
+        warnings.warn(
+            f"method {name!r} ({cls.__qualname__}) registered again: the new definition replaces the old one", stacklevel=user_stacklevel()
+        )
     METHODS[name] = cls
     return cls
 

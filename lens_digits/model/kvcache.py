@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import NonFiniteError
 from lens_digits.model.adapter import ModelAdapter
 
@@ -207,7 +208,7 @@ def _usable(adapter: ModelAdapter, tokens: Tensor, n: int) -> bool:
             warnings.warn(
                 f"lens_digits: the key-value cache of this {adapter.kind} does not agree with recomputing the whole sequence "
                 f"({why}); greedy decoding recomputes the whole sequence at every step instead (exact, slower)",
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
         adapter._kv_cache_ok = ratio is not None and ratio <= 0.25
     return bool(adapter._kv_cache_ok)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 from lens_digits.problems.operations import OPERATIONS, Operation, draw_pairs, n_distinct, operand_range, pair_filter, register_operation
 from lens_digits.problems.templates import MAX_TEMPLATE_WIDTH, TEMPLATES, operand_spans, resolve_template
@@ -307,7 +308,8 @@ def generate_problems(config: TaskConfig) -> list[Problem]:
                 raise LensDigitsError(msg + "; too few are left for test, train and validation problems: lower few_shot")
             counts = share_out(available - config.few_shot, wanted)
             warnings.warn(
-                msg + f"; using {counts['test']} test, {counts['train']} train and {counts['val']} validation, each once", stacklevel=2
+                msg + f"; using {counts['test']} test, {counts['train']} train and {counts['val']} validation, each once",
+                stacklevel=user_stacklevel(),
             )
         crc = zlib.crc32(config.op.encode())
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, scale, crc]))

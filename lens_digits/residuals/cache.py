@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError, OutputError
 from lens_digits.model.adapter import ModelAdapter
 from lens_digits.model.finite import count_nonfinite
@@ -188,7 +189,7 @@ class ResidualCache:
             self.counts["read"] += len(problems)
             return ResidualSet(found[0], found[1], problems, encoded, found[2])
         if name in self.rejected:
-            warnings.warn(f"residual shard {name} in {str(self.folder)!r} {self.rejected[name]}: computed again", stacklevel=3)
+            warnings.warn(f"residual shard {name} in {str(self.folder)!r} {self.rejected[name]}: recomputed", stacklevel=user_stacklevel())
         part = collect_residuals(
             adapter, problems, encoded=encoded, teacher_forcing=teacher_forcing, batch_size=batch_size, store_device=store_device
         )
@@ -276,7 +277,7 @@ class ResidualCache:
                 meta = json.loads(meta_path.read_text())
                 data = data_path.read_bytes()
             except (OSError, ValueError):
-                warnings.warn(f"residual shard {name} in {str(folder)!r} cannot be read: computed again", stacklevel=3)
+                warnings.warn(f"residual shard {name} in {str(folder)!r} cannot be read: computed again", stacklevel=user_stacklevel())
                 continue
             if not isinstance(meta, dict) or meta.get("format") != SHARD_FORMAT:
                 continue
@@ -293,7 +294,8 @@ class ResidualCache:
                 )
             if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
                 warnings.warn(
-                    f"residual shard {name} in {str(folder)!r} fails its checksum (truncated or damaged): computed again", stacklevel=3
+                    f"residual shard {name} in {str(folder)!r} fails its checksum (truncated or damaged): computed again",
+                    stacklevel=user_stacklevel(),
                 )
                 continue
             if meta.get("ids") != _ids_hash(encoded):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import RunDirectoryError
 from lens_digits.problems.tasks import Problem
 
@@ -223,7 +224,8 @@ def read_prompts(path: Path) -> list[Problem]:
                 unknown.setdefault(k, line_no)
     if unknown:
         warnings.warn(
-            f"{path}: skipped key(s) this version does not know: {sorted(unknown)} (written by a newer lens-digits?)", stacklevel=3
+            f"{path}: skipped key(s) this version does not know: {sorted(unknown)} (written by a newer lens-digits?)",
+            stacklevel=user_stacklevel(),
         )
     return problems
 

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import RunDirectoryError
 from lens_digits.settings import known_fields
 from lens_digits.storage.paths import RUN_FORMAT
@@ -102,7 +103,10 @@ class RunRecord:
         if d["schema"] > RUN_SCHEMA:
             import warnings
 
-            warnings.warn(f"{where} has schema {d['schema']}, newer than this version's {RUN_SCHEMA}: upgrade lens-digits", stacklevel=2)
+            warnings.warn(
+                f"{where} has schema {d['schema']}, newer than this version's {RUN_SCHEMA}: upgrade lens-digits",
+                stacklevel=user_stacklevel(),
+            )
         record = cls(**known_fields(cls, d))
         for name in ("model", "task", "sweep", "methods", "encoding", "n_problems", "model_runs", "versions"):
             if not isinstance(getattr(record, name), dict):

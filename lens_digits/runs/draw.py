@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import torch
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.methods.base import Decoder, Intervention, Method, make_method
 from lens_digits.methods.scores import Scores, Target, add_column_breakdown
@@ -238,7 +239,7 @@ def _warn_unknown_tokens(adapter: ModelAdapter, problems: Sequence[Problem], enc
         warnings.warn(
             f"{len(bad)} of {len(problems)} problems contain characters this tokenizer does not know{shown}, as in {p.prompt!r}: "
             "the model reads them as unknown; use a template it can read",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 
@@ -255,13 +256,13 @@ def _warn_builtin_untrained(adapter: ModelAdapter, task: TaskConfig) -> None:
         warnings.warn(
             f"the built-in model {shipped} was trained on {', '.join(recipe['ops'])} only, not {task.op!r}: expect a grid near 0 "
             "(train one with lens-digits train-model --ops ...)",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     if task.template != TEMPLATES["compact"] or task.few_shot or task.answer_prefix:
         warnings.warn(
             f"the built-in model {shipped} was trained on the compact template {TEMPLATES['compact']!r} alone, without few-shot "
             "examples or an answer prefix: other prompts read as nonsense to it",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.base import Method
 from lens_digits.model.adapter import ModelAdapter
@@ -211,7 +212,7 @@ def sweep(
             raise LensDigitsError(f"method {d.name!r} reads none of the targets {targets}; it reads {list(d.targets)}")
         skipped = [t for t in targets if t not in d.targets]
         if skipped and config.targets != ("first", "answer", "model"):  # "all" means every target each method reads
-            warnings.warn(f"method {d.name!r} does not read target(s) {skipped}; it has no cells for them", stacklevel=2)
+            warnings.warn(f"method {d.name!r} does not read target(s) {skipped}; it has no cells for them", stacklevel=user_stacklevel())
 
     seeds = [int(s) for s in config.seeds] if config.seeds is not None else [task.seed]
     base = None

@@ -154,7 +154,8 @@ def check_output(
         OutputError: The name is empty; the folder is protected, is a file or a
             symbolic link (broken or not), cannot be read, is not empty (and
             ``overwrite`` is False), is not empty and not something this package
-            wrote (whatever ``overwrite`` says), or the nearest existing folder
+            wrote (whatever ``overwrite`` says), holds figures that ``lens-digits plot``
+            drew (``overwrite`` never deletes those), or the nearest existing folder
             above it is not writable.
     """
     target = resolve_output(path)
@@ -177,6 +178,12 @@ def check_output(
                 raise OutputError(
                     f"output folder {shown!r} was not written by lens-digits (it holds {_some(contents)}); {flag} replaces only "
                     "lens-digits output, so move those files away or choose another folder"
+                )
+            drawn = [n for n in contents if FIGURE_NAME.fullmatch(n) and n != "heatmap.html"]
+            if drawn:  # figures `lens-digits plot` drew: the user's, not the run's; never deleted unasked
+                raise OutputError(
+                    f"output folder {shown!r} holds figures drawn by lens-digits plot ({_some(drawn)}) that {flag} would "
+                    "delete; move them out of the folder first (or choose another folder)"
                 )
     parent = target.parent
     while not parent.exists():

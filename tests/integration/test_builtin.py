@@ -17,13 +17,15 @@ from lens_digits.problems.tasks import TaskConfig, generate_problems
 # ---- the shipped checkpoint ----------------------------------------------------------------------
 
 
-def test_checkpoint_folder_is_a_small_llama():
-    folder = builtin_model_path()
-    assert folder.name == BUILTIN_MODEL_NAME
+@pytest.mark.parametrize(("name", "layers", "max_bytes"), [("arith-llama-28", 28, 9_000_000), ("arith-llama", 4, 5_000_000)])
+def test_checkpoint_folders_are_small_llamas(name, layers, max_bytes):
+    assert builtin_model_path().name == BUILTIN_MODEL_NAME == "arith-llama-28"  # the default is the deep one
+    folder = builtin_model_path(name)
+    assert folder.name == name
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
-    assert 4 <= config["num_hidden_layers"] <= 6
-    assert (folder / "model.safetensors").stat().st_size < 5_000_000
+    assert config["num_hidden_layers"] == layers
+    assert (folder / "model.safetensors").stat().st_size < max_bytes
     for name in ("tokenizer.json", "tokenizer_config.json", "card.json", "README.md", "train.json"):
         assert (folder / name).is_file(), name
 

@@ -387,6 +387,13 @@ def test_plot_redraws_a_run_and_compare_subtracts_two(llama_dir, tmp_path, capsy
     pd.testing.assert_frame_equal(got, expected, atol=1e-6)
     code, _, err = run_cli(capsys, "compare", str(a), str(b), "--out", str(tmp_path / "diff.html"))
     one_line_error(code, err, "exists; choose another --out")
+    # --overwrite never deletes the figures `plot` drew into a run directory: it stops first and says so
+    before = sorted(p.name for p in a.iterdir())
+    code, _, err = run_cli(capsys, "run", *common, "--out", str(a), "--overwrite", "--no-progress")
+    one_line_error(code, err, "holds figures drawn by lens-digits plot ('heatmap-probe-answer-units.html')")
+    assert sorted(p.name for p in a.iterdir()) == before and html == (a / "heatmap-probe-answer-units.html").read_text()
+    (a / "heatmap-probe-answer-units.html").rename(tmp_path / "kept.html")
+    assert run_cli(capsys, "run", *common, "--out", str(a), "--overwrite", "--no-progress")[0] == 0
 
 
 def ld_load(path):

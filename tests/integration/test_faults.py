@@ -198,7 +198,7 @@ def test_fit_and_plot_in_a_read_only_run_directory_are_one_line_before_any_work(
 
 def _during_the_sweep(monkeypatch, action):
     """Run ``action`` right after the sweep computed, before the run directory is written."""
-    import lens_digits.cli as cli_module
+    import lens_digits.cli.run as cli_module
 
     sweep = cli_module._sweep
 

@@ -16,7 +16,8 @@ def test_static_image_returns_what_plotly_renders(monkeypatch):
 
     monkeypatch.setattr(go.Figure, "to_image", fake)
     assert static_image(go.Figure(), width=300) == PNG_MAGIC + b"rest"
-    assert calls == [{"format": "png", "scale": 1.0, "width": 300}]
+    assert static_image(go.Figure(), format="svg", scale=1.0) == PNG_MAGIC + b"rest"
+    assert calls == [{"format": "png", "scale": 2.0, "width": 300}, {"format": "svg", "scale": 1.0}]  # sharp by default
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ STAGES = {  # a module may import its own stage and earlier ones, never a later 
     "settings": 0,
     "storage": 0,
     "_aliases": 0,
+    "_stack": 0,
     "problems": 1,
     "model": 2,
     "testing": 2,

@@ -49,6 +49,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.base import Decoder, register_method
 from lens_digits.methods.probes.design import design
@@ -252,7 +253,7 @@ class LinearProbe(ProbeRecord, Decoder):
         if no_val:
             warnings.warn(
                 f"no validation problems for scale group(s) {no_val}: using C={self.Cs[default_c_index(self.Cs)]} there",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         kept = ProbeWeights.chosen(W, b, mean, std, classes, chosen.to(device), self.Cs)
         for name, t in (("weights", kept.W), ("intercepts", kept.b)):
@@ -270,7 +271,7 @@ class LinearProbe(ProbeRecord, Decoder):
                 f"{self.fit_info['hit_max_iter']} of {self.fit_info['n_fits']} probe fits (all C, layers, places) reached "
                 f"max_iter={self.max_iter} before max|grad| <= {self.tol}; C is still chosen on validation problems, "
                 "raise max_iter for tighter fits",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
 
     def solve(
