@@ -80,6 +80,9 @@ class Problem:
     """The seed of the draw the problem comes from (several with ``seeds=``)."""
     patch_source: str | None = None
     """Method ``patch``: the prompt of the problem whose activations were patched into this one."""
+    model_ran: bool | None = None
+    """Whether a sweep ran the model on this prompt (test problems always; train and validation problems only for
+    methods that fit, such as probes). None outside a sweep."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict with the run-directory fields.

@@ -67,6 +67,8 @@ def one_draw(
     _warn_builtin_untrained(adapter, task)
     fits = any(getattr(d, "fits", False) for d in used) or config.cache_train
     run = residual_rows(problems, fits)
+    ran = set(run)  # prompts.jsonl says which problems the model saw (a lens-only run reads train tokens alone)
+    problems = [dataclasses.replace(p, model_ran=i in ran) for i, p in enumerate(problems)]
     common: dict[str, Any] = dict(batch_size=config.batch_size, store_device=config.device, progress=config.progress)
 
     def collect(probs: list[Problem], enc: list[EncodedProblem], kind: str) -> ResidualSet:

@@ -242,6 +242,9 @@ def test_fitting_decoders_alone_run_the_model_on_train_problems(llama_model):
     lens = ld.run_sweep(llama_model, scales=[2], n_per_scale=20, target="first")
     both = ld.run_sweep(llama_model, scales=[2], n_per_scale=20, target="first", methods=["logit_lens", "probe"])
     assert lens.info["model_runs"]["residuals"] == 20 and both.info["model_runs"]["residuals"] == 20 + 60 + 20
+    # prompts.jsonl says which problems the model ran on
+    assert [p.model_ran for p in lens.problems] == [p.split == "test" for p in lens.problems]
+    assert all(p.model_ran for p in both.problems) and len(both.problems) == 100
     # and the logit lens reads the same test problems either way
     a, b = lens.pivot("logit_lens", "first"), both.pivot("logit_lens", "first")
     pd.testing.assert_frame_equal(a, b)
