@@ -30,7 +30,7 @@ from lens_digits.storage.paths import RUN_FILES, check_output
 from lens_digits.storage.reservation import Reservation, write_run_directory
 
 if TYPE_CHECKING:
-    from lens_digits.results.report import Report
+    from lens_digits.results.page import Report
 
 FILES = RUN_FILES
 
@@ -377,7 +377,7 @@ class AccuracyGrid:
         Returns:
             The :class:`~lens_digits.results.report.Report`: ``save(path)`` writes it, and a notebook shows it inline.
         """
-        from lens_digits.results.report import Report
+        from lens_digits.results.page import Report
 
         return Report([self, *others], labels)
 

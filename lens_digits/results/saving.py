@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lens_digits.results.examples import EXAMPLES_FILE, examples_text
+from lens_digits.results.page import REPORT_FILE, Report
 from lens_digits.results.record import RUN_FORMAT, RUN_SCHEMA
-from lens_digits.results.report import REPORT_FILE, Report
 
 if TYPE_CHECKING:
     from lens_digits.results.grid import AccuracyGrid

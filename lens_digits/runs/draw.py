@@ -232,6 +232,8 @@ def merge_draws(draws: list[Draw], seeds: list[int]) -> Draw:
     for i, (name, target, _) in enumerate(draws[0].results):
         merged = Scores.concat([d.results[i][2] for d in draws])
         merged.breakdown["seed"] = {str(s): Scores(merged.correct, merged.metrics, applies=which == k) for k, s in enumerate(seeds)}
+        for e in merged.examples:  # each draw's examples sit in its own seed row
+            e.rows.append(f"seed={e.problem.seed}")
         results.append((name, target, merged))
     runs = {k: sum(d.runs[k] for d in draws) for k in draws[0].runs}
     return Draw(results, [p for d in draws for p in d.scored], [p for d in draws for p in d.problems], runs, draws[0].data)

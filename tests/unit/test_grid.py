@@ -79,7 +79,7 @@ def test_failed_save_leaves_nothing(grid, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    from lens_digits.results.report import Report
+    from lens_digits.results.page import Report
 
     monkeypatch.setattr(Report, "html", boom)  # the report is written after grid.csv and prompts.jsonl
     with pytest.raises(RuntimeError):
