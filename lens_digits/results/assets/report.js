@@ -91,7 +91,7 @@
     const hi = Math.max(...v);
     if (lo < 0) {
       const b = Math.max(-lo, hi) || 1;
-      return { cmin: -b, cmax: b, colorscale: "RdBu" }; // signed: a difference, selectivity
+      return { cmin: -b, cmax: b, colorscale: "RdBu" }; // signed values: a difference, a score minus its control
     }
     if (hi <= 1) return { cmin: 0, cmax: 1, colorscale };
     return { cmin: lo, cmax: hi > lo ? hi : lo + 1, colorscale };
