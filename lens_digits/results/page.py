@@ -18,9 +18,6 @@ page's script (``assets/report.js``). It makes no network request, so it opens
 by double-click, from a mail attachment or a notebook.
 """
 
-import base64
-import functools
-import gzip
 import html
 import json
 import math
@@ -36,6 +33,7 @@ import pandas as pd
 from lens_digits.errors import LensDigitsError, OutputError
 from lens_digits.results.figures import COLORSCALES, MARKER_COLOUR, MARKERS, TITLE, is_intervention
 from lens_digits.results.files import CONTRACT_COLUMNS
+from lens_digits.results.offline import packed, plotly_packed
 from lens_digits.results.provenance import provenance_html
 from lens_digits.results.text import caption
 
@@ -56,27 +54,6 @@ _NOT_VALUES = {"scale", "layer", "n", "ci_low", "ci_high", "seed"}
 
 def _assets(name: str) -> str:
     return (resources.files("lens_digits.results") / "assets" / name).read_text(encoding="utf-8")
-
-
-def _packed(data: bytes) -> str:
-    """``data`` gzip-compressed (no time stamp, so the same input gives the same page) and base64-encoded.
-
-    Returns:
-        The base64 text.
-    """
-    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
-
-
-@functools.lru_cache(maxsize=1)
-def _plotly_packed() -> str:
-    """The installed plotly's plotly.js, packed (once per process).
-
-    Returns:
-        The base64 text of the compressed library.
-    """
-    from plotly.offline import get_plotlyjs
-
-    return _packed(get_plotlyjs().encode("utf-8"))
 
 
 def _json_value(v: Any) -> Any:
@@ -200,7 +177,7 @@ class Report:
     >>> import lens_digits as ld
     >>> grid = ld.run_sweep(ld.testing.tiny_model(), scales=[1], n_per_scale=10, target="first")
     >>> page = grid.report().html()
-    >>> page.startswith("<!DOCTYPE html>") and "cdn" not in page.lower()
+    >>> page.startswith("<!DOCTYPE html>") and "://" not in page  # no address of any server: everything is inside
     True
     """
 
@@ -249,8 +226,8 @@ class Report:
             "PROVENANCE": headers,
             "VERSION": html.escape(__version__),
             "STYLE": _assets("report.css"),
-            "PLOTLY": _plotly_packed(),
-            "DATA": _packed(data),
+            "PLOTLY": plotly_packed(),
+            "DATA": packed(data),
             "SCRIPT": _assets("report.js"),
         }
         # one pass over the template: nothing inserted is read again for placeholders

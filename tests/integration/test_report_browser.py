@@ -34,7 +34,9 @@ CELL = """([scale, layer]) => {
 
 
 def sweep(model, seed):
-    return ld.run_sweep(model, scales=[1, 2], n_per_scale=20, n_train=30, n_val=10, methods=METHODS, target="both", seed=seed, method_options=QUICK)
+    return ld.run_sweep(
+        model, scales=[1, 2], n_per_scale=20, n_train=30, n_val=10, methods=METHODS, target="both", seed=seed, method_options=QUICK
+    )
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,8 @@ def test_two_runs_side_by_side_show_their_difference(browser, runs, tmp_path, ca
     page = opened.page
     assert page.locator("#run").is_visible() and page.eval_on_selector("#run", "s => s.options.length") == 2
     opened.choose("#view", "compare")  # run A's first reading against run B's
-    assert page.eval_on_selector("#run-b", "s => s.value") == "1" and page.eval_on_selector("#reading-b", "s => s.value") == "logit_lens · first"
+    assert page.eval_on_selector("#run-b", "s => s.value") == "1"
+    assert page.eval_on_selector("#reading-b", "s => s.value") == "logit_lens · first"
     data = json.loads(opened.figure())["data"]
     assert [d[0] for d in data] == ["heatmap"] * 3
     a, b, diff = (pd.DataFrame(d[2]) for d in data)
@@ -253,3 +256,13 @@ def test_downloads_give_the_grid_and_the_figure(opened, runs, browser):
         page.click("#download-svg")
     svg = open(got.value.path(), encoding="utf-8").read()
     assert got.value.suggested_filename.endswith(".svg") and svg.startswith("<svg") and "Accuracy Breakdown" in svg
+
+
+def test_a_redrawn_figure_opens_offline_and_draws(browser, runs, tmp_path, capsys):
+    out = tmp_path / "probe.html"
+    assert main(["plot", str(runs[0]), "--method", "probe", "--target", "answer", "--out", str(out)]) == 0
+    assert out.stat().st_size < 2.5e6  # plotly.js compressed inside (4.8 MB as it is)
+    opened = Opened(browser, out)
+    titles = opened.page.evaluate("() => [...document.querySelectorAll('.figure')].map((d) => d.layout.title.text)")
+    assert len(titles) == 1 and titles[0].startswith("Accuracy Breakdown") and opened.page.locator(".figure .main-svg").count() >= 1
+    opened.close()

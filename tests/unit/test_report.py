@@ -211,3 +211,20 @@ def test_labels_name_each_run_once():
     assert Report([grid, grid]).labels == ["same", "same #2"]
     with pytest.raises(ld.LensDigitsError, match="one label per grid"):
         Report([grid], ["a", "b"])
+
+
+def test_a_figure_page_holds_plotly_once_compressed_and_its_figures_readable():
+    import plotly.graph_objects as go
+    from plotly.offline import get_plotlyjs
+
+    from lens_digits.results.offline import figure_page
+
+    figures = [go.Figure(go.Heatmap(z=[[0.1, 0.9]]), layout={"title": {"text": "a </script> b"}}), go.Figure(go.Scatter(y=[1, 2]))]
+    page = figure_page(*figures, title="two <figures>")
+    assert page.count("<script") == 4 and "<title>two &lt;figures&gt;</title>" in page  # plotly, two figures, the drawing script
+    packed = re.search(r'id="ld-plotly">([^<]*)<', page).group(1)
+    assert gzip.decompress(base64.b64decode(packed)).decode() == get_plotlyjs()
+    assert len(page) < 0.5 * len(get_plotlyjs())  # 4.8 MB of plotly.js in about 2 MB
+    held = re.findall(r'<script type="application/json" data-figure="(figure-\d)">([^<]*)</script>', page)
+    assert [name for name, _ in held] == ["figure-0", "figure-1"]
+    assert json.loads(held[0][1])["layout"]["title"]["text"] == "a </script> b" and json.loads(held[1][1])["data"][0]["type"] == "scatter"
