@@ -218,6 +218,7 @@ def test_clicking_a_cell_lists_its_problems_and_what_the_layer_read(opened, runs
     assert page.locator("#panel tr.example td.read").all_text_contents() == [visible(e["layers"][layer + 1]["read"]) for e in expected]
 
 
+@pytest.mark.slow
 def test_two_runs_side_by_side_show_their_difference(browser, runs, tmp_path, capsys):
     out = tmp_path / "both.html"
     assert main(["report", str(runs[0]), str(runs[1]), "--out", str(out)]) == 0
@@ -258,6 +259,7 @@ def test_downloads_give_the_grid_and_the_figure(opened, runs, browser):
     assert got.value.suggested_filename.endswith(".svg") and svg.startswith("<svg") and "Accuracy Breakdown" in svg
 
 
+@pytest.mark.slow
 def test_a_redrawn_figure_opens_offline_and_draws(browser, runs, tmp_path, capsys):
     out = tmp_path / "probe.html"
     assert main(["plot", str(runs[0]), "--method", "probe", "--target", "answer", "--out", str(out)]) == 0
