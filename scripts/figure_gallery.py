@@ -35,7 +35,9 @@ def figures(n: int) -> dict[str, object]:
         "facet_carries": grid.figure(facet="carries"),
         "difference": grid.difference("probe", "logit_lens").figure(),
         "selectivity": grid.figure(value="selectivity"),
-        "patching": ld.AccuracyGrid(grid.table[grid.table["method"] == "patch"], grid.problems, grid.info, emergence=grid.emergence).figure(),
+        "patching": ld.AccuracyGrid(
+            grid.table[grid.table["method"] == "patch"], grid.problems, grid.info, emergence=grid.emergence
+        ).figure(),
         "compare": lens_only.compare(other, ("seed0", "seed1")).figure(),
     }
     with tempfile.TemporaryDirectory() as tmp:
