@@ -55,7 +55,10 @@ def tables(grid: "AccuracyGrid", value: str = "accuracy") -> str:
                 if base in df.columns and df[base].notna().any():
                     table[base] = by_scale[base].mean()
             table.index.name = "scale"
-            out.append(f"{caption(grid.model_name, grid.info, df, value, {})} · {value} by digit scale (rows) and layer (columns)")
+            shown = caption(grid.model_name, grid.info, df, value, {})
+            if " - " in str(method):  # a difference: the caption leaves its methods to a figure's title, a table has none
+                shown = f"{method} · {shown}"
+            out.append(f"{shown} · {value} by digit scale (rows) and layer (columns)")
             out.append(table.to_string(float_format=lambda x: f"{x:.2f}"))
             legends |= {base for base in ("baseline", "chance") if base in table.columns}
     if legends:
