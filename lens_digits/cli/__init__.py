@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a sweep and write a run directory",
         description="Generate problems per digit scale, run the model once per batch, decode every layer and "
-        "write grid.csv, prompts.jsonl, heatmap.html and run.json into --out.",
+        "write grid.csv, prompts.jsonl, examples.jsonl, report.html and run.json into --out.",
     )
     run.add_argument(
         "--model",
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fit and score decoders on a run's cached residuals, without the model",
         description="Read the residuals a run kept in RUN_DIR/cache, fit and score the decoders named by --methods on them, "
-        "and add their rows to the run's grid.csv, emergence.csv, heatmap and run.json (replacing rows of the same methods). "
+        "and add their rows to the run's grid.csv, emergence.csv, examples.jsonl, report and run.json "
+        "(replacing rows of the same methods). "
         "Probes need no model; lenses need --model. Probes need the train and validation residuals: "
         "a run with a probe, or with --cache-train.",
     )
@@ -137,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", help="run directory A")
     compare.add_argument("run_b", help="run directory B (subtracted from A)")
     compare.add_argument("--out", default=None, help="write the heatmap to this file (.html, or .png with kaleido and Chrome)")
+
+    report = sub.add_parser(
+        "report",
+        help="one HTML page to browse runs: figures, selectors, example problems (opens offline)",
+        description="Write one self-contained HTML page (plotly.js and the data inside; it opens offline, by double-click) "
+        "showing the runs' provenance, the Accuracy Breakdown of every reading with selectors for breakdown and value, "
+        "hover details, the example problems behind each cell, a line view, two readings or runs side by side with "
+        "their difference, and downloads. Several RUN_DIRs, or a study folder, go into one page to compare.",
+    )
+    from lens_digits.cli.report import report_arguments
+
+    report_arguments(report)
 
     sub.add_parser(
         "models",
@@ -302,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from lens_digits.cli.plot import compare_command
 
                 return compare_command(args)
+            if args.command == "report":
+                from lens_digits.cli.report import report_command
+
+                return report_command(args)
             if args.command == "models":
                 from lens_digits.builtin import list_models
 

@@ -1,7 +1,8 @@
 """``lens-digits plot`` and ``lens-digits compare``: a run directory's figures drawn again, and two runs' difference.
 
-Figures are written atomically, as HTML or a static image; a file the user
-made is never replaced (only figures this package wrote into a run directory).
+Figures are written atomically, as HTML (plotly.js inside, compressed:
+:mod:`lens_digits.results.offline`) or a static image; a file the user made is
+never replaced (only figures this package wrote into a run directory).
 """
 
 import argparse
@@ -52,6 +53,7 @@ def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
     """
     from lens_digits.errors import OutputError
     from lens_digits.results.figures import static_image
+    from lens_digits.results.offline import figure_page
     from lens_digits.storage import atomic
 
     if out.exists() and not replace:
@@ -59,9 +61,7 @@ def _write_figure(fig: Any, out: Path, replace: bool) -> Path:
     suffix = out.suffix.lower()
     if suffix not in (".html", ".png", ".svg", ".pdf"):
         raise LensDigitsError(f"--out {str(out)!r}: write .html, .png, .svg or .pdf")
-    data = (
-        fig.to_html(include_plotlyjs=True, full_html=True).encode() if suffix == ".html" else static_image(fig, format=suffix[1:], scale=2)
-    )
+    data = figure_page(fig).encode() if suffix == ".html" else static_image(fig, format=suffix[1:], scale=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_file(out, data)
     return out

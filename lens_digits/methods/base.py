@@ -44,6 +44,7 @@ from lens_digits.methods.scores import Scores, Target
 from lens_digits.residuals.collect import ResidualSet
 
 if TYPE_CHECKING:
+    from lens_digits.methods.examples import Example
     from lens_digits.model.adapter import ModelAdapter
     from lens_digits.problems.tasks import Problem
 
@@ -109,6 +110,20 @@ class Method(abc.ABC):
             A new dict of the settings by name.
         """
         return dict(getattr(self, "options", {}))
+
+    def examples(self, data: ResidualSet, target: Target, rows: Sequence[int]) -> "list[Example] | None":
+        """What the method read for the problems ``rows`` of ``data`` at every layer column (default: None, no examples).
+
+        The report's example panel shows them (see :mod:`lens_digits.methods.examples`). A sweep calls this right
+        after scoring ``data`` for ``target`` (``score``), with the same set, so a method may reuse what scoring
+        computed; ``rows`` are a fixed sample of the problems its cells count, at most
+        :data:`~lens_digits.methods.examples.N_EXAMPLES` per digit scale.
+
+        Returns:
+            One :class:`~lens_digits.methods.examples.Example` per row, in the order of ``rows``; or None, where the
+            method has nothing to show.
+        """
+        return None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check the declared settings early: a typo in ``uses`` is an error where the class is defined.

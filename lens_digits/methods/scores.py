@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from lens_digits.methods.examples import Example
 from lens_digits.problems.carries import COLUMN_NAMES, column_rule, incoming
 from lens_digits.problems.digits import place_index
 from lens_digits.problems.tasks import Problem
@@ -35,12 +36,15 @@ class Scores:
         applies: Problems these scores are about (None: all). Cells count only
             those, and a scale with none gets no rows (a 2-digit sum has no
             thousands place).
+        examples: What the method read for a sample of the problems (see
+            :mod:`lens_digits.methods.examples`); a sweep fills it in after scoring.
     """
 
     correct: Bool[Tensor, "problem layer"]
     metrics: dict[str, Float[Tensor, "problem layer"]] = field(default_factory=dict)
     breakdown: dict[str, dict[str, "Scores"]] = field(default_factory=dict)
     applies: Bool[Tensor, " problem"] | None = None
+    examples: list[Example] = field(default_factory=list)
 
     def __len__(self) -> int:
         """Number of problems.
@@ -77,7 +81,7 @@ class Scores:
             breakdown[column] = {
                 label: cls.concat([p.breakdown.get(column, {}).get(label) or cls._absent(p) for p in parts]) for label in labels
             }
-        return cls(correct, metrics, breakdown, applies)
+        return cls(correct, metrics, breakdown, applies, [e for p in parts for e in p.examples])
 
     @classmethod
     def _absent(cls, like: "Scores") -> "Scores":

@@ -3,15 +3,14 @@
 The table has one row per cell: ``method, target, scale, layer, accuracy, n, ci_low, ci_high`` (a 95% Wilson interval),
 then any breakdown columns (such as ``place``, ``"all"`` on the main rows) and the decoders' metric columns.
 
-A run directory holds ``grid.csv``, ``prompts.jsonl``, ``heatmap.html`` and
-``run.json``; :mod:`lens_digits.storage.reservation` writes it whole or not at all.
+A run directory holds ``grid.csv``, ``prompts.jsonl``, ``examples.jsonl``, ``report.html`` and ``run.json``
+(:mod:`lens_digits.results.saving`); :mod:`lens_digits.storage.reservation` writes it whole or not at all.
 """
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -22,12 +21,16 @@ from lens_digits.methods.scores import Scores
 from lens_digits.problems.tasks import Problem
 from lens_digits.results.cells import breakdown_columns, cell_rows, fill_breakdown_labels, rounded
 from lens_digits.results.emergence import EMERGENCE_COLUMNS, N_BOOT, THRESHOLDS, Bootstrap, check_thresholds
+from lens_digits.results.examples import EXAMPLES_FILE, example_records, read_examples
 from lens_digits.results.figures import difference_heatmap, heatmap, is_intervention, lines
 from lens_digits.results.files import CONTRACT_COLUMNS, KEY_COLUMNS, read_emergence_csv, read_grid_csv, read_prompts, read_run_json
-from lens_digits.results.record import RUN_FORMAT, RUN_SCHEMA, RunRecord
+from lens_digits.results.record import RunRecord
 from lens_digits.results.text import caption, tables
 from lens_digits.storage.paths import RUN_FILES, check_output
 from lens_digits.storage.reservation import Reservation, write_run_directory
+
+if TYPE_CHECKING:
+    from lens_digits.results.page import Report
 
 FILES = RUN_FILES
 
@@ -48,8 +51,11 @@ class AccuracyGrid:
         info: dict[str, Any] | None = None,
         *,
         emergence: pd.DataFrame | None = None,
+        examples: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Wrap a tidy table; ``problems`` and ``info`` go to ``prompts.jsonl`` and ``run.json``, ``emergence`` to ``emergence.csv``.
+
+        ``examples``: example readings, as ``examples.jsonl`` holds them (:mod:`lens_digits.results.examples`).
 
         Raises:
             LensDigitsError: ``table`` lacks one of the columns ``method, target, scale, layer, accuracy, n``.
@@ -62,6 +68,8 @@ class AccuracyGrid:
         self.info = dict(info or {})
         self.emergence = rounded(emergence.reset_index(drop=True)) if emergence is not None else pd.DataFrame(columns=EMERGENCE_COLUMNS)
         """Emergence layers (see :mod:`lens_digits.results.emergence`): one row per cell and threshold; empty for derived grids."""
+        self.examples = list(examples)
+        """What each method read for a sample of the test problems at every layer (``examples.jsonl``); empty for derived grids."""
 
     @classmethod
     def from_scores(
@@ -91,7 +99,7 @@ class AccuracyGrid:
         columns = list(dict.fromkeys(c for _, _, s in results for c in breakdown_columns(s)))
         fill_breakdown_labels(table, columns)
         fill_breakdown_labels(emergence, columns)
-        return cls(table, problems, info, emergence=emergence)
+        return cls(table, problems, info, emergence=emergence, examples=example_records(results))
 
     # ---- data ----------------------------------------------------------------
 
@@ -215,14 +223,6 @@ class AccuracyGrid:
         name = str((self.info.get("model") or {}).get("name", "") or "")
         return Path(name).name if "/" in name and Path(name).is_absolute() else name
 
-    def _caption(self, df: pd.DataFrame, value: str, breakdown: dict[str, str]) -> str:
-        """What a figure or table shows (see :func:`~lens_digits.results.text.caption`).
-
-        Returns:
-            The caption, on one line.
-        """
-        return caption(self.model_name, self.info, df, value, breakdown)
-
     def figure(
         self,
         value: str = "accuracy",
@@ -276,16 +276,16 @@ class AccuracyGrid:
         df = df[df[value].notna()]  # e.g. selectivity exists for probes only
         if df.empty:
             raise LensDigitsError(f"no cells with {value!r} match {breakdown or 'the grid'}" + (f" faceted by {facet!r}" if facet else ""))
-        caption = self._caption(df, value, breakdown)
+        subtitle = caption(self.model_name, self.info, df, value, breakdown)
         if kind == "lines":
-            return lines(df, value=value, subtitle=caption)
+            return lines(df, value=value, subtitle=subtitle)
         emergence = None
         if markers and value == "accuracy" and not self.emergence.empty:
             emergence = self.emergence
             for column, label in (fixed | breakdown).items():
                 if column in emergence.columns:
                     emergence = emergence[emergence[column] == label]
-        options: dict[str, Any] = {"subtitle": caption, "facet": facet, "text": text, "emergence": emergence}
+        options: dict[str, Any] = {"subtitle": subtitle, "facet": facet, "text": text, "emergence": emergence}
         if all(" - " in m for m in df["method"]):
             pairs = ", ".join(m.replace(" - ", " minus ") for m in dict.fromkeys(df["method"]))
             return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", label=f"{value} difference", **options)
@@ -335,7 +335,7 @@ class AccuracyGrid:
         reservation: "Reservation | None" = None,
         cache: str | os.PathLike[str] | None = None,
     ) -> Path:
-        """Write the run directory (``grid.csv``, ``emergence.csv``, ``prompts.jsonl``, ``heatmap.html``, ``run.json``).
+        """Write the run directory (``grid.csv``, ``emergence.csv``, ``prompts.jsonl``, ``examples.jsonl``, ``report.html``, ``run.json``).
 
         The files are written to a temporary folder beside ``path``, flushed to disk and moved into place in one atomic
         step, so a failure or an interrupt leaves nothing half-written. ``overwrite`` replaces only a run directory this
@@ -345,26 +345,17 @@ class AccuracyGrid:
         Returns:
             The absolute path of the run directory written.
         """
+        from lens_digits.results.saving import write_run_files
 
-        def fill(tmp: Path) -> None:
-            self.table.to_csv(tmp / "grid.csv", index=False)
-            if not self.emergence.empty:
-                self.emergence.to_csv(tmp / "emergence.csv", index=False)
-            with open(tmp / "prompts.jsonl", "w") as f:
-                for p in self.problems:
-                    f.write(json.dumps(p.to_dict()) + "\n")
-            self.figure().write_html(tmp / "heatmap.html", include_plotlyjs=True, full_html=True)
-            info = self.info | {"format": RUN_FORMAT, "schema": RUN_SCHEMA}
-            (tmp / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
-
-        return write_run_directory(path, fill, overwrite, reservation, carry=None if cache is None else Path(cache))
+        carry = None if cache is None else Path(cache)
+        return write_run_directory(path, lambda tmp: write_run_files(self, tmp), overwrite, reservation, carry=carry)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "AccuracyGrid":
         """Read a run directory written by :meth:`save`, checking every file.
 
         Returns:
-            The grid, with its problems, run record and emergence layers.
+            The grid, with its problems, run record, emergence layers and example readings.
 
         Raises:
             RunDirectoryError: A file is missing, damaged or not what this package writes; the message names the file and line.
@@ -376,7 +367,19 @@ class AccuracyGrid:
         problems = read_prompts(path / "prompts.jsonl") if (path / "prompts.jsonl").is_file() else []
         info = read_run_json(path / "run.json") if (path / "run.json").is_file() else {}
         emergence = read_emergence_csv(path / "emergence.csv") if (path / "emergence.csv").is_file() else None
-        return cls(table, problems, RunRecord.from_dict(info, str(path / "run.json")).to_dict(), emergence=emergence)
+        examples = read_examples(path / EXAMPLES_FILE) if (path / EXAMPLES_FILE).is_file() else []
+        record = RunRecord.from_dict(info, str(path / "run.json")).to_dict()
+        return cls(table, problems, record, emergence=emergence, examples=examples)
+
+    def report(self, *others: "AccuracyGrid", labels: Sequence[str] | None = None) -> "Report":
+        """One self-contained HTML page to browse this grid (and ``others``, to compare runs), offline.
+
+        Returns:
+            The :class:`~lens_digits.results.report.Report`: ``save(path)`` writes it, and a notebook shows it inline.
+        """
+        from lens_digits.results.page import Report
+
+        return Report([self, *others], labels)
 
     @property
     def record(self) -> RunRecord:

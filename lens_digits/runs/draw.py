@@ -17,6 +17,7 @@ import torch
 from lens_digits._stack import user_stacklevel
 from lens_digits.errors import BoundaryMergeError, LensDigitsError
 from lens_digits.methods.base import Decoder, Intervention, Method, make_method
+from lens_digits.methods.examples import breakdown_keys, example_rows
 from lens_digits.methods.scores import Scores, Target, add_column_breakdown
 from lens_digits.model.adapter import ModelAdapter
 from lens_digits.model.greedy import greedy_answers
@@ -190,7 +191,7 @@ def score_methods(
             if adapter is None:
                 raise LensDigitsError(f"method {d.name!r} runs the model; it cannot be scored from cached residuals alone")
             for t in plan[d.name]:
-                results.append((d.name, t, add_column_breakdown(d.score(adapter, tests[t], cast(Target, t)), tests[t].problems)))
+                results.append((d.name, t, _with_examples(d, t, d.score(adapter, tests[t], cast(Target, t)), tests[t], seed)))
             continue
         # A decoder that draws random numbers from torch's global generator gets the same ones on every run,
         # and the caller's generator is left as it was.
@@ -199,8 +200,27 @@ def score_methods(
             assert isinstance(d, Decoder), d
             d.prepare(train, val)
             for t in plan[d.name]:
-                results.append((d.name, t, add_column_breakdown(d.score(tests[t], cast(Target, t)), tests[t].problems)))
+                results.append((d.name, t, _with_examples(d, t, d.score(tests[t], cast(Target, t)), tests[t], seed)))
     return results
+
+
+def _with_examples(method: Method, target: str, scores: Scores, data: ResidualSet, seed: int) -> Scores:
+    """``scores`` with the carry rows, and the method's example readings of a fixed sample of the problems its cells count.
+
+    Called right after the method scored ``data`` (an intervention's examples are what that scoring found).
+
+    Returns:
+        ``scores`` itself, its ``breakdown`` and ``examples`` filled in.
+    """
+    scores = add_column_breakdown(scores, data.problems)
+    rows = example_rows(data.problems, seed, None if scores.applies is None else scores.applies.tolist())
+    found = method.examples(data, cast(Target, target), rows) if rows else None
+    if found:
+        where = {data.problems[r].prompt: r for r in rows}  # a draw's test prompts are distinct
+        for e in found:
+            e.rows = breakdown_keys(scores, where[e.problem.prompt])
+        scores.examples = list(found)
+    return scores
 
 
 def merge_draws(draws: list[Draw], seeds: list[int]) -> Draw:
@@ -215,6 +235,8 @@ def merge_draws(draws: list[Draw], seeds: list[int]) -> Draw:
     for i, (name, target, _) in enumerate(draws[0].results):
         merged = Scores.concat([d.results[i][2] for d in draws])
         merged.breakdown["seed"] = {str(s): Scores(merged.correct, merged.metrics, applies=which == k) for k, s in enumerate(seeds)}
+        for e in merged.examples:  # each draw's examples sit in its own seed row
+            e.rows.append(f"seed={e.problem.seed}")
         results.append((name, target, merged))
     runs = {k: sum(d.runs[k] for d in draws) for k in draws[0].runs}
     return Draw(results, [p for d in draws for p in d.scored], [p for d in draws for p in d.problems], runs, draws[0].data)

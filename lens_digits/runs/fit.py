@@ -6,7 +6,7 @@ rebuilds the run's train, validation and test sets from the shards (the
 problems from ``prompts.jsonl``, the token ids from the shards), fits and
 scores the methods asked for exactly as the sweep does (same seed, same
 sets, same subsets), and adds their rows to the grid, replacing rows of the
-same methods. The lenses read through the model's readout: give the model (the logit
+same methods (their example readings too). The lenses read through the model's readout: give the model (the logit
 lens never runs it; the tuned lens runs it on the train problems to train, as
 in a sweep). Patching runs the model on every pair: it needs ``lens-digits run``.
 """
@@ -146,7 +146,8 @@ def _refit(
     info["sweep"] = {**info.get("sweep", {}), "methods": list(dict.fromkeys([*info.get("sweep", {}).get("methods", []), *names]))}
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info["refits"] = [*info.get("refits", []), {"methods": names, "when": when}]
-    updated = AccuracyGrid(table, grid.problems, info, emergence=emergence)
+    examples = [e for e in grid.examples if e["method"] not in names] + new.examples
+    updated = AccuracyGrid(table, grid.problems, info, emergence=emergence, examples=examples)
     if reservation is not None:
         _save_in_place(updated, run_dir, folder, reservation)
     return updated

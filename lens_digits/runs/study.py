@@ -348,10 +348,10 @@ class StudyResult:
         """Write the combined files, each by an atomic rename; ``status`` other than ``done`` marks them partial."""
         _write(root / "study.csv", self.table.to_csv(index=False))
         _write(root / "study_emergence.csv", self.emergence.to_csv(index=False))
-        html = self.figure().to_html(include_plotlyjs=True, full_html=False)
-        if len(self.emergence):
-            html += self.size_figure().to_html(include_plotlyjs=False, full_html=False)
-        _write(root / "study.html", f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
+        from lens_digits.results.offline import figure_page  # plotly.js once, compressed
+
+        figures = [self.figure(), self.size_figure()] if len(self.emergence) else [self.figure()]
+        _write(root / "study.html", figure_page(*figures, title="Accuracy Breakdown · study"))
         record = {
             "format": STUDY_FORMAT,
             "status": status,

@@ -16,7 +16,7 @@ from lens_digits.errors import LensDigitsError
 from lens_digits.methods.base import Method
 from lens_digits.model.adapter import ModelAdapter
 from lens_digits.problems.tasks import TaskConfig
-from lens_digits.residuals.cache import ResidualCache, sweep_key
+from lens_digits.residuals.cache import ResidualCache, sweep_key, weights_fingerprint
 from lens_digits.residuals.collect import ResidualSet
 from lens_digits.results.grid import AccuracyGrid
 from lens_digits.results.record import RunRecord
@@ -222,8 +222,9 @@ def sweep(
     draws = [one_draw(adapter, dataclasses.replace(task, seed=seed), config, used, plan, cache, base) for seed in seeds]
     draw = draws[0] if len(draws) == 1 else merge_draws(draws, seeds)
     results, scored, problems, runs, data = draw.results, draw.scored, draw.problems, draw.runs, draw.data
+    size = {"n_params": sum(p.numel() for p in adapter.model.parameters()), "weights": weights_fingerprint(adapter.model)}
     record = RunRecord(
-        model=adapter.describe(),
+        model=adapter.describe() | size,
         task=task.to_dict(),
         sweep=config.to_dict(),
         methods={d.name: d.settings() for d in used},

@@ -20,7 +20,7 @@ from lens_digits.errors import OutputError
 RUN_FORMAT = "lens_digits.run"
 """The ``format`` of a ``run.json`` this package wrote: how it recognises its own run directories."""
 
-RUN_FILES = ("grid.csv", "emergence.csv", "prompts.jsonl", "heatmap.html", "run.json")
+RUN_FILES = ("grid.csv", "emergence.csv", "prompts.jsonl", "examples.jsonl", "report.html", "heatmap.html", "run.json")
 """The files of a run directory."""
 
 CACHE_FOLDER = "cache"

@@ -51,7 +51,10 @@ def test_save_load_round_trip(grid, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert {"model", "task", "seed", "versions", "methods"} <= set(run)
     assert run["versions"]["transformer-lens"] == ld.model.checkpoints.transformer_lens_version()
-    assert "Accuracy Breakdown" in (out / "heatmap.html").read_text()
+    assert '<meta name="generator" content="lens-digits report' in (out / "report.html").read_text()
+    assert 'url=report.html"' in (out / "heatmap.html").read_text()  # the name of earlier releases opens the report
+    assert len(back.examples) == len((out / "examples.jsonl").read_text().splitlines()) > 0
+    assert back.examples == json.loads(json.dumps(grid.examples))
 
 
 def test_save_refuses_non_empty_folder_and_overwrites_only_a_run_directory(grid, tmp_path):
@@ -76,7 +79,9 @@ def test_failed_save_leaves_nothing(grid, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(AccuracyGrid, "figure", boom)
+    from lens_digits.results.page import Report
+
+    monkeypatch.setattr(Report, "html", boom)  # the report is written after grid.csv and prompts.jsonl
     with pytest.raises(RuntimeError):
         grid.save(tmp_path / "run")
     assert list(tmp_path.iterdir()) == []

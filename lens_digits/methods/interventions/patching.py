@@ -50,6 +50,7 @@ from torch import Tensor
 
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.base import Intervention, register_method
+from lens_digits.methods.interventions.examples import PatchingExamples
 from lens_digits.methods.scores import Scores, Target
 from lens_digits.model.adapter import ModelAdapter
 from lens_digits.model.batching import length_batches
@@ -142,7 +143,7 @@ def operand_positions(
     return out
 
 
-class ActivationPatching(Intervention):
+class ActivationPatching(PatchingExamples, Intervention):
     """Interchange interventions at the last prompt position, one layer column at a time (method ``patch``).
 
     Args:
@@ -247,6 +248,7 @@ class ActivationPatching(Intervention):
         flip = torch.zeros(n, n_cols, dtype=torch.bool)
         keep = torch.zeros(n, n_cols, dtype=torch.bool)
         tokenizer = model.tokenizer
+        outputs: dict[tuple[int, int], list[int]] = {}  # (problem, layer column) -> the patched tokens, for examples()
         # one batch holds problems of one prompt length and one set of patched positions
         kinds = sorted({(len(data.encoded[i].prompt_ids), where[i]) for i in rows})
         kind_of = {k: r for r, k in enumerate(kinds)}
@@ -271,11 +273,13 @@ class ActivationPatching(Intervention):
                     got_s = torch.tensor([o.text == s.answer for o, s in zip(texts, s_probs, strict=True)])
                     got_t = torch.tensor([o.text == t.answer for o, t in zip(texts, t_probs, strict=True)])
                 flip[t_idx, layer] = got_s
+                outputs.update(((i, layer), row) for i, row in zip(t_idx, new.tolist(), strict=True))
                 keep[t_idx, layer] = got_t
         applies = torch.zeros(n, dtype=torch.bool)
         applies[rows] = True
         self._sources.update({data.problems[i].prompt: data.problems[s].prompt for i, s in source.items()})
         self.info = {"pairs_patched": len(rows), "without_source": n - len(rows)}
+        self._patched = (data, target, source, outputs, flip, keep, tokenizer)
         return Scores(flip, {"keep": keep.double(), "neither": (~flip & ~keep).double()}, applies=applies)
 
     def annotate(self, problems: Sequence[Problem]) -> list[Problem]:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lens_digits.errors import LensDigitsError, NonFiniteError
 from lens_digits.methods.base import Decoder
+from lens_digits.methods.examples import Example
 from lens_digits.methods.lenses.numbers import numeric_scores, place_scores
 from lens_digits.methods.scores import Scores, Target
 from lens_digits.model.adapter import ModelAdapter
@@ -339,6 +340,16 @@ class Lens(Decoder):
             metrics |= numeric_scores(data, top1, target, self.token_text, self.within)
             scores.breakdown["place"] = place_scores(data, top1, rank, logp, self.token_text)
         return scores
+
+    def examples(self, data: ResidualSet, target: Target, rows: Sequence[int]) -> list[Example]:
+        """Top tokens with their probabilities and the gold token's rank, at every layer (see :func:`.lens_examples`).
+
+        Returns:
+            One example per row of ``data`` in ``rows``.
+        """
+        from lens_digits.methods.lenses.examples import lens_examples
+
+        return lens_examples(self, data, target, rows, self.max_logits or default_max_logits(data.resid.device))
 
     # ---- numbers and digit places ------------------------------------------------------------------
 

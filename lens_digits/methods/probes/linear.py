@@ -53,6 +53,7 @@ from lens_digits._stack import user_stacklevel
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.base import Decoder, register_method
 from lens_digits.methods.probes.design import design
+from lens_digits.methods.probes.examples import ProbeExamples
 from lens_digits.methods.probes.files import ProbeRecord
 from lens_digits.methods.probes.labels import control_labels, covered_places, digit_permutation, first_token_digits, majority_labels
 from lens_digits.methods.probes.optim import SolverResult, fit_augmented
@@ -67,7 +68,7 @@ DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 
 
 @register_method
-class LinearProbe(ProbeRecord, Decoder):
+class LinearProbe(ProbeRecord, ProbeExamples, Decoder):
     """10-way linear probes per digit place, for every layer, chosen on validation problems.
 
     ``correct`` for target ``answer`` is "every place right" (the whole number,
