@@ -17,6 +17,7 @@ from lens_digits.methods.base import (
     method_class,
     register_method,
 )
+from lens_digits.methods.interventions.helix import HelixProbe
 from lens_digits.methods.interventions.patching import ActivationPatching, OperandPatching
 from lens_digits.methods.lenses.base import Lens
 from lens_digits.methods.lenses.logit import LogitLens
@@ -31,6 +32,7 @@ __all__ = [
     "ActivationPatching",
     "CircularProbe",
     "Decoder",
+    "HelixProbe",
     "Intervention",
     "Lens",
     "LinearProbe",
