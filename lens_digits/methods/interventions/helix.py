@@ -159,7 +159,7 @@ class HelixProbe(Intervention):
     def __init__(
         self,
         position: str = "a",
-        periods: Sequence[float] | str = DEFAULT_PERIODS,
+        periods: Sequence[float | int] | str = DEFAULT_PERIODS,
         pca_size: int = PCA_SIZE,
         causal: bool = True,
         pairs: int | None = None,

@@ -51,7 +51,7 @@ FOURIER_PERIODS = (2.0, 2.5, 5.0, 10.0)
 REST = "rest"
 
 
-def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float]) -> Float[Tensor, "row period_and_rest"]:
+def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float | int]) -> Float[Tensor, "row period_and_rest"]:
     """Share of each row's spectral energy (constant term left out) at each period, then the rest.
 
     Returns:
@@ -62,6 +62,7 @@ def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float])
     [0.0, 1.0, 0.0, 0.0]
     """
     x = logits.to(torch.float64)
+    x = x - x.mean(-1, keepdim=True)  # the constant term, which is left out, removed exactly
     n = x.shape[-1]
     power = torch.fft.fft(x, dim=-1).abs() ** 2  # (row, N)
     k = torch.arange(n)
@@ -72,6 +73,7 @@ def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float])
         f = n / float(period)
         hit = (folded - f).abs() < 1e-9 if f > 0 and abs(f - round(f)) < 1e-9 and 1 <= round(f) <= n // 2 else torch.zeros(n, dtype=torch.bool)
         cols.append(power[:, hit].sum(-1))
+    total = torch.where(total > 0, total, torch.nan)  # a constant row has no energy to share
     share = torch.stack(cols, dim=1) / total[:, None]
     rest = 1 - share.sum(-1, keepdim=True)
     return torch.cat([share, rest], dim=1)
@@ -116,7 +118,7 @@ class FourierFeatures(Decoder):
     fits = False  # the lens reads the train problems' tokens (the tuned lens runs the model on them)
     uses = {"norm": "norm", "seed": "seed", "progress": "progress", "within": "within"}
 
-    def __init__(self, lens: Lens, periods: Sequence[float] = FOURIER_PERIODS) -> None:
+    def __init__(self, lens: Lens, periods: Sequence[float | int] = FOURIER_PERIODS) -> None:
         """Read through ``lens``.
 
         Raises:
@@ -134,7 +136,7 @@ class FourierFeatures(Decoder):
         cls,
         model: Any,
         lens: str = "logit_lens",
-        periods: Sequence[float] = FOURIER_PERIODS,
+        periods: Sequence[float | int] = FOURIER_PERIODS,
         norm: str = "final",
         lens_options: dict[str, Any] | None = None,
         **settings: Any,

@@ -7,7 +7,8 @@ centred with its train mean (so the fit has an intercept):
 
 - ``helix``: ``[n, cos(2 pi n / T), sin(2 pi n / T) for T in periods]``;
 - ``circle``: the same without the linear term;
-- ``polynomial``: ``[x, x^2, ..., x^m]`` with ``x = n / n_max`` (the same column space as powers of n, better conditioned),
+- ``polynomial``: ``[x, x^2, ..., x^m]`` with ``x = 2 n / n_max - 1`` (with the intercept, the same polynomials as powers
+  of n, better conditioned),
   ``m`` the helix's dimension.
 
 A fit gives a held-out R² in the PCA space (:meth:`NumberFit.r2`, scikit-learn's
@@ -41,7 +42,7 @@ BASES = ("helix", "circle", "polynomial")
 Basis = Literal["helix", "circle", "polynomial"]
 
 
-def check_periods(periods: Sequence[float] | str) -> tuple[float, ...]:
+def check_periods(periods: Sequence[float | int] | str) -> tuple[float, ...]:
     """Periods as positive finite floats, from a list or a string such as ``"2,5,10,100"``.
 
     Returns:
@@ -63,10 +64,10 @@ def check_periods(periods: Sequence[float] | str) -> tuple[float, ...]:
     return out
 
 
-def number_basis(n: Tensor, periods: Sequence[float], kind: Basis = "helix", n_max: float = 1.0) -> Float[Tensor, "problem basis"]:
+def number_basis(n: Tensor, periods: Sequence[float | int], kind: Basis = "helix", n_max: float | int = 1.0) -> Float[Tensor, "problem basis"]:
     """The basis functions of ``n``, one column each (float64), uncentred.
 
-    ``n_max`` scales the polynomial basis (``x = n / n_max``); the helix and circle ignore it.
+    ``n_max`` scales the polynomial basis (``x = 2 n / n_max - 1``); the helix and circle ignore it.
 
     Returns:
         ``helix``: ``1 + 2 * len(periods)`` columns; ``circle``: ``2 * len(periods)``; ``polynomial``: as many as the helix.
@@ -79,7 +80,7 @@ def number_basis(n: Tensor, periods: Sequence[float], kind: Basis = "helix", n_m
     """
     n = n.to(torch.float64)
     if kind == "polynomial":
-        x = n / max(float(n_max), 1.0)
+        x = 2 * n / max(float(n_max), 1.0) - 1  # on [-1, 1]: the same polynomials (with the intercept), far better conditioned
         return torch.stack([x**p for p in range(1, 2 + 2 * len(periods))], dim=1)
     if kind not in BASES:
         raise LensDigitsError(f"unknown basis {kind!r}; choose one of {list(BASES)}")
@@ -181,10 +182,10 @@ class NumberFit:
 def fit_number(
     x: Float[Tensor, "problem d_model"],
     n: Tensor,
-    periods: Sequence[float] = DEFAULT_PERIODS,
+    periods: Sequence[float | int] = DEFAULT_PERIODS,
     kind: Basis = "helix",
     k: int = PCA_SIZE,
-    n_max: float | None = None,
+    n_max: float | int | None = None,
 ) -> NumberFit:
     """Fit residuals ``x`` of numbers ``n``: PCA to ``min(k, d_model, problems - 1)`` components, then least squares.
 
