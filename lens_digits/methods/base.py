@@ -179,7 +179,8 @@ class Intervention(Method):
         """Learn from train problems before :meth:`score` (default: nothing).
 
         ``train`` and ``val`` hold the problems and their token ids (residuals only where a decoder of the sweep fits);
-        an intervention that reads other positions runs ``model`` on them itself (:class:`~lens_digits.methods.interventions.helix.HelixProbe`).
+        an intervention that reads other positions runs ``model`` on them itself
+        (:class:`~lens_digits.methods.interventions.helix.HelixProbe`).
         """
 
     @abc.abstractmethod

@@ -95,7 +95,9 @@ def number_positions(
     if which not in POSITIONS:
         raise LensDigitsError(f"position must be one of {list(POSITIONS)}, got {which!r}")
     if not getattr(tokenizer, "is_fast", False):
-        raise LensDigitsError("reading at an operand's token needs a fast tokenizer (one with character offsets); load it with use_fast=True")
+        raise LensDigitsError(
+            "reading at an operand's token needs a fast tokenizer (one with character offsets); load it with use_fast=True"
+        )
     fields = [f for _, f, _, _ in string.Formatter().parse(resolve_template(template)) if f in ("a", "b")]
     if which not in fields:
         raise LensDigitsError(f"template {template!r} has no operand {which!r}; use position 'answer' or another template")
@@ -118,7 +120,11 @@ def number_positions(
 
 @torch.inference_mode()
 def patched_last_logits(
-    model: ModelAdapter, prompts: Int[Tensor, "batch pos"], layer: int, new: Float[Tensor, "batch d_model"], positions: Int[Tensor, " batch"]
+    model: ModelAdapter,
+    prompts: Int[Tensor, "batch pos"],
+    layer: int,
+    new: Float[Tensor, "batch d_model"],
+    positions: Int[Tensor, " batch"],
 ) -> Float[Tensor, "batch d_vocab"]:
     """The model's logits at the last position with layer column ``layer`` set to ``new`` at ``positions``.
 
@@ -360,7 +366,9 @@ class HelixProbe(Intervention):
             full[sel] = torch.where(mean.abs() > 1e-6, mean, torch.tensor(float("nan"), dtype=torch.float64))
         self.info |= {"pairs_patched": len(rows), "without_source": n_all - len(rows)}
         return {
-            k: Scores(flip[k], {"logit_diff": change[k], "recovered": torch.where(applies[:, None], change[k] / full, 0.0)}, applies=applies)
+            k: Scores(
+                flip[k], {"logit_diff": change[k], "recovered": torch.where(applies[:, None], change[k] / full, 0.0)}, applies=applies
+            )
             for k in PATCHES
         }
 

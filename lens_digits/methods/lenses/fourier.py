@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, NonFiniteError
 from lens_digits.methods.base import Decoder, make_method, register_method
 from lens_digits.methods.lenses.base import Lens
 from lens_digits.methods.scores import Scores, Target
@@ -71,7 +71,11 @@ def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float |
     cols = []
     for period in periods:
         f = n / float(period)
-        hit = (folded - f).abs() < 1e-9 if f > 0 and abs(f - round(f)) < 1e-9 and 1 <= round(f) <= n // 2 else torch.zeros(n, dtype=torch.bool)
+        hit = (
+            (folded - f).abs() < 1e-9
+            if f > 0 and abs(f - round(f)) < 1e-9 and 1 <= round(f) <= n // 2
+            else torch.zeros(n, dtype=torch.bool)
+        )
         cols.append(power[:, hit].sum(-1))
     total = torch.where(total > 0, total, torch.nan)  # a constant row has no energy to share
     share = torch.stack(cols, dim=1) / total[:, None]
@@ -184,6 +188,10 @@ class FourierFeatures(Decoder):
         Returns:
             ``(shares, right)`` of shapes (problem, layer, position, period + rest) and (problem, layer, position);
             positions past an answer's end hold NaN shares and True.
+
+        Raises:
+            NonFiniteError: The lens's logits are NaN or infinite at some layer column.
+            LensDigitsError: The tokenizer has no single token for each digit.
         """
         text = self.lens.token_text
         gold = data.target_ids[:, :n_pos].cpu()
@@ -205,7 +213,9 @@ class FourierFeatures(Decoder):
                     logits = self.lens.layer_logits(data.resid[rows.to(data.resid.device), layer, pos], layer)[:, ids.to(data.resid.device)]
                     logits = logits.float().cpu()
                     if not bool(torch.isfinite(logits).all()):
-                        raise LensDigitsError(f"the {self.lens.name}'s logits are not finite at layer column {layer}; check the model's weights")
+                        raise NonFiniteError(
+                            f"the {self.lens.name}'s logits are not finite (NaN or infinite) at layer column {layer}; check the model's weights"
+                        )
                     shares[rows, layer, pos] = energy_shares(logits, self.periods)
                     right[rows, layer, pos] = logits.argmax(-1) == want
         return shares, right

@@ -64,7 +64,9 @@ def check_periods(periods: Sequence[float | int] | str) -> tuple[float, ...]:
     return out
 
 
-def number_basis(n: Tensor, periods: Sequence[float | int], kind: Basis = "helix", n_max: float | int = 1.0) -> Float[Tensor, "problem basis"]:
+def number_basis(
+    n: Tensor, periods: Sequence[float | int], kind: Basis = "helix", n_max: float | int = 1.0
+) -> Float[Tensor, "problem basis"]:
     """The basis functions of ``n``, one column each (float64), uncentred.
 
     ``n_max`` scales the polynomial basis (``x = 2 n / n_max - 1``); the helix and circle ignore it.
