@@ -214,7 +214,7 @@ class FourierFeatures(Decoder):
                     logits = logits.float().cpu()
                     if not bool(torch.isfinite(logits).all()):
                         raise NonFiniteError(
-                            f"the {self.lens.name}'s logits are not finite (NaN or infinite) at layer column {layer}; check the model's weights"
+                            f"the {self.lens.name}'s logits are not finite (NaN or infinite) at layer column {layer}; check the weights"
                         )
                     shares[rows, layer, pos] = energy_shares(logits, self.periods)
                     right[rows, layer, pos] = logits.argmax(-1) == want
