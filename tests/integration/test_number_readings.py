@@ -16,6 +16,7 @@ from lens_digits.model.adapter import ModelAdapter
 from lens_digits.problems.targets import encode_for_model
 from lens_digits.problems.tasks import TaskConfig, generate_problems
 from lens_digits.residuals.collect import collect_residuals, tokens_only
+from lens_digits.results.number_figures import causal_lines, fit_quality_heatmap, spectrum_heatmap
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, save_checkpoint
 
 SETTINGS = {
@@ -129,6 +130,10 @@ def test_on_a_trained_model_the_helix_reads_the_operand_and_the_control_does_not
     assert record["helix_probe"]["pca_size_used"]["2"] <= 100 and record["fourier"]["candidates"] == {"plain": 10}
     back = ld.AccuracyGrid.load(grid.save(tmp_path / "run"))
     assert set(back.to_dataframe()["method"]) == {"helix_probe", "fourier"}
+    assert len(causal_lines(back).data) == len(PATCHES)  # one line per patch, one panel for the one scale
+    spectrum = spectrum_heatmap(back)
+    assert list(spectrum.data[0].y) == ["T=2", "T=2.5", "T=5", "T=10", "rest"] and spectrum.data[0].z.shape == (5, builtin.cfg.n_layers + 1)
+    assert fit_quality_heatmap(back).data[0].z.shape[-1] == builtin.cfg.n_layers + 1
 
 
 def test_the_dft_equals_numpy_fft_on_the_lens_logits(native_model):
