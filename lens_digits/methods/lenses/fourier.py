@@ -9,7 +9,7 @@ x_{N-1}``:
 - the number tokens ``0..N-1`` where it has every one of them (``0..999`` for
   Llama-3's chunks, ``0..99`` where it has those): the largest power of ten
   whose numbers are all single tokens. Where the answer's tokens begin with a
-  space (GPT-2 after ``= ``), the space-led tokens are the candidates.
+  space (GPT-2 after ``=`` and a space), the space-led tokens are the candidates.
 
 Its discrete Fourier transform ``X_k`` (``numpy.fft.fft``) spreads the signal's
 energy over frequencies; frequency ``k`` has period ``N / k`` (``k`` and ``N -
@@ -86,7 +86,7 @@ def energy_shares(logits: Float[Tensor, "row number"], periods: Sequence[float |
 def number_tokens(tokenizer: Any, space: bool = False, limits: Sequence[int] = (1000, 100, 10)) -> list[int]:
     """The token ids of the numbers ``0..N-1`` for the largest ``N`` of ``limits`` whose numbers are each one token.
 
-    ``space``: the numbers with a leading space (``" 7"``), as GPT-2 writes an answer after ``= ``.
+    ``space``: the numbers with a leading space (``" 7"``), as GPT-2 writes an answer after ``=`` and a space.
 
     Returns:
         The ids, in order of value.
