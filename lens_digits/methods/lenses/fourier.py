@@ -39,7 +39,6 @@ from lens_digits.errors import LensDigitsError, NonFiniteError
 from lens_digits.methods.base import Decoder, make_method, register_method
 from lens_digits.methods.lenses.base import Lens
 from lens_digits.methods.scores import Scores, Target
-from lens_digits.model.adapter import ModelAdapter
 from lens_digits.problems.digits import place_name
 from lens_digits.residuals.collect import ResidualSet
 
@@ -163,7 +162,7 @@ class FourierFeatures(Decoder):
         if not issubclass(cls_lens, Lens):
             raise LensDigitsError(f"the fourier reading reads a lens's logits; {lens!r} is not a lens (try logit_lens or tuned_lens)")
         given = {"norm": norm, **settings}
-        built = make_method(lens, ModelAdapter.wrap(model), given, lens_options)
+        built = make_method(lens, model, given, lens_options)  # the lens's from_model wraps the model
         assert isinstance(built, Lens)
         return cls(built, periods)
 

@@ -77,7 +77,7 @@ def number_basis(
     Raises:
         LensDigitsError: ``kind`` is not one of :data:`BASES`.
 
-    >>> number_basis(torch.tensor([0, 5]), [10]).tolist()
+    >>> number_basis(torch.tensor([0, 5]), [10]).round(decimals=6).tolist()
     [[0.0, 1.0, 0.0], [5.0, -1.0, 0.0]]
     """
     n = n.to(torch.float64)
@@ -199,7 +199,7 @@ def fit_number(
         NonFiniteError: The residuals or the fit are not finite.
 
     >>> n = torch.arange(100)
-    >>> x = number_basis(n, [10]) @ torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    >>> x = number_basis(n, [10]).float() @ torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     >>> round(float(fit_number(x, n, [10]).r2(x, n).mean()), 6)
     1.0
     """
