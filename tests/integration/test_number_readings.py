@@ -180,3 +180,19 @@ def test_the_readings_run_on_every_tokenizer_kind(kind, llama_model, llama_chunk
         for p, e, w in zip(probs, encoded, where, strict=True):
             text = adapter.tokenizer.decode([e.prompt_ids[w]]).strip()
             assert text and str(getattr(p, which)).endswith(text)  # the last token of that operand
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_as_written():
+    import re
+
+    from conftest import REPO
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if "causal_lines(grid)" in b]
+    space = {"model": ld.testing.tiny_model(), "ld": ld}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        exec(block.replace("n_per_scale=60", "n_per_scale=8"), space)  # noqa: S102 - the README's own code, on fewer problems
+    assert set(space["grid"].methods) == {"helix_probe", "fourier"}
+    assert space["grid"].record.methods["helix_probe"]["position"] == "answer"
