@@ -94,7 +94,10 @@ def causal_lines(grid: "AccuracyGrid", value: str = "recovered", target: str | N
                 col=col,
             )
     label = {"recovered": "share of the full-layer patch's effect", "logit_diff": "logit difference change", "accuracy": "flip rate"}
-    fig.update_layout(title=f"Helix patch against its baselines: {label.get(value, value)}", template="plotly_white", height=380)
+    where = grid.record.methods.get("helix_probe", {}).get("token", "its token")
+    fig.update_layout(
+        title=f"Helix patch at the {where} against its baselines: {label.get(value, value)}", template="plotly_white", height=380
+    )
     fig.update_xaxes(title_text="layer")
     return fig
 
