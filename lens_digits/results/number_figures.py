@@ -17,9 +17,12 @@ from lens_digits.errors import LensDigitsError
 from lens_digits.results.figures import heatmap
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from lens_digits.methods.probes.helix import NumberFit
     from lens_digits.results.grid import AccuracyGrid
 
-__all__ = ["causal_lines", "fit_quality_heatmap", "spectrum_heatmap"]
+__all__ = ["causal_lines", "circle_projection", "fit_quality_heatmap", "spectrum_heatmap"]
 
 
 def _rows(grid: "AccuracyGrid", method: str, target: str | None, keep: dict[str, str], free: str | None = None) -> pd.DataFrame:
@@ -135,4 +138,57 @@ def spectrum_heatmap(grid: "AccuracyGrid", target: str | None = None, place: str
     lens = grid.record.methods.get("fourier", {}).get("lens", "logit_lens")
     fig.update_layout(title=f"Fourier spectrum of the {lens}'s logits over the numbers ({place})", template="plotly_white", height=340)
     fig.update_xaxes(title_text="layer")
+    return fig
+
+
+def circle_projection(fit: "NumberFit", x: "Tensor", n: "Tensor", period: float | int) -> go.Figure:
+    """Residuals ``x`` of numbers ``n`` in the plane of a helix fit's circle of ``period``, coloured by ``n mod period``.
+
+    Each residual's coordinates are the values of the circle's ``cos`` and ``sin`` functions (less their train means)
+    that, with the fit's other functions, explain it best by least squares; a residual the fit explains exactly
+    lands on the line, the fitted circle itself.
+    With a :class:`~lens_digits.methods.interventions.helix.HelixProbe` after a sweep:
+    ``circle_projection(probe.fit_of(2, layer), probe.test_residuals[rows, layer], probe.test_numbers[rows], 10)``.
+
+    Returns:
+        The figure.
+
+    Raises:
+        LensDigitsError: The fit has no circle of ``period`` (a polynomial, or another period set).
+    """
+    import math
+
+    import torch
+
+    if fit.kind == "polynomial" or not any(abs(p - period) < 1e-9 for p in fit.periods):
+        raise LensDigitsError(f"this fit has no circle of period {period}; its periods are {list(fit.periods)} ({fit.kind})")
+    k = [abs(p - period) < 1e-9 for p in fit.periods].index(True)
+    first = (1 if fit.kind == "helix" else 0) + 2 * k
+    # every basis function's value that best explains each residual (the fit's own inverse), then the circle's two
+    coords = torch.linalg.lstsq(fit.coef.T, fit.project(x).T).solution.T[:, first : first + 2]  # (problem, 2)
+    angle = torch.linspace(0, 2 * math.pi, 200, dtype=torch.float64)
+    ring = torch.stack([angle.cos(), angle.sin()], 1) - fit.basis_mean[first : first + 2]  # the fit's own circle, centred
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=ring[:, 0], y=ring[:, 1], mode="lines", name="fitted circle", line={"color": "grey"}))
+    residue = (n.double() % period).tolist()
+    fig.add_trace(
+        go.Scatter(
+            x=coords[:, 0],
+            y=coords[:, 1],
+            mode="markers+text" if len(n) <= 40 else "markers",
+            text=[str(int(v)) for v in n.tolist()],
+            textposition="top center",
+            marker={"color": residue, "colorscale": "HSV", "cmin": 0, "cmax": period, "colorbar": {"title": f"n mod {period:g}"}},
+            name="test problems",
+        )
+    )
+    fig.update_layout(
+        title=f"The helix's circle of period {period:g}",
+        template="plotly_white",
+        width=560,
+        height=560,
+        legend={"orientation": "h", "y": -0.18},
+    )
+    fig.update_xaxes(title_text=f"cos(2πn/{period:g}) direction")
+    fig.update_yaxes(title_text=f"sin(2πn/{period:g}) direction", scaleanchor="x")
     return fig

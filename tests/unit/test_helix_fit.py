@@ -84,3 +84,19 @@ def test_periods_and_bases():
     assert number_basis(n, [2, 5], "circle").shape == (7, 4)
     poly = number_basis(n, [2, 5], "polynomial", 6)
     assert poly.shape == (7, 5) and torch.allclose(poly[:, 1], (2 * n / 6.0 - 1).double() ** 2)
+
+
+def test_the_circle_projection_puts_an_exact_helix_on_its_fitted_circle():
+    from lens_digits.results.number_figures import circle_projection
+
+    n = torch.arange(100)
+    x = helix_residuals(n, [5, 10], noise=0.0)
+    fit = fit_number(x, n, [5, 10], k=20)
+    fig = circle_projection(fit, x, n, 10)
+    points = np.stack([np.asarray(fig.data[1].x), np.asarray(fig.data[1].y)], 1)
+    centre = -fit.basis_mean[3:5].numpy()  # the circle of period 10 is the fit's 4th and 5th functions, centred
+    np.testing.assert_allclose(np.linalg.norm(points - centre, axis=1), 1.0, atol=1e-4)
+    angles = np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0]) % (2 * np.pi)
+    np.testing.assert_allclose(np.cos(angles), np.cos(2 * np.pi * n.numpy() / 10), atol=1e-4)
+    with pytest.raises(LensDigitsError, match="no circle of period 3"):
+        circle_projection(fit, x, n, 3)

@@ -194,6 +194,9 @@ class HelixProbe(Intervention):
         self.candidates: dict[int, Tensor] = {}
         self.info: dict[str, Any] = {}
         self._last: tuple[ResidualSet, Scores] | None = None
+        self.test_residuals: Tensor | None = None
+        """The last scored problems' residuals at the reading position, (problem, layer column, d_model)."""
+        self.test_numbers: Tensor | None = None
 
     # ---- the number and its residuals ------------------------------------------------------------
 
@@ -296,6 +299,7 @@ class HelixProbe(Intervention):
         if self.causal:
             scores.breakdown["patched"] = self.causal_scores(model, data, resid, where, n)
         self._last = (data, scores)
+        self.test_residuals, self.test_numbers = resid, n
         return scores
 
     def reconstruct(self, kind: str, scale: int, layer: int, number: Tensor, resid: Float[Tensor, "problem d_model"]) -> Tensor:
