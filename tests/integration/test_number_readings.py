@@ -1,6 +1,7 @@
 """The helix probe and the Fourier reading on real models: patches against plain Hugging Face hooks, the DFT against
 numpy.fft on the lens's own logits, invariants of the causal score, and the three tokenizer kinds."""
 
+import json
 import warnings
 
 import numpy as np
@@ -196,3 +197,29 @@ def test_the_readme_example_runs_as_written():
         exec(block.replace("n_per_scale=60", "n_per_scale=8"), space)  # noqa: S102 - the README's own code, on fewer problems
     assert set(space["grid"].methods) == {"helix_probe", "fourier"}
     assert space["grid"].record.methods["helix_probe"]["position"] == "answer"
+
+
+@pytest.mark.slow
+def test_fourier_refitted_from_the_cache_equals_the_run_and_the_helix_needs_the_model(tmp_path):
+    import pandas as pd
+
+    from lens_digits.cli import main
+    from lens_digits.errors import LensDigitsError
+    from lens_digits.runs.fit import refit
+
+    out = tmp_path / "run"
+    base = ["--model", "builtin:arith-llama", "--scales", "2", "--n", "12", "--target", "both", "--pairs", "4", "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["run", *base, "--methods", "helix_probe,fourier", "--out", str(out)]) == 0
+        again = refit(out, ["fourier"], model=ld.load_builtin_model("arith-llama"), save=False)
+    before = pd.read_csv(out / "grid.csv")
+    before = before[before.method == "fourier"].reset_index(drop=True)
+    after = again.to_dataframe()
+    after = after[after.method == "fourier"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        before[["target", "scale", "layer", "accuracy", "energy"]], after[["target", "scale", "layer", "accuracy", "energy"]]
+    )
+    assert json.loads((out / "run.json").read_text())["methods"]["helix_probe"]["token"] == "last token of operand a"
+    with pytest.raises(LensDigitsError, match="runs the model"):
+        refit(out, ["helix_probe"], save=False)
