@@ -135,6 +135,8 @@ def test_on_a_trained_model_the_helix_reads_the_operand_and_the_control_does_not
     spectrum = spectrum_heatmap(back)
     assert list(spectrum.data[0].y) == ["T=2", "T=2.5", "T=5", "T=10", "rest"] and spectrum.data[0].z.shape == (5, builtin.cfg.n_layers + 1)
     assert fit_quality_heatmap(back).data[0].z.shape[-1] == builtin.cfg.n_layers + 1
+    helix_only = ld.AccuracyGrid(back.table[back.table.method == "helix_probe"], back.problems, back.info)
+    assert "Flip" not in helix_only.figure().layout.title.text  # its main cells are decoding accuracies, not flip rates
 
 
 def test_the_dft_equals_numpy_fft_on_the_lens_logits(native_model):
