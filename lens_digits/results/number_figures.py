@@ -99,7 +99,9 @@ def causal_lines(grid: "AccuracyGrid", value: str = "recovered", target: str | N
     label = {"recovered": "share of the full-layer patch's effect", "logit_diff": "logit difference change", "accuracy": "flip rate"}
     where = grid.record.methods.get("helix_probe", {}).get("token", "its token")
     fig.update_layout(
-        title=f"Helix patch at the {where} against its baselines: {label.get(value, value)}", template="plotly_white", height=380
+        title=f"Helix patch against its baselines: {label.get(value, value)}<br><sup>at the {where}</sup>",
+        template="plotly_white",
+        height=380,
     )
     fig.update_xaxes(title_text="layer")
     return fig
