@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--model",
         default=None,
-        help="the run's model (a folder, a hub name or builtin), for the lenses: logit_lens reads through it without running it, "
+        help="the run's model (a folder, a hub name or builtin), for lenses and fourier: logit_lens reads through it without running it, "
         "tuned_lens also runs it on the train problems to train",
     )
     fit.add_argument("--device", default=None, help="device of --model (default: cuda if available)")

@@ -17,8 +17,10 @@ from lens_digits.methods.base import (
     method_class,
     register_method,
 )
+from lens_digits.methods.interventions.helix import HelixProbe
 from lens_digits.methods.interventions.patching import ActivationPatching, OperandPatching
 from lens_digits.methods.lenses.base import Lens
+from lens_digits.methods.lenses.fourier import FourierFeatures
 from lens_digits.methods.lenses.logit import LogitLens
 from lens_digits.methods.lenses.tuned import TunedLens
 from lens_digits.methods.probes.circular import CircularProbe
@@ -31,6 +33,8 @@ __all__ = [
     "ActivationPatching",
     "CircularProbe",
     "Decoder",
+    "FourierFeatures",
+    "HelixProbe",
     "Intervention",
     "Lens",
     "LinearProbe",

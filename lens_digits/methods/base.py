@@ -191,6 +191,14 @@ class Intervention(Method):
 
     runs_model = True
 
+    def prepare(self, model: "ModelAdapter", train: ResidualSet, val: ResidualSet) -> None:  # noqa: B027 - optional hook
+        """Learn from train problems before :meth:`score` (default: nothing).
+
+        ``train`` and ``val`` hold the problems and their token ids (residuals only where a decoder of the sweep fits);
+        an intervention that reads other positions runs ``model`` on them itself
+        (:class:`~lens_digits.methods.interventions.helix.HelixProbe`).
+        """
+
     @abc.abstractmethod
     def score(self, model: "ModelAdapter", data: ResidualSet, target: Target) -> Scores:
         """Score every problem of ``data`` at every layer column, running ``model``.

@@ -28,12 +28,13 @@ def is_intervention(method: str) -> bool:
     """Whether ``method`` names a registered intervention (its cells are flip rates, not read accuracies).
 
     Returns:
-        True for ``patch``, ``patch_operands`` and any registered :class:`~lens_digits.methods.base.Intervention`.
+        True for ``patch``, ``patch_operands`` and any registered :class:`~lens_digits.methods.base.Intervention`
+        but those whose main cells read something else (``scores_flips = False``: the helix probe's decoding accuracy).
     """
     from lens_digits.methods import METHODS, Intervention
 
     cls = METHODS.get(method)
-    return cls is not None and issubclass(cls, Intervention)
+    return bool(cls is not None and issubclass(cls, Intervention) and getattr(cls, "scores_flips", True))
 
 
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:

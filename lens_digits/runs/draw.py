@@ -190,6 +190,7 @@ def score_methods(
         if isinstance(d, Intervention):  # runs the model itself, on the test problems (their residuals are the sources)
             if adapter is None:
                 raise LensDigitsError(f"method {d.name!r} runs the model; it cannot be scored from cached residuals alone")
+            d.prepare(adapter, train, val)
             for t in plan[d.name]:
                 results.append((d.name, t, _with_examples(d, t, d.score(adapter, tests[t], cast(Target, t)), tests[t], seed)))
             continue

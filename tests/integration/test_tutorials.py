@@ -18,7 +18,7 @@ def first_code_cell(path):
 
 def test_every_notebook_installs_from_the_one_install_step():
     notebooks = sorted((ROOT / "tutorials").glob("*.ipynb"))
-    assert len(notebooks) == 5
+    assert len(notebooks) == 6
     for path in notebooks:
         source = first_code_cell(path)
         assert sync_tutorials.COLAB_INSTALL in source, path.name
