@@ -2,7 +2,7 @@
 
 Every notebook's first cell installs lens_digits on Colab with the lines in
 ``COLAB_INSTALL``; run this script after changing them (for example when the
-package is published on PyPI) and the four notebooks follow. The test suite
+package is published on PyPI) and every notebook follows. The test suite
 checks that they match (``tests/test_tutorials.py``).
 
     python scripts/sync_tutorials.py
@@ -16,12 +16,14 @@ TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 
 COLAB_INSTALL = """\
 if IN_COLAB:
-    # lens-digits is not on PyPI (and an unclaimed name there could be anyone's): Colab installs it from the
-    # project's own repository. Set the address of the repository this notebook came from; when the package is
-    # published, scripts/sync_tutorials.py changes this step in every notebook at once.
+    # lens-digits is not on PyPI yet (and an unclaimed name there could be anyone's): Colab installs it from the
+    # repository this notebook came from. Run this cell and paste that repository's address when asked (or set it
+    # below). When the package is published, scripts/sync_tutorials.py changes this step in every notebook at once.
     LENS_DIGITS_REPOSITORY = ""  # for example "https://github.com/<owner>/lens_digits"
     if not LENS_DIGITS_REPOSITORY:
-        raise SystemExit("Set LENS_DIGITS_REPOSITORY in the first cell to the lens_digits repository, then run the cell again.")
+        LENS_DIGITS_REPOSITORY = input("Address of the lens_digits repository (https://github.com/<owner>/lens_digits): ").strip()
+    if not LENS_DIGITS_REPOSITORY:
+        raise SystemExit("No repository given: run this cell again and paste the lens_digits repository's address.")
     %pip install -q "lens-digits @ git+{LENS_DIGITS_REPOSITORY}"
 """
 

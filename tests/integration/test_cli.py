@@ -402,27 +402,25 @@ def ld_load(path):
     return ld.AccuracyGrid.load(path)
 
 
-@pytest.mark.parametrize("n", ["20", pytest.param("100", marks=pytest.mark.slow)])
-def test_fitted_readings_give_the_same_grid_at_batch_sizes_1_and_64(tmp_path, capsys, n):
+@pytest.mark.parametrize(("model", "n"), [("builtin", "20"), pytest.param("builtin:arith-llama", "100", marks=pytest.mark.slow)])
+def test_fitted_readings_give_the_same_grid_at_batch_sizes_1_and_64(tmp_path, capsys, model, n):
     """Residuals of other batch sizes differ in their last bits (the CPU's matrix kernels depend on the batch's shape).
 
-    Probes solved to float32 precision, with near-ties of validation loss broken by the smaller C, give the same cells
-    at --n 20; at --n 100 a cell may differ by one problem where one sits within rounding of a probe's boundary (the
-    README says so), and almost every cell is identical.
+    Lens cells are the same. Probes are solved to float32 precision and choose C by validation cross-entropy (ties
+    within float32 noise: the smaller C), so a probe cell can differ only where a test problem sits within rounding of
+    a decision boundary: by one problem, in a few cells at most (the README says so); the 28-layer model at --n 20 has
+    1,300 probe cells, the 4-layer one at --n 100 about 300.
     """
-    args = ["--scales", "1-3", "--n", n, "--methods", "logit_lens,probe,circular_probe", "--target", "both", "--no-progress"]
+    args = ["--model", model, "--scales", "1-3", "--n", n, "--methods", "logit_lens,probe,circular_probe", "--target", "both"]
     for batch in ("1", "64"):
-        assert run_cli(capsys, "run", *args, "--batch-size", batch, "--no-cache", "--out", str(tmp_path / batch))[0] == 0
+        out = str(tmp_path / batch)
+        assert run_cli(capsys, "run", *args, "--no-progress", "--batch-size", batch, "--no-cache", "--out", out)[0] == 0
     one, many = (pd.read_csv(tmp_path / b / "grid.csv") for b in ("1", "64"))
     keys = ["method", "target", "scale", "layer", "place", "n"]
     pd.testing.assert_frame_equal(one[keys], many[keys])
     counts = [c for c in ("accuracy", "chance", "control") if c in one.columns]
-    if n == "20":
-        pd.testing.assert_frame_equal(one[counts], many[counts])
-    else:
-        diff = (one[counts] - many[counts]).abs().fillna(0)
-        assert (diff.to_numpy() <= 1 / one[["n"]].to_numpy() + 1e-9).all()  # at most one problem in any cell
-        assert (diff == 0).all(axis=1).mean() >= 0.99
-        lens = one["method"] == "logit_lens"
-        pd.testing.assert_frame_equal(one.loc[lens, counts], many.loc[lens, counts])
-    pd.testing.assert_frame_equal(one[one["method"] == "logit_lens"], many[many["method"] == "logit_lens"], rtol=1e-4)
+    lens = one["method"] == "logit_lens"
+    pd.testing.assert_frame_equal(one.loc[lens, counts], many.loc[lens, counts])
+    diff = (one[counts] - many[counts]).abs().fillna(0)
+    assert (diff.to_numpy() <= 1 / one[["n"]].to_numpy() + 1e-9).all()  # at most one problem in any cell
+    assert (diff == 0).all(axis=1).mean() >= 0.99

@@ -25,12 +25,18 @@ def test_every_notebook_installs_from_the_one_install_step():
         assert "pip install -q lens-digits\n" not in source and "pip install lens-digits" not in source, path.name
 
 
-def test_the_install_step_refuses_to_guess_a_repository():
-    namespace = {"IN_COLAB": True}
-    code = sync_tutorials.COLAB_INSTALL.replace("%pip", "raise AssertionError  # pip")
+def test_the_install_step_asks_for_the_repository_and_never_guesses():
+    line = '%pip install -q "lens-digits @ git+{LENS_DIGITS_REPOSITORY}"'
+    assert line in sync_tutorials.COLAB_INSTALL
+    code = sync_tutorials.COLAB_INSTALL.replace(line, 'installed.append(f"lens-digits @ git+{LENS_DIGITS_REPOSITORY}")')
+    pasted = "https://github.com/someone/lens_digits"
+    installed = []
+    exec(code, {"IN_COLAB": True, "installed": installed, "input": lambda prompt: f"  {pasted} \n"})
+    assert installed == [f"lens-digits @ git+{pasted}"]  # one step: run the cell, paste the address
     try:
-        exec(code, namespace)
+        exec(code, {"IN_COLAB": True, "installed": installed, "input": lambda prompt: ""})
     except SystemExit as e:
-        assert "LENS_DIGITS_REPOSITORY" in str(e)
+        assert "paste the lens_digits repository's address" in str(e)
     else:
-        raise AssertionError("the install step must stop while no repository is set")
+        raise AssertionError("the install step must stop while no repository is given")
+    assert len(installed) == 1

@@ -48,19 +48,40 @@ def test_default_c_is_the_one_nearest_1_on_a_log_scale():
     assert default_c_index([5.0]) == 0
 
 
-def test_best_strength_takes_the_best_validation_accuracy_then_the_lower_cross_entropy():
+def _val_accuracy_and_cross_entropy(W, b, feats, labels):
+    z = torch.einsum("nld,lcpdk->nlcpk", feats, W) + b[None]
+    target = labels[:, None, None, :].expand(-1, *z.shape[1:4])
+    ce = torch.nn.functional.cross_entropy(z.permute(0, 4, 1, 2, 3), target, reduction="none").mean(0)
+    return (z.argmax(-1) == target).float().mean(0), ce
+
+
+def test_best_strength_takes_the_lowest_validation_cross_entropy_and_the_smaller_c_on_ties():
     labels = torch.arange(10).repeat(3)[:, None]  # (problem, place): every digit three times
-    feats = torch.nn.functional.one_hot(labels[:, 0], 10).float()[:, None, :].expand(-1, 2, -1).contiguous()  # (problem, layer, d)
+    feats = torch.nn.functional.one_hot(labels[:, 0], 10).float()[:, None, :].expand(-1, 3, -1).contiguous()  # (problem, layer, d)
     eye, shifted = torch.eye(10), torch.eye(10).roll(1, dims=1)  # reads the digit; reads it as the next digit (always wrong)
+    sure_but_one_wrong = 6 * eye
+    sure_but_one_wrong[0] = 0
+    sure_but_one_wrong[0, 1] = 0.5  # digit 0 is read as 1
     W = torch.stack(
         [
-            torch.stack([shifted, eye, 5 * eye]),  # layer 0: C0 wrong; C1 and C2 right, C2 surer
-            torch.stack([0.5 * eye, eye, 5 * shifted]),  # layer 1: C0 and C1 right, C1 surer; C2 wrong
+            torch.stack([shifted, eye, 5 * eye]),  # layer 0: C0 wrong; C1 and C2 right, C2 surer: C2
+            torch.stack([0.5 * eye, eye, 5 * shifted]),  # layer 1: C0 and C1 right, C1 surer; C2 confidently wrong: C1
+            # layer 2: C1 is right on every problem but barely (accuracy 1); C0 is right on 9 of 10 digits and sure of
+            # them (accuracy 0.9): the lower cross-entropy wins whatever the accuracy (C0)
+            torch.stack([sure_but_one_wrong, 0.01 * eye, eye.roll(3, dims=1)]),
         ]
     )[:, :, None]  # (layer, c, place, d, digit)
-    b = torch.zeros(2, 3, 1, 10)
-    index = best_strength(W, b, torch.zeros(2, 10), torch.ones(2, 10), torch.ones(1, 10, dtype=torch.bool), feats, labels)
-    assert index.tolist() == [[2], [1]]
+    b = torch.zeros(3, 3, 1, 10)
+    acc, ce = (x[..., 0] for x in _val_accuracy_and_cross_entropy(W, b, feats, labels))  # (layer, c)
+    assert ce[0].argmin() == 2 and ce[1].argmin() == 1
+    assert acc[2, 0] == 0.9 and acc[2, 1] == 1 and ce[2, 0] < ce[2, 1]
+    args = (torch.zeros(3, 10), torch.ones(3, 10), torch.ones(1, 10, dtype=torch.bool), feats, labels)
+    assert best_strength(W, b, *args).tolist() == [[2], [1], [0]]
+    # a C whose cross-entropy is the best's within float32 noise ties with it, and the smaller C wins
+    W_tie = W.clone()
+    W_tie[0, 1] = W[0, 2] * (1 - 1e-7)
+    assert best_strength(W_tie, b, *args)[0].tolist() == [1]
+    assert best_strength(W_tie, b, *(a * (1 + 1e-7) if a.is_floating_point() else a for a in args))[0].tolist() == [1]
 
 
 def test_files_round_trip_and_other_formats_are_refused(tmp_path):

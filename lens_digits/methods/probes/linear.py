@@ -19,8 +19,8 @@ Recipe, per group:
   cross-entropy plus ``||W||^2 / (2 C n_train)``; the intercept is not
   penalised. Digits never seen among a group's train labels are never predicted.
 - Every C of the grid is fitted; for each (group, layer, place) the C with the
-  best validation accuracy is kept (ties: lower validation cross-entropy, then
-  smaller C). Test problems are only ever scored.
+  lowest validation cross-entropy is kept (values within float32 noise of it
+  are ties: the smaller C wins). Test problems are only ever scored.
 - Control task (in the sense of Hewitt and Liang 2019): the same operation on the
   operands with every digit relabelled by a fixed random permutation (drawn
   with the seed; ``47+85`` becomes ``π(4)π(7)+π(8)π(5)``), and its answer's

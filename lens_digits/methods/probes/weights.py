@@ -1,8 +1,8 @@
 """A fitted probe set: its tensors, how the regularisation strength is chosen, and its files.
 
 :class:`ProbeWeights` holds one 10-way classifier per (group, layer, place);
-:func:`best_strength` picks, per layer and place, the C with the best
-validation accuracy; :func:`save_weights` and :func:`load_weights` write and
+:func:`best_strength` picks, per layer and place, the C with the lowest
+validation cross-entropy; :func:`save_weights` and :func:`load_weights` write and
 read ``probe.safetensors`` + ``probe.json``.
 """
 
@@ -134,10 +134,12 @@ def best_strength(
     feats: Float[Tensor, "problem layer d_model"],
     labels: Int[Tensor, "problem place"],
 ) -> Int[Tensor, "layer place"]:
-    """Index of the C with the best validation accuracy per layer and place.
+    """Index of the C with the lowest validation cross-entropy per layer and place.
 
-    Ties: lower validation cross-entropy, where values within float32 noise of each other (relative 1e-5) are ties
-    too, then the smaller C.
+    Cross-entropy, a proper score, changes continuously with the residuals; validation accuracy (a count of a few
+    problems) jumps when one validation problem sits on a decision boundary, and residuals of other batch sizes, which
+    differ in their last bits, would then choose another C. Values within float32 noise of the lowest (relative 1e-5)
+    are ties, and the smallest C among them wins.
 
     Returns:
         Per layer and place, the index into the C axis of ``W``.
@@ -149,11 +151,8 @@ def best_strength(
     z = torch.baddbmm(b.reshape(n_layers, 1, -1), xs, w_all).view(n_layers, n, n_c, -1, N_DIGITS)
     z = z.masked_fill(~classes[None, None, None], NEG)
     lab = labels[None, :, None, :].expand(n_layers, -1, n_c, -1)  # (L, n, C, place)
-    acc = (z.argmax(-1) == lab).double().mean(1)  # (L, C, place)
-    ce = (z.logsumexp(-1) - z.gather(-1, lab[..., None])[..., 0]).clamp(max=50).double().mean(1)
-    tie = acc >= acc.amax(1, keepdim=True) - 1e-12
-    ce = torch.where(tie, ce, torch.full_like(ce, math.inf))
-    # Cross-entropies within float32 noise of the best are ties too (residuals of other batch sizes differ in the last
+    ce = (z.logsumexp(-1) - z.gather(-1, lab[..., None])[..., 0]).clamp(max=50).double().mean(1)  # (L, C, place)
+    # Cross-entropies within float32 noise of the best are ties (residuals of other batch sizes differ in the last
     # bits): the smallest such C wins, so the choice does not hang on rounding.
     near = ce <= ce.amin(1, keepdim=True) * (1 + 1e-5) + 1e-7
     first = torch.arange(ce.shape[1], device=ce.device)[None, :, None].expand_as(ce)
