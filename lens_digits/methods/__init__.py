@@ -17,8 +17,10 @@ from lens_digits.methods.base import (
     method_class,
     register_method,
 )
+from lens_digits.methods.interventions.dla import DirectLogitAttribution
 from lens_digits.methods.interventions.patching import ActivationPatching, OperandPatching
 from lens_digits.methods.lenses.base import Lens
+from lens_digits.methods.lenses.jacobian import JacobianLens
 from lens_digits.methods.lenses.logit import LogitLens
 from lens_digits.methods.lenses.tuned import TunedLens
 from lens_digits.methods.probes.circular import CircularProbe
@@ -31,7 +33,9 @@ __all__ = [
     "ActivationPatching",
     "CircularProbe",
     "Decoder",
+    "DirectLogitAttribution",
     "Intervention",
+    "JacobianLens",
     "Lens",
     "LinearProbe",
     "LogitLens",
