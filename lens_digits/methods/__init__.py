@@ -17,6 +17,7 @@ from lens_digits.methods.base import (
     method_class,
     register_method,
 )
+from lens_digits.methods.interventions.attribution import AttributionPatching, OperandAttributionPatching
 from lens_digits.methods.interventions.dla import DirectLogitAttribution
 from lens_digits.methods.interventions.patching import ActivationPatching, OperandPatching
 from lens_digits.methods.lenses.base import Lens
@@ -31,6 +32,7 @@ from lens_digits.methods.scores import Scores, Target
 __all__ = [
     "METHODS",
     "ActivationPatching",
+    "AttributionPatching",
     "CircularProbe",
     "Decoder",
     "DirectLogitAttribution",
@@ -40,6 +42,7 @@ __all__ = [
     "LinearProbe",
     "LogitLens",
     "Method",
+    "OperandAttributionPatching",
     "OperandPatching",
     "ProbeWeights",
     "Scores",
