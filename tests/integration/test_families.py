@@ -101,7 +101,7 @@ def test_first_token_per_family(family):
         assert (" " + answer).startswith(first) and first
 
 
-@pytest.mark.skipif(not HAS_TOOLS, reason=f"dla wraps TransformerLens 4.x's tools.analysis; TransformerLens {transformer_lens_version()} has none")
+@pytest.mark.skipif(not HAS_TOOLS, reason=f"dla wraps TransformerLens 4.x's tools.analysis; {transformer_lens_version()} has none")
 def test_direct_logit_attribution_adds_up_to_the_logit_difference(family):
     name, _, model, settings = family
     adapter = ModelAdapter.wrap(model)
@@ -118,7 +118,8 @@ def test_direct_logit_attribution_adds_up_to_the_logit_difference(family):
             _, cache = model.run_with_cache(torch.tensor([seq]))
             logits = model.unembed(model.ln_final(cache[adapter.resid_hook_names[-1]]))[0, pos[0]].double()
         rival = [rivals.of(g) for g in gold[0].tolist()]  # none for a token without digits (Qwen2's lone space): its own logit
-        want = torch.stack([logits[j, g] - (logits[j, r].mean() if r else 0) for j, (g, r) in enumerate(zip(gold[0].tolist(), rival))])
+        pairs = enumerate(zip(gold[0].tolist(), rival, strict=True))
+        want = torch.stack([logits[j, g] - (logits[j, r].mean() if r else 0) for j, (g, r) in pairs])
         got = contribution.double().sum(0)[0] + bias.double()[0]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()), msg=name)
         torch.testing.assert_close(total.double()[0], want, rtol=1e-4, atol=1e-4 * float(want.abs().max()), msg=name)

@@ -30,7 +30,7 @@ the answer toward the source's). It needs TransformerLens 4.x.
 """
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -74,7 +74,7 @@ class AttributionPatching(ActivationPatching):
     """
 
     name = "attribution"
-    targets = ("first",)
+    targets: ClassVar[tuple[str, ...]] = ("first",)  # type: ignore[assignment]  # patch reads "answer" too
 
     def __init__(self, *args: Any, exact: bool = True, **kwargs: Any) -> None:
         """Settings only; :meth:`score` does the work.
@@ -115,7 +115,7 @@ class AttributionPatching(ActivationPatching):
         estimate = torch.zeros(n, n_cols, dtype=torch.float64)
         exact = torch.zeros(n, n_cols, dtype=torch.float64)
         names = model.resid_hook_names
-        passes = defaultdict(int)
+        passes: defaultdict[str, int] = defaultdict(int)
         kinds = sorted({(len(data.encoded[i].prompt_ids), where[i]) for i in rows})
         kind_of = {k: r for r, k in enumerate(kinds)}
         for batch in length_batches([kind_of[(len(data.encoded[i].prompt_ids), where[i])] for i in rows], self.batch_size):
@@ -223,4 +223,3 @@ class OperandAttributionPatching(AttributionPatching):
     name = "attribution_operands"
     position = "operands"
     positions = OperandPatching.positions
-

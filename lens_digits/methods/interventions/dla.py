@@ -106,10 +106,10 @@ def _frozen_norm(cache: Any, final: Tensor, ln_final: Any) -> tuple[bool, Tensor
     if centres and not torch.allclose((final - final.mean(-1, keepdim=True)) / scale, normed.float(), **tol):  # type: ignore[arg-type]
         raise LensDigitsError("dla: the final norm is neither a LayerNorm nor an RMSNorm of its input; this model is not supported")
     tol = dict(rtol=1e-3, atol=1e-4 * float(out.abs().max()) + 1e-6)
-    for weight in ([w.float(), 1 + w.float()] if w is not None else [torch.ones(final.shape[-1])]):
+    for weight in [w.float(), 1 + w.float()] if w is not None else [torch.ones(final.shape[-1])]:
         if torch.allclose(normed.float() * weight + (b.float() if b is not None else 0), out.float(), **tol):  # type: ignore[arg-type]
             return centres, weight, None if b is None else b.float()
-    raise LensDigitsError("dla: the final norm's output is not its normalised input times its weight plus its bias; this model is not supported")
+    raise LensDigitsError("dla: the final norm's output is not its normalised input times a weight plus a bias; this model is unsupported")
 
 
 @torch.inference_mode()
@@ -129,8 +129,9 @@ def direct_contributions(
 
     Raises:
         LensDigitsError: The unembedding is not a matrix, or the final norm is not of a supported form.
+        NonFiniteError: A contribution or the logit difference is NaN or infinite.
     """
-    tl_model = model.model
+    tl_model: Any = model.model  # a TransformerBridge: run_with_cache and its ActivationCache
     final_name = model.resid_hook_names[-1]
     logits, cache = tl_model.run_with_cache(tokens, names_filter=lambda n: n == final_name or _kept(n))
     stack, labels = cache.decompose_resid(apply_ln=False, pos_slice=None, return_labels=True)  # (C, B, T, d)
@@ -251,9 +252,7 @@ class DirectLogitAttribution(Intervention):
         return scores
 
     @staticmethod
-    def _scores(
-        value: Tensor, bias: Tensor, total: Tensor, positions: Tensor, applies: Tensor | None = None
-    ) -> Scores:
+    def _scores(value: Tensor, bias: Tensor, total: Tensor, positions: Tensor, applies: Tensor | None = None) -> Scores:
         """Scores of the mean over ``positions`` (per problem) of each component's contribution.
 
         Returns:

@@ -47,13 +47,13 @@ FILENAME = "jacobian_lens.pt"
 """The file :meth:`JacobianLens.save` writes in a folder (TransformerLens' artifact format)."""
 
 
-def _tl_error(e: Exception) -> LensDigitsError:
+def _refusal(e: Exception) -> str:
     """TransformerLens' refusal of a model or a file, as one line naming what to do.
 
     Returns:
-        The error to raise.
+        The message of the error to raise.
     """
-    return LensDigitsError(
+    return (
         f"TransformerLens' Jacobian lens refuses this ({first_line(e)}); it needs a TransformerBridge loaded with raw weights "
         "(lens_digits.load_model, no compatibility mode) and a lens fitted for that model"
     )
@@ -76,12 +76,14 @@ class JacobianLens(Lens):
         progress: Show the fit's progress.
         within: The k of the ``within_k`` numeric scores (see :class:`~lens_digits.methods.lenses.base.Lens`).
 
+    Under TransformerLens 4.x (``tests/integration/test_jacobian_lens.py`` runs the same):
+
     >>> import lens_digits as ld
     >>> model = ld.testing.tiny_model()
-    >>> lens = JacobianLens.from_model(model, identity=True)
-    >>> grid = ld.run_sweep(model, scales=[1], n_per_scale=5, methods=[lens], target="first")
-    >>> grid.methods
-    ['jacobian_lens']
+    >>> lens = JacobianLens.from_model(model, max_prompts=20)  # doctest: +SKIP
+    >>> grid = ld.run_sweep(model, scales=[1], n_per_scale=5, methods=[lens, "logit_lens"], target="first")  # doctest: +SKIP
+    >>> lens.save("lenses/tiny")  # doctest: +SKIP
+    PosixPath('lenses/tiny/jacobian_lens.pt')
     """
 
     name = "jacobian_lens"
@@ -215,7 +217,7 @@ class JacobianLens(Lens):
                 show_progress=self.progress,
             )
         except (TypeError, ValueError) as e:
-            raise _tl_error(e) from None
+            raise LensDigitsError(_refusal(e)) from None
         self._check(lens, "fitting")
         self.lens = lens
         self.info = {"fitted_on": corpus, "n_prompts": lens.n_prompts}
@@ -289,21 +291,19 @@ class JacobianLens(Lens):
         if where.is_dir():
             found = [where / FILENAME] if (where / FILENAME).is_file() else sorted(where.glob("*.pt"))
             if len(found) != 1:
-                raise LensDigitsError(
-                    f"{str(where)!r} holds {len(found)} .pt files and no {FILENAME}: pass the lens's file itself"
-                )
+                raise LensDigitsError(f"{str(where)!r} holds {len(found)} .pt files and no {FILENAME}: pass the lens's file itself")
             where = found[0]
         if not where.is_file():
-            raise LensDigitsError(f"no Jacobian lens at {str(where)!r}: pass a .pt file in TransformerLens' format or a folder holding one")
+            raise LensDigitsError(f"no Jacobian lens at {str(where)!r}: pass a .pt file in TransformerLens' format or a folder with one")
         tl = analysis_tools(cls.name).JacobianLens
         try:
             loaded = tl.from_pretrained(str(where), model=adapter.model)
         except (TypeError, ValueError) as e:
             if "does not look like" in str(e) or "fitted for" in str(e) or "belongs to" in str(e):
                 raise LensDigitsError(f"the Jacobian lens at {str(where)!r} cannot be used: {first_line(e)}") from None
-            raise _tl_error(e) from None
+            raise LensDigitsError(_refusal(e)) from None
         except Exception as e:  # pickle, zip and torch errors of a damaged file: one line
-            raise LensDigitsError(f"the Jacobian lens at {str(where)!r} cannot be read ({first_line(e)}); save or download it again") from None
+            raise LensDigitsError(f"the Jacobian lens at {str(where)!r} cannot be read ({first_line(e)}); save or download it again") from e
         lens._check(loaded, "loading")
         lens.lens = loaded
         lens.info = {"loaded_from": str(where), "n_prompts": loaded.n_prompts}
