@@ -191,7 +191,6 @@ class DirectLogitAttribution(Intervention):
 
     Args:
         batch_size: Problems per forward pass.
-        progress: Unused (kept for the sweep's settings).
     """
 
     name = "dla"
