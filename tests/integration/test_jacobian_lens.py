@@ -98,7 +98,7 @@ def test_damaged_or_foreign_files_are_one_line_errors(model, fitted, tmp_path):
 
 
 def test_a_sweep_records_the_lens_provenance(model, tmp_path):
-    grid = ld.run_sweep(model, scales=[1], n_per_scale=6, n_train=6, methods=["jacobian_lens", "logit_lens"], target="first")
+    grid = ld.run_sweep(model, scales=[1], n_per_scale=6, n_train=6, methods=["jacobian_lens", "logit_lens"], target="first", n_boot=10)
     saved = grid.save(tmp_path / "run")
     info = json.loads((saved / "run.json").read_text())["methods"]["jacobian_lens"]
     assert info["fitted_on"].startswith("lens_digits train problems") and info["n_prompts"] == 6
