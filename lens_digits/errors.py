@@ -35,7 +35,7 @@ class RunDirectoryError(LensDigitsError):
 
 
 class TransformerLensVersionError(LensDigitsError):
-    """A method needs a TransformerLens release other than the one installed (its analysis tools came with 4.x)."""
+    """A method needs a TransformerLens release other than the one installed (one with ``tools.analysis``)."""
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -48,25 +48,28 @@ def bridge_class() -> Any:
     return TransformerBridge
 
 
-ANALYSIS_TOOLS_SINCE = "4.3"
-"""The TransformerLens release whose ``transformer_lens.tools.analysis`` the methods ``jacobian_lens``, ``attribution`` and ``dla`` wrap."""
+ANALYSIS_TOOLS_SINCE = "3.9"
+"""The oldest TransformerLens release known to ship the ``tools.analysis`` that ``jacobian_lens``, ``attribution`` and ``dla`` wrap.
+
+3.9.0 and 4.3.0 both have it (the methods are tested on both); whether an installed release has it is
+found by importing it, not from its version number."""
 
 
 def analysis_tools(method: str) -> Any:
-    """TransformerLens' ``tools.analysis`` package, which ``method`` wraps (TransformerLens 4.x only).
+    """TransformerLens' ``tools.analysis`` package, which ``method`` wraps.
 
     Returns:
         The ``transformer_lens.tools.analysis`` module.
 
     Raises:
-        TransformerLensVersionError: The installed TransformerLens (3.x) has no analysis tools.
+        TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (a release before 3.9).
     """
     try:
         import transformer_lens.tools.analysis as tools
     except ImportError:
         raise TransformerLensVersionError(
             f"method {method!r} needs TransformerLens >= {ANALYSIS_TOOLS_SINCE} (its tools.analysis), but "
-            f"{transformer_lens_version()} is installed; pip install 'transformer-lens>={ANALYSIS_TOOLS_SINCE}'"
+            f"{transformer_lens_version()} has none; pip install 'transformer-lens>={ANALYSIS_TOOLS_SINCE}'"
         ) from None
     return tools
 

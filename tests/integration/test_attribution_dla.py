@@ -5,10 +5,11 @@ import torch
 
 import lens_digits as ld
 from lens_digits.methods import ActivationPatching, AttributionPatching, OperandAttributionPatching, OperandPatching
+from lens_digits.methods.interventions.dla import Rivals, direct_contributions
 from lens_digits.problems.tasks import TaskConfig, generate_problems
 from lens_digits.residuals.collect import collect_residuals
 
-pytest.importorskip("transformer_lens.tools.analysis", reason="attribution and dla wrap TransformerLens 4.x's tools.analysis")
+pytest.importorskip("transformer_lens.tools.analysis", reason="attribution and dla wrap tools.analysis (TransformerLens >= 3.9)")
 
 
 def no_norm_model(char_tok):
@@ -87,3 +88,18 @@ def test_dla_rows_add_up_to_the_logit_difference_on_the_grid(native_model):
     zero = parts[((parts.component == "embed") & (parts.layer > 0)) | ((parts.component != "embed") & (parts.layer == 0))]
     assert (zero["contribution"] == 0).all() and len(zero) > 0  # a component writes at its own column only
     assert set(df.loc[(df.target == "answer"), "place"]) >= {"all", "units", "tens"}
+
+
+def test_dla_adds_up_on_a_hooked_transformer_too(hooked_model):
+    adapter = ld.ModelAdapter.wrap(hooked_model)
+    data = collect_residuals(hooked_model, generate_problems(TaskConfig(scales=[2], n_per_scale=4, seed=1, n_train=0, n_val=0)))
+    rivals = Rivals(hooked_model.tokenizer, adapter.d_vocab)
+    e = data.encoded[0]
+    tokens = torch.tensor([list(e.prompt_ids) + list(e.answer_ids[:-1])])
+    pos = torch.arange(len(e.answer_ids))[None] + len(e.prompt_ids) - 1
+    gold = torch.tensor([list(e.answer_ids)])
+    contribution, _, bias, _ = direct_contributions(adapter, tokens, pos, gold, rivals)
+    with torch.inference_mode():
+        logits = hooked_model(tokens)[0, pos[0]].double()
+    want = torch.stack([logits[j, g] - logits[j, rivals.of(g)].mean() for j, g in enumerate(gold[0].tolist())])
+    torch.testing.assert_close(contribution.double().sum(0)[0] + bias.double()[0], want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

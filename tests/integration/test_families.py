@@ -101,7 +101,7 @@ def test_first_token_per_family(family):
         assert (" " + answer).startswith(first) and first
 
 
-@pytest.mark.skipif(not HAS_TOOLS, reason=f"dla wraps TransformerLens 4.x's tools.analysis; {transformer_lens_version()} has none")
+@pytest.mark.skipif(not HAS_TOOLS, reason=f"dla wraps tools.analysis (TransformerLens >= 3.9); {transformer_lens_version()} has none")
 def test_direct_logit_attribution_adds_up_to_the_logit_difference(family):
     name, _, model, settings = family
     adapter = ModelAdapter.wrap(model)

@@ -11,7 +11,7 @@ from lens_digits.methods import JacobianLens, LogitLens
 from lens_digits.problems.tasks import TaskConfig, generate_problems
 from lens_digits.residuals.collect import collect_residuals
 
-tools = pytest.importorskip("transformer_lens.tools.analysis", reason="the Jacobian lens needs TransformerLens 4.x (tools.analysis)")
+tools = pytest.importorskip("transformer_lens.tools.analysis", reason="the Jacobian lens wraps tools.analysis (TransformerLens >= 3.9)")
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +102,7 @@ def test_a_sweep_records_the_lens_provenance(model, tmp_path):
     saved = grid.save(tmp_path / "run")
     info = json.loads((saved / "run.json").read_text())["methods"]["jacobian_lens"]
     assert info["fitted_on"].startswith("lens_digits train problems") and info["n_prompts"] == 6
-    assert info["metadata"]["estimator"] == "jacobian_lens" and info["columns"] == list(range(1, model.cfg.n_layers))
+    assert info["metadata"]["transformer_lens_fit"] is True and info["metadata"]["corpus"] == info["fitted_on"]  # TransformerLens' record
+    assert info["columns"] == list(range(1, model.cfg.n_layers))
     last = grid.to_dataframe(breakdown=False).query(f"layer == {model.cfg.n_layers}")
     assert last.groupby("method")["accuracy"].first().nunique() == 1  # both read the model's own prediction there

@@ -1,4 +1,6 @@
-"""The methods that wrap TransformerLens 4.x's analysis tools: a clear error under 3.x, and their small helpers on both lines."""
+"""The methods that wrap TransformerLens' tools.analysis: a clear error where a release lacks it, and their small helpers."""
+
+import sys
 
 import pytest
 import torch
@@ -22,9 +24,14 @@ except ImportError:
     HAS_TOOLS = False
 
 
-@pytest.mark.skipif(HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has tools.analysis: nothing to refuse")
+@pytest.fixture
+def no_tools(monkeypatch):
+    """A TransformerLens without ``tools.analysis`` (releases before 3.9): importing it fails, as it does there."""
+    monkeypatch.setitem(sys.modules, "transformer_lens.tools.analysis", None)
+
+
 @pytest.mark.parametrize("name", WRAPPED)
-def test_without_the_tools_each_method_stops_with_one_line_naming_the_version(name, char_tok):
+def test_without_the_tools_each_method_stops_with_one_line_naming_the_version(name, char_tok, no_tools):
     model = ld.build_model(tokenizer=char_tok, n_layers=2)
     with pytest.raises(TransformerLensVersionError) as e:
         ld.methods.make_method(name, ld.ModelAdapter.wrap(model))
@@ -33,21 +40,21 @@ def test_without_the_tools_each_method_stops_with_one_line_naming_the_version(na
     assert isinstance(e.value, LensDigitsError)
 
 
-@pytest.mark.skipif(HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has tools.analysis: nothing to refuse")
-def test_without_the_tools_a_sweep_of_them_stops_before_running_the_model(char_tok):
+def test_without_the_tools_a_sweep_of_them_stops_before_running_the_model(char_tok, no_tools, monkeypatch):
     model = ld.build_model(tokenizer=char_tok, n_layers=2)
+    monkeypatch.setattr(ld.ModelAdapter, "run_with_hooks", lambda *a, **k: pytest.fail("the model ran"))
     with pytest.raises(TransformerLensVersionError, match="pip install"):
         ld.run_sweep(model, scales=[1], n_per_scale=4, methods=["logit_lens", "dla"], target="first")
 
 
-@pytest.mark.skipif(not HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has no tools.analysis (it came with 4.x)")
+@pytest.mark.skipif(not HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has no tools.analysis (3.9 and 4.3 have it)")
 def test_with_the_tools_they_are_found():
     assert analysis_tools("dla").JacobianLens.__name__ == "JacobianLens"
 
 
 @pytest.mark.parametrize("name", WRAPPED)
 def test_the_methods_are_registered_on_both_lines(name):
-    assert method_class(name).name == name  # registering needs nothing of TransformerLens 4.x: only building them does
+    assert method_class(name).name == name  # registering needs nothing of tools.analysis: only building them does
 
 
 def test_spearman_is_a_rank_correlation():
@@ -66,7 +73,7 @@ def test_place_positions_by_digit_and_by_token():
     assert labels == ["token 1", "token 2"] and index.tolist() == [[0, 1], [0, 1]]
 
 
-@pytest.mark.skipif(not HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has no tools.analysis (it came with 4.x)")
+@pytest.mark.skipif(not HAS_TOOLS, reason=f"TransformerLens {transformer_lens_version()} has no tools.analysis (3.9 and 4.3 have it)")
 def test_option_checks_are_one_line_errors(char_tok):
     model = ld.ModelAdapter.wrap(ld.build_model(tokenizer=char_tok, n_layers=2))
     with pytest.raises(LensDigitsError, match="max_prompts must be an integer of at least 1"):

@@ -26,7 +26,7 @@ estimate has the exact effect's sign; ``spearman`` is each digit scale's
 Spearman rank correlation between estimate and exact effect over every
 (pair, column) of the scale (also in ``run.json``). Without ``exact``, accuracy
 is the share of pairs whose estimate is positive (the patch is estimated to move
-the answer toward the source's). It needs TransformerLens 4.x.
+the answer toward the source's). It needs a TransformerLens with ``tools.analysis`` (3.9 and 4.3 have it).
 """
 
 from collections import defaultdict
@@ -80,7 +80,7 @@ class AttributionPatching(ActivationPatching):
         """Settings only; :meth:`score` does the work.
 
         Raises:
-            TransformerLensVersionError: The installed TransformerLens has no analysis tools (3.x).
+            TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (before 3.9).
             LensDigitsError: ``pairs`` is neither None nor a positive integer.
         """
         analysis_tools(self.name)

@@ -32,7 +32,7 @@ unembedding, which changes the residual basis that every other reading of this
 package (and TransformerLens' Jacobian lens) reads raw; so this module uses the
 decomposition that function wraps (``decompose_resid``) and applies the final
 norm's frozen scale and weights itself, checked against the norm's own output.
-It needs TransformerLens 4.x, as the other wrapped tools do.
+It needs a TransformerLens with ``tools.analysis`` (3.9 and 4.3 have it), as the other wrapped tools do.
 """
 
 import re
@@ -88,7 +88,7 @@ class Rivals:
 def _frozen_norm(cache: Any, final: Tensor, ln_final: Any) -> tuple[bool, Tensor, Tensor | None]:
     """The final norm as the clean run applied it: whether it centres, its effective weight and its bias.
 
-    Found from the norm's own hooks (``hook_scale``, ``hook_normalized``, ``hook_out``) and parameters, and checked
+    Found from the norm's own hooks (``hook_scale``, ``hook_normalized``), its output and its parameters, and checked
     against them, so a norm of another form is refused rather than mis-read.
 
     Returns:
@@ -138,8 +138,10 @@ def direct_contributions(
     rows = torch.arange(tokens.shape[0], device=stack.device)[:, None]
     at = positions.to(stack.device)
     stack = stack[:, rows, at].float()  # (C, B, P, d)
-    final = cache[final_name][rows, at].float()
-    sub = {k: cache[k][rows, at].float() for k in ("ln_final.hook_scale", "ln_final.hook_normalized", "ln_final.hook_out")}
+    final_at = cache[final_name][rows, at]
+    final = final_at.float()
+    sub = {k: cache[k][rows, at].float() for k in ("ln_final.hook_scale", "ln_final.hook_normalized")}
+    sub["ln_final.hook_out"] = tl_model.ln_final(final_at).float()  # the norm's output (a HookedTransformer has no hook for it)
     centres, weight, bias = _frozen_norm(sub, final, tl_model.ln_final)
     unembed = Readout(model)._tiles()
     if unembed is None:
@@ -201,7 +203,7 @@ class DirectLogitAttribution(Intervention):
         """Settings only; :meth:`score` runs the model.
 
         Raises:
-            TransformerLensVersionError: The installed TransformerLens has no analysis tools (3.x).
+            TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (before 3.9).
         """
         analysis_tools(self.name)
         self.batch_size = batch_size

@@ -1,4 +1,4 @@
-"""The Jacobian lens (Gurnee et al. 2026), as TransformerLens 4.x fits, saves and reads it, on the digit-scale grid.
+"""The Jacobian lens (Gurnee et al. 2026), as TransformerLens fits, saves and reads it, on the digit-scale grid.
 
 Layer column ``l`` is read as ``readout(J h)``: the model's own final norm,
 unembedding and output transforms after ``J``, the mean Jacobian of the final
@@ -19,8 +19,8 @@ read as it is (TransformerLens does the same), so it is the model's own predicti
 
 The lens is fitted on the sweep's train problems (prompt and answer, a seeded
 sample of at most ``max_prompts``) or on a corpus (a text file, one document
-per line, or a ``datasets`` folder), and needs TransformerLens 4.x: under 3.x
-building it raises :class:`~lens_digits.errors.TransformerLensVersionError`.
+per line, or a ``datasets`` folder). It needs a TransformerLens with ``tools.analysis``
+(3.9 and 4.3 have it); without one, building it raises :class:`~lens_digits.errors.TransformerLensVersionError`.
 """
 
 import io
@@ -76,14 +76,12 @@ class JacobianLens(Lens):
         progress: Show the fit's progress.
         within: The k of the ``within_k`` numeric scores (see :class:`~lens_digits.methods.lenses.base.Lens`).
 
-    Under TransformerLens 4.x (``tests/integration/test_jacobian_lens.py`` runs the same):
-
     >>> import lens_digits as ld
     >>> model = ld.testing.tiny_model()
-    >>> lens = JacobianLens.from_model(model, max_prompts=20)  # doctest: +SKIP
-    >>> grid = ld.run_sweep(model, scales=[1], n_per_scale=5, methods=[lens, "logit_lens"], target="first")  # doctest: +SKIP
-    >>> lens.save("lenses/tiny")  # doctest: +SKIP
-    PosixPath('lenses/tiny/jacobian_lens.pt')
+    >>> lens = JacobianLens.from_model(model, max_prompts=20)
+    >>> grid = ld.run_sweep(model, scales=[1], n_per_scale=5, methods=[lens, "logit_lens"], target="first", n_boot=10)
+    >>> lens.settings()["n_prompts"], lens.settings()["columns"]
+    (15, [1])
     """
 
     name = "jacobian_lens"
@@ -107,7 +105,7 @@ class JacobianLens(Lens):
         """An unfitted lens (or, with ``identity``, one with ``J = I``); :meth:`fit` fits it unless it was loaded.
 
         Raises:
-            TransformerLensVersionError: The installed TransformerLens has no Jacobian lens (3.x).
+            TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (before 3.9).
             LensDigitsError: ``max_prompts``, ``max_length`` or ``dim_batch`` is not a positive integer, or ``skip_first`` is negative.
         """
         analysis_tools(self.name)
@@ -138,7 +136,7 @@ class JacobianLens(Lens):
             The lens.
 
         Raises:
-            TransformerLensVersionError: The installed TransformerLens has no Jacobian lens (3.x).
+            TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (before 3.9).
             LensDigitsError: ``model`` is None, or :meth:`load` cannot use the lens at ``path``.
         """
         analysis_tools(cls.name)
