@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lens_digits as ld
-from lens_digits.errors import LensDigitsError
+from lens_digits.errors import LensDigitsError, NonFiniteError
 from lens_digits.methods import JacobianLens, LogitLens
 from lens_digits.problems.tasks import TaskConfig, generate_problems
 from lens_digits.residuals.collect import collect_residuals
@@ -106,3 +106,26 @@ def test_a_sweep_records_the_lens_provenance(model, tmp_path):
     assert info["columns"] == list(range(1, model.cfg.n_layers))
     last = grid.to_dataframe(breakdown=False).query(f"layer == {model.cfg.n_layers}")
     assert last.groupby("method")["accuracy"].first().nunique() == 1  # both read the model's own prediction there
+
+
+def fitted_on_problems(model, data):
+    lens = JacobianLens.from_model(model, max_prompts=3)
+    lens.prepare(data[0], data[0])
+    return lens
+
+
+def test_a_corpus_fit_records_the_corpus(model, data, tmp_path):
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("12+30=42\n\n7+8=15 and 9+9=18\n100+200=300\n")
+    lens = JacobianLens.from_model(model, corpus=str(corpus))
+    lens.prepare(data[0], data[0])
+    assert lens.lens.n_prompts == 3 and lens.settings()["fitted_on"] == f"corpus {corpus}"
+    assert not torch.allclose(lens.lens.jacobians[0], fitted_on_problems(model, data).lens.jacobians[0])  # another text, another fit
+
+
+def test_a_lens_with_non_finite_jacobians_is_refused(model, fitted, tmp_path):
+    bad = {k: m.clone() for k, m in fitted.lens.jacobians.items()}
+    bad[1][0, 0] = float("nan")
+    tools.JacobianLens(bad, n_prompts=1, d_model=model.cfg.d_model).save(str(tmp_path / "bad.pt"), dtype=torch.float32)
+    with pytest.raises(NonFiniteError, match="column 2"):
+        JacobianLens.from_model(model, path=str(tmp_path / "bad.pt"))
