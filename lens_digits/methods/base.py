@@ -54,7 +54,9 @@ __all__ = [
     "Method",
     "Scores",
     "Target",
+    "accuracy_means",
     "import_modules",
+    "is_signed",
     "make_method",
     "method_class",
     "register_method",
@@ -88,6 +90,10 @@ class Method(abc.ABC):
     needs_model: ClassVar[bool] = False
     runs_model: ClassVar[bool] = False
     """True for interventions: scoring runs the model, so a run's cache alone cannot score it."""
+    accuracy_means: ClassVar[str] = "accuracy"
+    """What a cell's accuracy is, in figures (an intervention's: its flip rate)."""
+    signed_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics that may be negative (a logit difference): figures draw them on a scale symmetric about zero."""
 
     options: dict[str, Any]
     """The keyword arguments it was built with (:func:`make_method`), JSON-ready: :meth:`settings` records them."""
@@ -174,6 +180,7 @@ class Intervention(Method):
     """
 
     runs_model = True
+    accuracy_means = "flip rate"
 
     @abc.abstractmethod
     def score(self, model: "ModelAdapter", data: ResidualSet, target: Target) -> Scores:
@@ -224,6 +231,26 @@ def register_method(cls: type[Method]) -> type[Method]:
         warnings.warn(f"method {name!r} ({cls.__qualname__}) registered again: the new definition replaces the old one", stacklevel=2)
     METHODS[name] = cls
     return cls
+
+
+def accuracy_means(name: str) -> str:
+    """What a cell's accuracy is for the method called ``name`` (its class's :attr:`Method.accuracy_means`).
+
+    Returns:
+        ``accuracy``, ``flip rate``, ...; ``accuracy`` for a name no class has (a difference grid's ``a - b``).
+    """
+    cls = METHODS.get(name)
+    return cls.accuracy_means if cls is not None else "accuracy"
+
+
+def is_signed(name: str, value: str) -> bool:
+    """Whether the method called ``name`` lists metric ``value`` in its :attr:`Method.signed_metrics`.
+
+    Returns:
+        True if it does: figures draw the metric on a scale symmetric about zero.
+    """
+    cls = METHODS.get(name)
+    return cls is not None and value in cls.signed_metrics
 
 
 def load_plugins() -> None:

@@ -88,6 +88,10 @@ def test_dla_rows_add_up_to_the_logit_difference_on_the_grid(native_model):
     zero = parts[((parts.component == "embed") & (parts.layer > 0)) | ((parts.component != "embed") & (parts.layer == 0))]
     assert (zero["contribution"] == 0).all() and len(zero) > 0  # a component writes at its own column only
     assert set(df.loc[(df.target == "answer"), "place"]) >= {"all", "units", "tens"}
+    fig = grid.figure("contribution", target="first", component="mlp")  # signed: a scale symmetric about zero
+    scale = fig.layout.coloraxis
+    assert scale.cmax > 0 and scale.cmin == -scale.cmax and "Contribution" in fig.layout.title.text
+    assert "Share Positive" in grid.figure(target="first").layout.title.text  # what its accuracy means
 
 
 def test_dla_adds_up_on_a_hooked_transformer_too(hooked_model):

@@ -74,6 +74,8 @@ class AttributionPatching(ActivationPatching):
     """
 
     name = "attribution"
+    accuracy_means = "sign agreement"
+    signed_metrics = ("estimate", "exact")
     targets: ClassVar[tuple[str, ...]] = ("first",)  # type: ignore[assignment]  # patch reads "answer" too
 
     def __init__(self, *args: Any, exact: bool = True, **kwargs: Any) -> None:

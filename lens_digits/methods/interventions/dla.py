@@ -197,6 +197,8 @@ class DirectLogitAttribution(Intervention):
 
     name = "dla"
     targets = ("first", "answer")
+    accuracy_means = "share positive"
+    signed_metrics = ("contribution", "logit_diff", "bias")
     uses = {"batch_size": "batch_size"}
 
     def __init__(self, batch_size: int = 64) -> None:
