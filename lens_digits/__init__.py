@@ -29,6 +29,7 @@ _EXPORTS = {
     "NonFiniteError": "lens_digits.errors",
     "OutputError": "lens_digits.errors",
     "RunDirectoryError": "lens_digits.errors",
+    "TransformerLensVersionError": "lens_digits.errors",
     "AccuracyGrid": "lens_digits.results.grid",
     "CircularProbe": "lens_digits.methods.probes.circular",
     "Decoder": "lens_digits.methods.base",
@@ -93,6 +94,7 @@ __all__ = [
     "Scores",
     "SweepConfig",
     "TaskConfig",
+    "TransformerLensVersionError",
     "TunedLens",
     "build_model",
     "generate_problems",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
         NonFiniteError,
         OutputError,
         RunDirectoryError,
+        TransformerLensVersionError,
     )
     from lens_digits.methods.base import Decoder, Intervention, Method, register_method
     from lens_digits.methods.lenses.base import Lens

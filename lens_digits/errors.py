@@ -34,6 +34,10 @@ class RunDirectoryError(LensDigitsError):
     """A run directory's files are missing, damaged or not what this package writes."""
 
 
+class TransformerLensVersionError(LensDigitsError):
+    """A method needs a TransformerLens release other than the one installed (one with ``tools.analysis``)."""
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut to ``limit`` characters (its type if it has no message).
 

@@ -90,6 +90,10 @@ class Method(abc.ABC):
     needs_model: ClassVar[bool] = False
     runs_model: ClassVar[bool] = False
     """True for interventions: scoring runs the model, so a run's cache alone cannot score it."""
+    accuracy_means: ClassVar[str] = "accuracy"
+    """What a cell's accuracy is, in figures (an intervention's: its flip rate)."""
+    signed_metrics: ClassVar[tuple[str, ...]] = ()
+    """Metrics that may be negative (a logit difference): figures draw them on a scale symmetric about zero."""
 
     options: dict[str, Any]
     """The keyword arguments it was built with (:func:`make_method`), JSON-ready: :meth:`settings` records them."""
@@ -190,6 +194,7 @@ class Intervention(Method):
     """
 
     runs_model = True
+    accuracy_means = "flip rate"
 
     def prepare(self, model: "ModelAdapter", train: ResidualSet, val: ResidualSet) -> None:  # noqa: B027 - optional hook
         """Learn from train problems before :meth:`score` (default: nothing).

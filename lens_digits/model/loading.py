@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from lens_digits.errors import LensDigitsError, ModelLoadError, first_line
+from lens_digits.errors import LensDigitsError, ModelLoadError, TransformerLensVersionError, first_line
 from lens_digits.model.checkpoints import check_supported, inspect_checkpoint, load_tokenizer, transformer_lens_version
 from lens_digits.model.hub import cached, hub_endpoint, hub_offline, hub_reachable, is_hub_failure, progress_bars
 from lens_digits.model.hub import offline as offline_mode
@@ -46,6 +46,32 @@ def bridge_class() -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
     return TransformerBridge
+
+
+ANALYSIS_TOOLS_SINCE = "3.9"
+"""The oldest TransformerLens release known to ship the ``tools.analysis`` that ``jacobian_lens``, ``attribution`` and ``dla`` wrap.
+
+3.9.0 and 4.3.0 both have it (the methods are tested on both); whether an installed release has it is
+found by importing it, not from its version number."""
+
+
+def analysis_tools(method: str) -> Any:
+    """TransformerLens' ``tools.analysis`` package, which ``method`` wraps.
+
+    Returns:
+        The ``transformer_lens.tools.analysis`` module.
+
+    Raises:
+        TransformerLensVersionError: The installed TransformerLens has no ``tools.analysis`` (a release before 3.9).
+    """
+    try:
+        import transformer_lens.tools.analysis as tools
+    except ImportError:
+        raise TransformerLensVersionError(
+            f"method {method!r} needs TransformerLens >= {ANALYSIS_TOOLS_SINCE} (its tools.analysis), but "
+            f"{transformer_lens_version()} has none; pip install 'transformer-lens>={ANALYSIS_TOOLS_SINCE}'"
+        ) from None
+    return tools
 
 
 def model_kind(model: Any) -> Literal["HookedTransformer", "TransformerBridge"]:

@@ -25,16 +25,15 @@ MARKERS = {0: "circle-open", 1: "diamond-open", 2: "square-open", 3: "triangle-u
 
 
 def is_intervention(method: str) -> bool:
-    """Whether ``method`` names a registered intervention (its cells are flip rates, not read accuracies).
+    """Whether ``method``'s cells are flip rates (its class's ``accuracy_means``), not read accuracies.
 
     Returns:
-        True for ``patch``, ``patch_operands`` and any registered :class:`~lens_digits.methods.base.Intervention`
-        but those whose main cells read something else (``scores_flips = False``: the helix probe's decoding accuracy).
+        True for ``patch``, ``patch_operands`` and any registered :class:`~lens_digits.methods.base.Intervention` that
+        keeps the default ``accuracy_means = "flip rate"`` (not the helix probe, whose cells are decoding accuracies).
     """
-    from lens_digits.methods import METHODS, Intervention
+    from lens_digits.methods import accuracy_means
 
-    cls = METHODS.get(method)
-    return bool(cls is not None and issubclass(cls, Intervention) and getattr(cls, "scores_flips", True))
+    return accuracy_means(method) == "flip rate"
 
 
 def _panels(df: pd.DataFrame) -> list[tuple[str, str]]:

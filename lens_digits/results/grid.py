@@ -22,7 +22,7 @@ from lens_digits.problems.tasks import Problem
 from lens_digits.results.cells import breakdown_columns, cell_rows, fill_breakdown_labels, rounded
 from lens_digits.results.emergence import EMERGENCE_COLUMNS, N_BOOT, THRESHOLDS, Bootstrap, check_thresholds
 from lens_digits.results.examples import EXAMPLES_FILE, example_records, read_examples
-from lens_digits.results.figures import difference_heatmap, heatmap, is_intervention, lines
+from lens_digits.results.figures import difference_heatmap, heatmap, lines
 from lens_digits.results.files import CONTRACT_COLUMNS, KEY_COLUMNS, read_emergence_csv, read_grid_csv, read_prompts, read_run_json
 from lens_digits.results.record import RunRecord
 from lens_digits.results.text import caption, tables
@@ -291,12 +291,19 @@ class AccuracyGrid:
             return difference_heatmap(df, title=f"Accuracy Difference: {pairs}", label=f"{value} difference", **options)
         if value == "selectivity":
             return difference_heatmap(df, value=value, title="Selectivity (accuracy minus control)", label="selectivity", **options)
-        acting = [m for m in dict.fromkeys(df["method"]) if is_intervention(m)]
-        if value == "accuracy" and acting:  # an intervention's accuracy is the share of flipped answers
-            notes = {m: "flip rate" for m in acting}
-            if len(acting) == df["method"].nunique():
-                return heatmap(df, value=value, colorscale=colorscale, title="Flip Rate Breakdown", label="flip rate", **options)
-            return heatmap(df, value=value, colorscale=colorscale, label="accuracy / flip rate", panel_notes=notes, **options)
+        from lens_digits.methods import accuracy_means, is_signed  # the package: its built-in methods registered
+        methods = list(dict.fromkeys(df["method"]))
+        if any(is_signed(m, value) for m in methods):  # a logit difference, an estimated effect: blue above zero, red below
+            name = value.replace("_", " ")
+            return difference_heatmap(df, value=value, title=f"{name[:1].upper() + name[1:]} Breakdown", label=name, **options)
+        notes = {m: accuracy_means(m) for m in methods if accuracy_means(m) != "accuracy"}
+        if value == "accuracy" and notes:  # an intervention's accuracy is the share of flipped answers, ...
+            meanings = list(dict.fromkeys(notes.values()))
+            if len(notes) == len(methods) and len(meanings) == 1:
+                title = f"{meanings[0].title()} Breakdown"
+                return heatmap(df, value=value, colorscale=colorscale, title=title, label=meanings[0], **options)
+            label = " / ".join((["accuracy"] if len(notes) < len(methods) else []) + meanings)
+            return heatmap(df, value=value, colorscale=colorscale, label=label, panel_notes=notes, **options)
         return heatmap(df, value=value, colorscale=colorscale, **options)
 
     def to_text(self, value: str = "accuracy") -> str:
@@ -307,13 +314,7 @@ class AccuracyGrid:
         """
         return tables(self, value)
 
-    def __str__(self) -> str:
-        """The text tables (``print(grid)``).
-
-        Returns:
-            :meth:`to_text`'s tables.
-        """
-        return self.to_text()
+    __str__ = to_text  # print(grid): the text tables
 
     def __repr__(self) -> str:
         """Short description.

@@ -50,8 +50,8 @@ class SweepConfig:
 
     methods: Sequence[str] | str = option(
         ("logit_lens",),
-        "methods, comma-separated: logit_lens, tuned_lens, probe, circular_probe, patch, patch_operands, helix_probe, fourier "
-        "(or your own: --import)",
+        "methods, comma-separated: logit_lens, tuned_lens, jacobian_lens, probe, circular_probe, patch, patch_operands, attribution, "
+        "attribution_operands, dla, helix_probe, fourier (or your own: --import)",
         metavar="LIST",
     )
     targets: Sequence[str] | str = option(

@@ -71,3 +71,12 @@ def test_cache_benchmark_runs_and_its_contenders_agree():
     proc = run(BENCH / "cache.py", "--model", "builtin", "--n", "10", "--repeats", "1", "--target", "first")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| cache, cold |" in proc.stdout and "| cache, warm |" in proc.stdout and "MiB" in proc.stdout
+
+
+@pytest.mark.slow
+def test_attribution_benchmark_counts_passes_against_patch():
+    pytest.importorskip("transformer_lens.tools.analysis", reason="attribution patching wraps tools.analysis (TransformerLens >= 3.9)")
+    proc = run(BENCH / "attribution.py", "--model", "arith-llama", "--n", "4", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| patch | 5.0 | 0 |" in proc.stdout and "| attribution | 1.0 | 1 |" in proc.stdout  # 5 columns: one forward each
+    assert "| attribution+exact | 7.0 | 1 |" in proc.stdout

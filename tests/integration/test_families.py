@@ -13,11 +13,19 @@ from reference import hf_lens_reference
 
 import lens_digits as ld
 from lens_digits.methods import LogitLens
+from lens_digits.methods.interventions.dla import Rivals, direct_contributions
+from lens_digits.model.adapter import ModelAdapter
 from lens_digits.model.greedy import greedy_answers
+from lens_digits.model.loading import analysis_tools, transformer_lens_version
 from lens_digits.problems.targets import EncodedProblem
 from lens_digits.problems.tasks import TaskConfig, generate_problems
 from lens_digits.residuals.collect import collect_residuals
 from lens_digits.testing import bpe_tokenizer, char_tokenizer, chunk_tokenizer, save_checkpoint
+
+try:
+    HAS_TOOLS = analysis_tools("dla") is not None
+except ld.TransformerLensVersionError:
+    HAS_TOOLS = False
 
 ARCHS = {"gpt2": "gpt2", "pythia": "gpt_neox", "llama2": "llama", "qwen2": "qwen2", "mistral": "mistral", "gemma2": "gemma2"}
 TOKENIZERS = {
@@ -91,3 +99,27 @@ def test_first_token_per_family(family):
         assert first == answer[:3]
     else:  # BPE: the space the template leaves to the answer, glued to leading digits or (Qwen2's pre-tokenizer) alone
         assert (" " + answer).startswith(first) and first
+
+
+@pytest.mark.skipif(not HAS_TOOLS, reason=f"dla wraps tools.analysis (TransformerLens >= 3.9); {transformer_lens_version()} has none")
+def test_direct_logit_attribution_adds_up_to_the_logit_difference(family):
+    name, _, model, settings = family
+    adapter = ModelAdapter.wrap(model)
+    problems = generate_problems(TaskConfig(scales=[1, 3], n_per_scale=6, seed=0, **settings))
+    rs = collect_residuals(model, [p for p in problems if p.split == "test"], batch_size=8)
+    rivals = Rivals(model.tokenizer, adapter.d_vocab)
+    for e in rs.encoded:
+        seq = list(e.prompt_ids) + list(e.answer_ids[:-1])
+        pos = torch.arange(len(e.answer_ids))[None] + len(e.prompt_ids) - 1
+        gold = torch.tensor([list(e.answer_ids)])
+        contribution, where, bias, total = direct_contributions(adapter, torch.tensor([seq]), pos, gold, rivals)
+        assert {w[0] for w in where} == {"embed", "attn", "mlp"} and max(w[1] for w in where) == adapter.n_layers
+        with torch.inference_mode():  # the model's own logits before any output soft-cap, from its final residual
+            _, cache = model.run_with_cache(torch.tensor([seq]))
+            logits = model.unembed(model.ln_final(cache[adapter.resid_hook_names[-1]]))[0, pos[0]].double()
+        rival = [rivals.of(g) for g in gold[0].tolist()]  # none for a token without digits (Qwen2's lone space): its own logit
+        pairs = enumerate(zip(gold[0].tolist(), rival, strict=True))
+        want = torch.stack([logits[j, g] - (logits[j, r].mean() if r else 0) for j, (g, r) in pairs])
+        got = contribution.double().sum(0)[0] + bias.double()[0]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()), msg=name)
+        torch.testing.assert_close(total.double()[0], want, rtol=1e-4, atol=1e-4 * float(want.abs().max()), msg=name)

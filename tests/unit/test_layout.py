@@ -97,6 +97,7 @@ def test_the_model_is_wrapped_only_at_entry_points():
         "lens_digits.model.greedy",  # greedy_answers, public (the model card's)
         "lens_digits.methods.lenses.base",  # Lens.from_model, public
         "lens_digits.methods.lenses.tuned",  # TunedLens.from_model and load, public
+        "lens_digits.methods.lenses.jacobian",  # JacobianLens.from_model and load, public
     }
     wrapping = {
         name for name, path in modules().items() if "ModelAdapter.wrap(" in path.read_text() and name != "lens_digits.model.adapter"

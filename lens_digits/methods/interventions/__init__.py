@@ -1,1 +1,1 @@
-"""Interventions: methods that run the model with something changed (activation patching at the answer and the operands)."""
+"""Interventions: methods that run the model with something changed or traced (activation patching, attribution patching, dla)."""

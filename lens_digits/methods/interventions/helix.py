@@ -160,7 +160,7 @@ class HelixProbe(Intervention):
 
     name = "helix_probe"
     targets = ("first", "answer")
-    scores_flips = False  # its main cells are decoding accuracies; only the patched rows are flip rates
+    accuracy_means = "accuracy"  # its main cells are decoding accuracies; only the patched rows are flip rates
     uses = {"pairs": "pairs", "seed": "seed", "batch_size": "batch_size", "template": "template", "chat": "chat", "progress": "progress"}
 
     def __init__(

@@ -1,1 +1,1 @@
-"""Lenses: methods that read tokens from each layer through the model's own readout (logit lens, tuned lens)."""
+"""Lenses: methods that read tokens from each layer through the model's own readout (logit lens, tuned lens, Jacobian lens)."""

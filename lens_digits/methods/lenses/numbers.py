@@ -72,6 +72,26 @@ def place_scores(
         Scores by place (``units``, ...) or token (``token 1``, ...), each applying to the problems that have it.
     """
     gold = data.target_ids.cpu()
+    n = gold.shape[0]
+    labels, index = place_positions(gold, text_of)
+    out = {}
+    for r, label in enumerate(labels):
+        has = index[:, r] >= 0
+        pos = index[:, r].clamp(min=0)
+        pick = pos[:, None, None].expand(n, top1.shape[1], 1)
+        ok = top1.gather(2, pick)[..., 0] == gold.gather(1, pos[:, None])
+        metrics = {"gold_rank": rank.gather(2, pick)[..., 0], "gold_prob": logp.gather(2, pick)[..., 0].exp()}
+        out[label] = Scores(ok & has[:, None], metrics, applies=has)
+    return out
+
+
+def place_positions(gold: Int[Tensor, "problem pos"], text_of: Callable[[int], str]) -> tuple[list[str], Int[Tensor, "problem place"]]:
+    """Which answer position holds each digit place (tokens of at most one digit), or each answer token (other tokenizers).
+
+    Returns:
+        ``(labels, index)``: the row labels (``units``, ... or ``token 1``, ...) and, per problem and label, the answer
+        position holding it (-1 where the problem has none).
+    """
     n, n_pos = gold.shape
     digits = [[sum(c.isdigit() for c in text_of(t)) for t in row if t >= 0] for row in gold.tolist()]
     by_place = all(d <= 1 for row in digits for d in row)
@@ -85,13 +105,4 @@ def place_scores(
         else:
             index[i, : len(row)] = torch.arange(len(row))
     width = int((index >= 0).any(0).nonzero().max()) + 1 if (index >= 0).any() else 0
-    labels = [place_name(r) if by_place else f"token {r + 1}" for r in range(width)]
-    out = {}
-    for r, label in enumerate(labels):
-        has = index[:, r] >= 0
-        pos = index[:, r].clamp(min=0)
-        pick = pos[:, None, None].expand(n, top1.shape[1], 1)
-        ok = top1.gather(2, pick)[..., 0] == gold.gather(1, pos[:, None])
-        metrics = {"gold_rank": rank.gather(2, pick)[..., 0], "gold_prob": logp.gather(2, pick)[..., 0].exp()}
-        out[label] = Scores(ok & has[:, None], metrics, applies=has)
-    return out
+    return [place_name(r) if by_place else f"token {r + 1}" for r in range(width)], index[:, :width]
