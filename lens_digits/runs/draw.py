@@ -8,6 +8,7 @@ either way.
 """
 
 import dataclasses
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -59,14 +60,14 @@ def one_draw(
         LensDigitsError: No test problems are left in ``config.subset``.
     """
     targets = list(config.targets)
-    problems = generate_problems(task)
+    fits = any(getattr(d, "fits", False) for d in used) or config.cache_train
+    problems = _generate(task, fits)
     try:
         encoded = encode_for_model(adapter, problems, prepend_bos=config.prepend_bos, chat=config.chat)
     except BoundaryMergeError as e:
         raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     _warn_unknown_tokens(adapter, problems, encoded)
     _warn_builtin_untrained(adapter, task)
-    fits = any(getattr(d, "fits", False) for d in used) or config.cache_train
     run = residual_rows(problems, fits)
     ran = set(run)  # prompts.jsonl says which problems the model saw (a lens-only run reads train tokens alone)
     problems = [dataclasses.replace(p, model_ran=i in ran) for i, p in enumerate(problems)]
@@ -122,6 +123,35 @@ def one_draw(
             noted = {id(old): new for old, new in zip(scored.problems, scored_problems, strict=True)}
             problems = [noted.get(id(p), p) for p in problems]
     return Draw(results, scored_problems, problems, runs, data)
+
+
+SHARED = re.compile(
+    r"(?P<head>scale \d+ has only \d+ distinct \S+ problems) but (?P<asked>\d+) test, .*; "
+    r"using (?P<test>\d+) test, (?P<train>\d+) train and \d+ validation, each once"
+)
+
+
+def _generate(task: TaskConfig, fits: bool) -> list[Problem]:
+    """The task's problems; where a scale has too few, the warning names only the problems this sweep uses.
+
+    A sweep whose methods all read test residuals (lenses, interventions) runs the model on test problems only, and
+    reads the train problems' answers for the lenses' baseline: the validation problems are never used.
+
+    Returns:
+        The problems, as :func:`~lens_digits.problems.tasks.generate_problems` draws them.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        problems = generate_problems(task)
+    for w in caught:
+        text, match = str(w.message), SHARED.match(str(w.message))
+        if match and not fits:
+            text = (
+                f"{match['head']}: using {match['test']} of the {match['asked']} test problems asked for, each once "
+                f"(and {match['train']} train problems, whose answers give the lenses' baseline)"
+            )
+        warnings.warn(text, w.category, stacklevel=user_stacklevel())
+    return problems
 
 
 def residual_rows(problems: Sequence[Problem], fits: bool) -> list[int]:
