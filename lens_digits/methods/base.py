@@ -65,10 +65,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "lens_digits.methods"
 """Entry-point group through which installed packages offer methods (``[project.entry-points."lens_digits.methods"]``)."""
 
-SETTINGS = ("seed", "progress", "within", "norm", "probe_scope", "pairs", "batch_size", "template", "chat")
+SETTINGS = ("seed", "progress", "within", "norm", "probe_scope", "probe_max_iter", "pairs", "batch_size", "template", "chat")
 """The sweep settings a method may take (in :attr:`Method.uses`): the task's seed, the sweep's progress, the lenses'
-``within`` and ``norm``, the probes' ``probe_scope``, patching's ``pairs`` and ``batch_size``, and the prompts' ``template``
-and ``chat``."""
+``within`` and ``norm``, the probes' ``probe_scope`` and ``probe_max_iter``, patching's ``pairs`` and ``batch_size``, and
+the prompts' ``template`` and ``chat``."""
 
 
 class Method(abc.ABC):

@@ -37,6 +37,7 @@ class SweepConfig:
         prepend_bos: Put BOS before prompts; None follows the model's config.
         chat: Wrap prompts in the tokenizer's chat template (instruct models).
         probe_scope: For probes: ``per_scale`` or ``pooled``.
+        probe_max_iter: For the linear probe: L-BFGS iterations per fit at most.
         pairs: For ``patch``: (source, target) pairs per digit scale (None: every test problem with a source).
         batch_size: Problems per forward pass.
         cache_train: Run the model on train and validation problems even when no method fits (their residuals are cached).
@@ -66,6 +67,9 @@ class SweepConfig:
     chat: bool = option(False, "wrap prompts in the tokenizer's chat template (instruct models)")
     probe_scope: str = option(
         "per_scale", "probe: separate probes per digit scale, or one set fitted on all scales and scored per scale", choices=PROBE_SCOPES
+    )
+    probe_max_iter: int = option(
+        1000, "probe: L-BFGS iterations per fit at most (raise it where a sweep warns that fits reached it)", flag="--max-iter", metavar="N"
     )
     norm: str = option(
         "final",
@@ -114,6 +118,7 @@ class SweepConfig:
         if self.probe_scope not in PROBE_SCOPES:
             raise LensDigitsError(f"unknown probe scope {self.probe_scope!r}; choose {', '.join(PROBE_SCOPES)}")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("probe_max_iter", self.probe_max_iter, 1, 1_000_000, flag="--max-iter")
         if self.pairs is not None:
             _check_int("pairs", self.pairs, 1, 1_000_000, flag="--pairs")
         self.within = _int_list("within", self.within, 0)
@@ -160,6 +165,7 @@ def method_settings(task: "TaskConfig", config: SweepConfig) -> dict[str, Any]:
         "within": config.within,
         "norm": config.norm,
         "probe_scope": config.probe_scope,
+        "probe_max_iter": config.probe_max_iter,
         "pairs": config.pairs,
         "batch_size": config.batch_size,
         "template": task.template,

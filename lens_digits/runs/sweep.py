@@ -59,6 +59,7 @@ def run_sweep(
     prepend_bos: bool | None = None,
     chat: bool = False,
     probe_scope: str = "per_scale",
+    probe_max_iter: int = 1000,
     norm: str = "final",
     within: Sequence[int] = (1, 10),
     thresholds: Sequence[float] = (0.5, 0.9),
@@ -104,6 +105,7 @@ def run_sweep(
         chat: Wrap prompts in the tokenizer's chat template (instruct models).
         probe_scope: For ``probe``: ``per_scale`` (separate probes per digit
             scale) or ``pooled`` (one probe set fitted on all scales, scored per scale).
+        probe_max_iter: For ``probe``: L-BFGS iterations per fit at most.
         norm: The lenses' readout before the last layer: ``final`` (the model's final
             norm with each residual's own statistics) or ``none`` (the unembedding alone).
         within: Lenses: the k of the ``within_k`` scores (share of problems whose
@@ -159,6 +161,7 @@ def run_sweep(
         prepend_bos=prepend_bos,
         chat=chat,
         probe_scope=probe_scope,
+        probe_max_iter=probe_max_iter,
         norm=norm,
         within=within,
         thresholds=thresholds,

@@ -36,3 +36,18 @@ def test_sweep_config_round_trips_and_skips_unknown_keys():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SweepConfig.from_dict(config.to_dict())
+
+
+def test_max_iter_reaches_the_linear_probe_and_is_checked():
+    from lens_digits.errors import LensDigitsError
+    from lens_digits.methods.base import make_method
+    from lens_digits.problems.tasks import TaskConfig
+    from lens_digits.runs.config import method_settings
+
+    config = SweepConfig(probe_max_iter=7)
+    settings = method_settings(TaskConfig(scales=[1], n_per_scale=5), config)
+    assert make_method("probe", None, settings).max_iter == 7
+    assert make_method("circular_probe", None, settings).name == "circular_probe"  # closed form: takes and ignores it
+    assert SweepConfig.from_dict(config.to_dict()).probe_max_iter == 7
+    with pytest.raises(LensDigitsError, match="--max-iter"):
+        SweepConfig(probe_max_iter=0)

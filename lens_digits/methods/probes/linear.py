@@ -90,7 +90,7 @@ class LinearProbe(ProbeRecord, ProbeExamples, Decoder):
     """
 
     name = "probe"
-    uses = {"probe_scope": "scope", "seed": "seed", "progress": "progress"}
+    uses = {"probe_scope": "scope", "probe_max_iter": "max_iter", "seed": "seed", "progress": "progress"}
     targets = ("first", "answer")
     fits = True
 
@@ -271,7 +271,7 @@ class LinearProbe(ProbeRecord, ProbeExamples, Decoder):
             warnings.warn(
                 f"{self.fit_info['hit_max_iter']} of {self.fit_info['n_fits']} probe fits (all C, layers, places) reached "
                 f"max_iter={self.max_iter} before max|grad| <= {self.tol}; C is still chosen on validation problems, "
-                "raise max_iter for tighter fits",
+                "raise max_iter (--max-iter) for tighter fits",
                 stacklevel=user_stacklevel(),
             )
 
