@@ -220,3 +220,30 @@ def test_a_failing_unit_marks_the_study_failed_and_the_finished_units_are_combin
     table = pd.read_csv(out / "study.csv")
     assert set(table["model"]) == {"arith-llama"}  # the finished units, combined
     assert not (out / "small" / "add").exists()
+
+
+def test_the_readme_study_offline_stops_at_once_naming_the_hub_model(tmp_path):
+    """The README's example study, on a machine without the hub: exit 2 before any unit runs, naming pythia-70m."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    toml = readme[readme.index("# study.toml") :].split("```")[0]
+    assert 'model = "EleutherAI/pythia-70m"' in toml and 'model = "builtin"' in toml
+    (tmp_path / "study.toml").write_text(toml.replace('out = "runs/study"', f'out = "{tmp_path / "study"}"'))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-cache")}
+    env.pop("HF_HUB_CACHE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_digits.cli", "study", str(tmp_path / "study.toml"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("lens-digits: error: ") and "'EleutherAI/pythia-70m'" in line and "pythia-70m" in line, line
+    assert not (tmp_path / "study").exists()  # the built-in model's units, listed first, did not run
