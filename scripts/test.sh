@@ -55,9 +55,9 @@ for line in "${lines[@]}"; do
   # The suite runs in $TEST_WORKERS processes (pytest-xdist; 2 by default, one per core of a small CI machine), each
   # test file in one process (module fixtures load once), each process with one torch thread.
   step "tests, TransformerLens $line" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-    "$venv/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@"
+    "$venv/bin/python" -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile --durations=20 "$@"
   if [ "$line" = 4 ]; then
-    step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake --nbmake-timeout=900 tutorials
+    step "tutorials (nbmake), TransformerLens $line" "$venv/bin/python" -m pytest --nbmake --nbmake-timeout=900 --durations=0 tutorials
     step "type check (mypy lens_digits)" "$venv/bin/python" -m mypy
     step "lint (ruff, docstrings included)" "$venv/bin/ruff" check lens_digits tests benchmarks scripts tutorials
     step "API reference (sphinx -W)" bash -c "'$venv/bin/pip' install -q -c constraints.txt -e '.[docs]' && rm -rf build/docs && '$venv/bin/sphinx-build' -q -W --keep-going -b html docs/api build/docs"
