@@ -43,7 +43,7 @@ from typing import Any
 from lens_digits.errors import LensDigitsError, first_line
 from lens_digits.problems.tasks import TaskConfig
 from lens_digits.runs.config import SweepConfig
-from lens_digits.runs.study_file import STUDY_FORMAT, Study, StudyModel, StudyTask, load_study
+from lens_digits.runs.study_file import STUDY_FORMAT, Study, StudyModel, StudyTask, check_study_folder, load_study
 from lens_digits.storage import atomic
 from lens_digits.storage.paths import is_run_directory, resolve_output
 from lens_digits.storage.reservation import Reservation
@@ -84,10 +84,10 @@ def _identity(unit: dict[str, Any]) -> dict[str, Any]:
     """What makes a unit's run directory (its output folder is where it goes, not what it is).
 
     Returns:
-        The unit without ``out``, ``threads`` and ``imports``, as JSON reads it back.
+        The unit without ``out``, ``threads``, ``imports`` and ``origin`` (where a Ray worker gets the model), as JSON reads it back.
     """
     identity: dict[str, Any] = json.loads(
-        json.dumps({k: v for k, v in unit.items() if k not in ("out", "threads", "imports")}, default=str)
+        json.dumps({k: v for k, v in unit.items() if k not in ("out", "threads", "imports", "origin")}, default=str)
     )
     return identity
 
@@ -107,9 +107,8 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from lens_digits.builtin import model_source
-    from lens_digits.model.loading import load_model
     from lens_digits.residuals.cache import ResidualCache
+    from lens_digits.runs.remote import load_unit_model
     from lens_digits.runs.sweep import sweep
 
     out = Path(unit["out"])
@@ -128,7 +127,7 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
         task = TaskConfig.from_dict(unit["task"])
         config = SweepConfig.from_dict(unit["sweep"])
         with Reservation(out, overwrite=True) as reservation:
-            model = load_model(model_source(spec["model"]), device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
+            model = load_unit_model(spec, unit.get("origin"))
             cache = None
             if unit["cache"]:
                 cache = ResidualCache.for_run_directory(reservation.target, overwrite=True, shard_size=int(unit["shard_size"]))
@@ -148,29 +147,6 @@ def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
 # ---- the whole study -----------------------------------------------------------------------------
 
 
-def check_study_folder(out: Path) -> None:
-    """A study writes into a new or empty folder, or one that holds a study it wrote.
-
-    Raises:
-        LensDigitsError: ``out`` is a file, or a folder that is not empty and holds no study of this package.
-    """
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise LensDigitsError(f"study folder {str(out)!r} is a file; choose a folder")
-    names = {p.name for p in out.iterdir()}
-    if not names:
-        return
-    try:
-        ours = json.loads((out / "study.json").read_text()).get("format") == STUDY_FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise LensDigitsError(
-            f"study folder {str(out)!r} is not empty and holds no study of lens-digits (no study.json); choose a new folder"
-        )
-
-
 def run_study(
     study: Study,
     out: str | os.PathLike[str] | None,
@@ -178,6 +154,8 @@ def run_study(
     executor: str = "local",
     address: str | None = None,
     progress: bool = False,
+    threads: int | None = None,
+    **ray: Any,
 ) -> "StudyResult":
     """Run every unit of ``study`` into ``out`` (each resumes alone; finished ones are kept) and combine them.
 
@@ -187,6 +165,8 @@ def run_study(
         executor: ``local`` (one unit after another, here) or ``ray`` (a Ray task per unit).
         address: For ``ray``: a running cluster's address; None: a cluster this process already joined, else a local one (loopback only).
         progress: Show which unit runs.
+        threads: Torch CPU threads per unit (default: this process's); for ``ray``, what each task asks for (default: fitted).
+        ray: For ``ray``: ``gpus`` and ``resources`` per unit (see :func:`lens_digits.runs.executors.run_ray`).
 
     Returns:
         The units' grids and emergence layers, combined.
@@ -201,9 +181,13 @@ def run_study(
     root = resolve_output(out)
     check_study(study, root)
     run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = executor_named(executor, run_unit, address=address, progress=progress)
+    if executor == "ray":  # the units' run directories come back through Ray's object store and are written here
+        from lens_digits.runs.remote import study_on_ray
+
+        run = lambda units: study_on_ray(units, root, address=address, progress=progress, threads=threads, **ray)  # noqa: E731
     root.mkdir(parents=True, exist_ok=True)
     _write(root / "study.json", json.dumps({"format": STUDY_FORMAT, "status": "running"}, indent=2) + "\n")
-    units = study.units(root)
+    units = study.units(root, threads)
     try:
         summaries = run(units)
     except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the executor itself failed: combine what finished
@@ -352,13 +336,15 @@ class StudyResult:
         if len(self.emergence):
             html += self.size_figure().to_html(include_plotlyjs=False, full_html=False)
         _write(root / "study.html", f"<html><head><meta charset='utf-8'></head><body>{html}</body></html>\n")
-        record = {
+        record: dict[str, Any] = {
             "format": STUDY_FORMAT,
             "status": status,
             "executor": executor,
             "units": [{"out": os.path.relpath(u["out"], root), **_identity(u)} for u in self.units],
             "ran": [os.path.relpath(s["out"], root) for s in summaries if s.get("ran")],
         }
+        if any("node" in s for s in summaries):  # Ray: which node ran each unit
+            record["nodes"] = {os.path.relpath(s["out"], root): s["node"] for s in summaries if "node" in s}
         if status != "done":
             record["failed"] = list(failed)
         _write(root / "study.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
