@@ -117,12 +117,13 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
             encode_checked(tokenizer, problems, bos, n_ctx, chat=config.chat)
         except BoundaryMergeError as e:
             raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
+    shards = []
     if args.executor == "ray":  # the residual shards are computed on the cluster; this process reads them back
         from lens_digits.runs.executors import prefill_with_ray
 
         gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
         spec = {"model": args.model, "dtype": args.dtype, "device": args.device, "gpus": gpus}
-        prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress, **args.ray)
+        shards = prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress, **args.ray)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=False if args.no_progress else None)
     import torch
 
@@ -135,6 +136,8 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
     grid.info["command"] = _command_line(args.argv)
     if cache is not None:
         grid.info["cache"] = {**grid.info.get("cache", {}), "executor": args.executor}
+        if args.executor == "ray" and shards:  # the Ray nodes that computed this run's shards
+            grid.info["cache"]["nodes"] = sorted({s["node"] for s in shards})
     return grid
 
 
