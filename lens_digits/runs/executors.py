@@ -108,7 +108,7 @@ def run_ray(
     resources: dict[str, float] | None = None,
     max_in_flight: int | None = None,
     prepare: Callable[[Any], None] | None = None,
-) -> Units:
+) -> list[Any]:
     """One Ray task per unit (``work(unit)``: a study unit, or a residual shard); results in the units' order.
 
     Each task asks for ``threads`` CPUs (default: the units' own, fitted to the largest node), ``gpus`` GPUs (default: the
@@ -162,7 +162,7 @@ def _run_ray(
     resources: dict[str, float],
     max_in_flight: int | None,
     prepare: Callable[[Any], None] | None,
-) -> Units:
+) -> list[Any]:
     try:
         import ray
     except ImportError:

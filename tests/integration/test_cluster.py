@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -87,6 +88,7 @@ class Cluster:
         self.env = {**os.environ, "HOME": str(root / "home"), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         self.started: list[subprocess.Popen] = []
         self.worker_node = ""
+        self.errors: list[str] = []
 
     def start(self, name: str, head: bool) -> None:
         folder = self.root / name
@@ -122,7 +124,8 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 ray.init(address=self.address, _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError):
+            except (ConnectionError, RuntimeError) as e:
+                self.errors.append(f"{type(e).__name__}: {e}")
                 time.sleep(1)
                 continue
             try:
@@ -135,12 +138,12 @@ class Cluster:
             finally:
                 ray.shutdown()
         logs = "\n".join((self.root / f).read_text()[-2000:] for f in os.listdir(self.root) if f.endswith(".log"))
-        raise AssertionError(f"the cluster did not come up with {n} nodes:\n{logs}")
+        raise AssertionError(f"the cluster did not come up with {n} nodes ({self.errors[-1:]}):\n{logs}")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    root = Path(tmp_path_factory.mktemp("cluster"))
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="ld-ray-"))  # short: Ray's socket paths inside it must fit in 107 bytes
     c = Cluster(root)
     try:
         c.start("head", head=True)
@@ -291,7 +294,7 @@ def test_a_request_no_node_offers_is_named_at_once_and_threads_left_open_are_fit
     for kwargs, asked in (
         ({"threads": 2}, "CPU 2, GPU 0"),
         ({"gpus": 1.0}, "CPU 2, GPU 1"),
-        ({"resources": {"worker": 2}}, "CPU 2, GPU 0, worker 2"),
+        ({"resources": {"worker": 2.0}}, "CPU 2, GPU 0, worker 2"),
     ):
         with pytest.raises(ClusterError, match=rf"asks Ray for {asked}.*no node of the cluster offers \(largest node: CPU 1, GPU 0"):
             run_ray(units, address=cluster.address, work=json.dumps, **kwargs)
@@ -319,7 +322,7 @@ def test_a_node_that_leaves_the_cluster_is_reported_not_waited_on(cluster, monke
     units = [{"threads": 1, "model": {"gpus": 0}, "n": i} for i in range(3)]
     started = time.monotonic()
     with pytest.raises(ClusterError, match="no live node of the Ray cluster can run a unit .* a node left the cluster"):
-        run_ray(units, address=cluster.address, work=_slow, resources={"worker": 1})
+        run_ray(units, address=cluster.address, work=_slow, resources={"worker": 1.0})
     assert time.monotonic() - started < 90
 
 
