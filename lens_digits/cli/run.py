@@ -119,7 +119,7 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
             raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
     shards = []
     if args.executor == "ray":  # the residual shards are computed on the cluster; this process reads them back
-        from lens_digits.runs.executors import prefill_with_ray
+        from lens_digits.runs.ray_shards import prefill_with_ray
 
         gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
         spec = {"model": args.model, "dtype": args.dtype, "device": args.device, "gpus": gpus}

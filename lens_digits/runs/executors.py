@@ -23,7 +23,7 @@ from typing import Any
 
 from lens_digits.errors import LensDigitsError
 
-__all__ = ["EXECUTORS", "collect_block", "executor_named", "prefill_with_ray", "ray_options", "run_local", "run_ray", "shard_units"]
+__all__ = ["EXECUTORS", "executor_named", "local_ray_settings", "ray_options", "run_local", "run_ray"]
 
 Units = list[dict[str, Any]]
 
@@ -274,6 +274,3 @@ def executor_named(
             raise LensDigitsError("--address is for --executor ray")
         return lambda units: run_local(units, work, progress=progress)
     return lambda units: run_ray(units, address=address, progress=progress, work=work, keep_going=True, **ray)
-
-
-from lens_digits.runs.ray_shards import collect_block, prefill_with_ray, shard_units  # noqa: E402 - where they were found before

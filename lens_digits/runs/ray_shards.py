@@ -2,7 +2,7 @@
 
 The driver sends one unit per shard its cache lacks; a worker computes the shard
 into a private temporary cache and returns its two files
-(:func:`lens_digits.runs.remote.shard_on_worker`); the driver checks them and
+(:func:`shard_on_worker`); the driver checks them and
 writes the tensors, then the sidecar that makes the shard valid, into the
 run's cache, with the cache's own atomic writes. The sweep then reads every
 shard back, as it would after a killed run.
@@ -10,12 +10,15 @@ shard back, as it would after a killed run.
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from lens_digits.errors import ClusterError
+from lens_digits.runs.remote import node_id, pack
 
-__all__ = ["collect_block", "prefill_with_ray", "shard_units"]
+__all__ = ["collect_block", "prefill_with_ray", "shard_on_worker", "shard_units"]
 
 Units = list[dict[str, Any]]
 
@@ -116,6 +119,20 @@ def collect_block(unit: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def shard_on_worker(unit: dict[str, Any]) -> dict[str, Any]:
+    """One residual shard computed on a Ray worker into a private temporary cache, sent back as its two files.
+
+    Returns:
+        The shard's name, its files (:func:`pack`: ``NAME.safetensors`` and ``NAME.json``), ``node`` and the cache's counts.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="lens-digits-shard-"))
+    try:
+        counts = collect_block({**unit, "cache": {**unit["cache"], "folder": str(tmp), "read_also": []}})
+        return {**pack(tmp), **counts, "node": node_id()}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _whole(folder: Path, name: str) -> bool:
     """Whether ``folder`` holds shard ``name`` whole (its sidecar's checksum holds): it is not sent to the cluster.
 
@@ -183,7 +200,6 @@ def prefill_with_ray(
     import torch
 
     from lens_digits.runs.executors import run_ray
-    from lens_digits.runs.remote import shard_on_worker
 
     units = shard_units(model, task, config, cache, torch.get_num_threads())
     units = [u for u in units if not any(_whole(f, u["name"]) for f in (cache.folder, *cache.read_also))]
