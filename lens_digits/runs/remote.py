@@ -60,12 +60,13 @@ def unpack(packed: dict[str, Any], into: Path) -> None:
         ClusterError: A file's bytes do not match their checksum, or a name would leave ``into``.
     """
     files, sums = packed["files"], packed["sha256"]
-    for rel, data in files.items():
+    for rel, data in files.items():  # every file checked before any is written
         if hashlib.sha256(data).hexdigest() != sums.get(rel):
             raise ClusterError(f"{rel} came back from a Ray worker damaged (its SHA-256 does not match); run again to redo the unit")
-        target = into / rel
         if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise ClusterError(f"a Ray worker sent a file named {rel!r}, outside its folder; nothing was written there")
+            raise ClusterError(f"a Ray worker sent a file named {rel!r}, outside its folder; nothing was written")
+    for rel, data in files.items():
+        target = into / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
