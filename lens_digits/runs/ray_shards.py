@@ -11,12 +11,11 @@ shard back, as it would after a killed run.
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lens_digits.errors import ClusterError
-from lens_digits.runs.remote import node_id, pack
+from lens_digits.runs.remote import node_id, pack, scratch_folder
 
 __all__ = ["collect_block", "prefill_with_ray", "shard_on_worker", "shard_units"]
 
@@ -125,7 +124,7 @@ def shard_on_worker(unit: dict[str, Any]) -> dict[str, Any]:
     Returns:
         The shard's name, its files (:func:`pack`: ``NAME.safetensors`` and ``NAME.json``), ``node`` and the cache's counts.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="lens-digits-shard-"))
+    tmp = scratch_folder("shard")
     try:
         counts = collect_block({**unit, "cache": {**unit["cache"], "folder": str(tmp), "read_also": []}})
         return {**pack(tmp), **counts, "node": node_id()}

@@ -29,7 +29,7 @@ from typing import Any
 
 from lens_digits.errors import ClusterError
 
-__all__ = ["load_unit_model", "materialize", "model_origin", "node_id", "pack", "unpack"]
+__all__ = ["load_unit_model", "materialize", "model_origin", "node_id", "pack", "scratch_folder", "unpack"]
 
 
 # ---- files as values ------------------------------------------------------------------------------
@@ -151,6 +151,33 @@ def load_unit_model(spec: dict[str, Any], origin: dict[str, Any] | None) -> Any:
 
 
 # ---- where the work runs --------------------------------------------------------------------------
+
+
+def scratch_folder(kind: str) -> Path:
+    """A new private temporary folder for one task (``lens-digits-KIND-PID-XXXX``); those of dead worker processes are removed first.
+
+    A worker killed mid-task (by Ray, the kernel or a user) leaves its folder behind; the next task of that kind on the node
+    removes it, so retried and resumed work leaves nothing on the nodes.
+
+    Returns:
+        The folder.
+    """
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"lens-digits-{kind}-*-*"):
+        pid = old.name.split("-")[3]
+        if pid.isdigit() and not _alive(int(pid)) and old.owner() == Path(tempfile.gettempdir()).owner():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"lens-digits-{kind}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def node_id() -> str:

@@ -9,11 +9,10 @@ keeps the units it wrote, and the same command resumes with the others.
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from lens_digits.runs.remote import model_origin, node_id, pack, unpack
+from lens_digits.runs.remote import model_origin, node_id, pack, scratch_folder, unpack
 from lens_digits.runs.study_unit import _made_by, run_unit
 
 __all__ = ["study_on_ray", "unit_on_worker"]
@@ -27,7 +26,7 @@ def unit_on_worker(unit: dict[str, Any]) -> dict[str, Any]:
     Returns:
         The run directory's files (:func:`pack`), with ``node`` (the Ray node that ran it) and ``ran``.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="lens-digits-unit-"))
+    tmp = scratch_folder("unit")
     try:
         out = tmp / unit["out"]
         summary = run_unit({**unit, "out": str(out)})

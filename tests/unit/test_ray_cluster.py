@@ -73,3 +73,19 @@ def test_files_travel_with_their_checksums_and_damage_is_refused(tmp_path):
     (src / "link").symlink_to(src / "grid.csv")
     with pytest.raises(ClusterError, match="is a symbolic link"):
         pack(src)
+
+
+def test_a_task_folder_left_by_a_killed_worker_is_removed_by_the_next_task(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from lens_digits.runs.remote import scratch_folder
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    left = tmp_path / f"lens-digits-unit-{dead}-abc123"
+    (left / "x").mkdir(parents=True)
+    mine = scratch_folder("unit")
+    live = scratch_folder("unit")  # this process is alive: its folders stay
+    assert not left.exists() and mine.is_dir() and live.is_dir()
+    assert mine.name.startswith(f"lens-digits-unit-{__import__('os').getpid()}-")
