@@ -119,8 +119,8 @@ def dispatch(
         work: The task's function.
         requests: What each unit's task asks for (``CPU``, ``GPU``, custom resources), already fitted (:func:`fit_request`).
         on_result: Called here with each unit and its task's result, in the order they finish; what it returns is the unit's entry.
-        on_failure: For a unit that failed (its own error, or its worker died more than ``MAX_RETRIES`` times): what it returns is the
-            unit's entry, and the others go on. None: the failure is raised.
+        on_failure: For a unit that failed (its own error, its worker died more than ``MAX_RETRIES`` times, or ``on_result`` failed
+            with a :class:`LensDigitsError` or ``OSError``): what it returns is the unit's entry, and the others go on. None: raised.
         progress: Print how many units wait, run and are done whenever that changes.
         max_in_flight: Tasks in Ray at once (default: the nodes' :func:`slots`).
 
@@ -130,6 +130,8 @@ def dispatch(
     Raises:
         ClusterError: No live node can run the units left for ``NODE_TIMEOUT_S`` seconds, or a worker died too often (and no
             ``on_failure``).
+        LensDigitsError: A unit's own error, or ``on_result``'s (without ``on_failure``).
+        OSError: ``on_result`` could not write a result (without ``on_failure``).
     """
     task = ray.remote(work)
     nodes = alive_nodes(ray)
@@ -168,8 +170,16 @@ def dispatch(
                     out[i] = on_failure(units[i], cause)
                     failed += 1
                     continue
-                out[i] = on_result(units[i], result) if on_result is not None else result
-                del result  # one result at a time is held here
+                try:
+                    out[i] = on_result(units[i], result) if on_result is not None else result
+                except (LensDigitsError, OSError) as e:  # writing this unit's result failed (a full disk, a link where it goes)
+                    if on_failure is None:
+                        raise
+                    out[i] = on_failure(units[i], e)
+                    failed += 1
+                    continue
+                finally:
+                    del result  # one result at a time is held here
                 done += 1
         if progress:
             print(f"ray: {done} done" + (f", {failed} failed" if failed else ""), flush=True)
