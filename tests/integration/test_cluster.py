@@ -274,7 +274,17 @@ def test_a_study_on_the_second_node_survives_a_killed_worker_and_a_killed_driver
     assert not list((cluster.root / "head" / "tmp").glob("lens-digits-*"))  # and nothing ran on the head
 
 
-def test_a_sharded_run_on_the_second_node_equals_a_local_run(cluster, tmp_path):
+def test_a_sharded_run_on_the_second_node_equals_a_local_run(cluster, tmp_path, monkeypatch):
+    import lens_digits.runs.executors as executors
+
+    sent = []
+    run_ray = executors.run_ray
+
+    def recording(units, **kwargs):
+        sent.append(units)
+        return run_ray(units, **kwargs)
+
+    monkeypatch.setattr(executors, "run_ray", recording)
     run = ["run", "--model", "builtin:arith-llama", "--scales", "1-2", "--n", "10", "--methods", "logit_lens", "--seed", "2"]
     run += ["--shard-size", "8", "--threads", "1", "--no-progress"]
     assert cli(*run, "--out", str(tmp_path / "local")) == 0
@@ -284,6 +294,8 @@ def test_a_sharded_run_on_the_second_node_equals_a_local_run(cluster, tmp_path):
     local = json.loads((tmp_path / "local" / "run.json").read_text())["cache"]
     assert cache["problems"] == {"read": local["problems"]["computed"], "computed": 0}
     assert cache["nodes"] == [cluster.worker_node]
+    assert len(sent) == 1 and len(sent[0]) == 4  # 2 scales x 10 test problems, 8 a shard: one unit a shard
+    assert str(tmp_path) not in json.dumps(sent, default=str)  # no folder of the driver's, the cache's included
 
 
 def test_a_request_no_node_offers_is_named_at_once_and_threads_left_open_are_fitted(cluster, capsys):
