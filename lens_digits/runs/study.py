@@ -111,6 +111,8 @@ def run_study(
         finished = [u for u in units if _made_by(Path(u["out"]), u)]
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         _finish(root, finished, done, executor, status, [{"unit": "(executor)", "error": first_line(e)}])
+        if isinstance(e, KeyboardInterrupt) and finished:  # what the command line says it stopped after
+            e.written = f"{len(finished)} finished unit(s) into {root} (the same command resumes with the others)"  # type: ignore[attr-defined]
         raise
     failed = [{"unit": os.path.relpath(s_["out"], root), "error": s_["error"]} for s_ in summaries if "error" in s_]
     finished = [u for u, s_ in zip(units, summaries, strict=True) if "error" not in s_]

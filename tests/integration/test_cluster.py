@@ -203,7 +203,7 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_study_on_the_second_node_survives_a_killed_worker_and_a_killed_driver_and_equals_a_local_study(
-    cluster, small_dir, tmp_path, monkeypatch
+    cluster, small_dir, tmp_path, monkeypatch, capsys
 ):
     import lens_digits.runs.executors as executors
     import lens_digits.storage.reservation as reservation
@@ -254,6 +254,7 @@ def test_a_study_on_the_second_node_survives_a_killed_worker_and_a_killed_driver
         stop.set()
         killer.join()
     assert killed, "no worker process was seen running a unit"
+    assert "after writing 1 finished unit(s) into" in capsys.readouterr().err
     record = json.loads((out / "study.json").read_text())
     assert record["status"] == "interrupted" and len(record["units"]) == 1  # the unit written before the interrupt is kept
 
