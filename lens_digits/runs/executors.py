@@ -92,6 +92,8 @@ def local_ray_settings() -> dict[str, Any]:
         "log_to_driver": False,
         "configure_logging": False,
         "_temp_dir": temp,
+        # The workers' temporary files (a unit's folder, the copies of shipped checkpoints) go there too, removed with it.
+        "runtime_env": {"env_vars": {"TMPDIR": temp}},
     }
 
 
