@@ -24,6 +24,7 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "BoundaryMergeError": "lens_digits.errors",
+    "ClusterError": "lens_digits.errors",
     "ContextLengthError": "lens_digits.errors",
     "ModelLoadError": "lens_digits.errors",
     "NonFiniteError": "lens_digits.errors",
@@ -76,6 +77,7 @@ __all__ = [
     "AccuracyGrid",
     "BoundaryMergeError",
     "CircularProbe",
+    "ClusterError",
     "ContextLengthError",
     "Decoder",
     "Intervention",
@@ -127,6 +129,7 @@ if TYPE_CHECKING:
     from lens_digits.builtin import load_builtin_model
     from lens_digits.errors import (
         BoundaryMergeError,
+        ClusterError,
         ContextLengthError,
         LensDigitsError,
         ModelLoadError,

@@ -38,6 +38,10 @@ class TransformerLensVersionError(LensDigitsError):
     """A method needs a TransformerLens release other than the one installed (one with ``tools.analysis``)."""
 
 
+class ClusterError(LensDigitsError):
+    """A Ray cluster cannot run the work: no node offers what a unit asks for, a node left, or a worker kept dying."""
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, cut to ``limit`` characters (its type if it has no message).
 

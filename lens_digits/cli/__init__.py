@@ -189,9 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _executor_arguments(parser: Any, what: str) -> None:
-    """``--executor`` and ``--address``, the same for ``run`` and ``study``."""
+    """``--executor``, ``--address`` and what each unit asks for (``--threads``, ``--gpus``, ``--resource``): for ``run`` and ``study``."""
     parser.add_argument("--executor", default="local", choices=["local", "ray"], help=f"{what} (default: local)")
     parser.add_argument("--address", default=None, help="for --executor ray: a running cluster (default: a local one, loopback only)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads per unit, and the CPUs each Ray task asks for (default: torch's; on Ray, fitted to the largest node)",
+    )
+    parser.add_argument(
+        "--gpus", type=float, default=None, metavar="N", help="for --executor ray: GPUs each task asks for (default: the model's gpus)"
+    )
+    parser.add_argument(
+        "--resource",
+        dest="resources",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="for --executor ray: a custom Ray resource each task asks for (repeatable), e.g. worker=1 for nodes started with "
+        "--resources '{\"worker\": 1}'",
+    )
 
 
 def _import_argument(parser: Any) -> None:

@@ -59,8 +59,9 @@ def _run(args: argparse.Namespace) -> int:
     with Reservation(args.out, args.overwrite) as reservation:
         if args.executor == "ray" and args.no_cache:
             raise LensDigitsError("--executor ray shares the work through the residual cache; leave out --no-cache")
-        if args.address and args.executor != "ray":
-            raise LensDigitsError("--address is for --executor ray")
+        from lens_digits.runs.executors import ray_options
+
+        args.ray = ray_options(args.executor, args.address, args.threads, args.gpus, args.resources)
         cache = None
         if not args.no_cache:
             from lens_digits.residuals.cache import SHARD_SIZE, ResidualCache
@@ -116,17 +117,27 @@ def _sweep(args: argparse.Namespace, task: Any, config: Any, cache: Any = None) 
             encode_checked(tokenizer, problems, bos, n_ctx, chat=config.chat)
         except BoundaryMergeError as e:
             raise BoundaryMergeError(f"template {task.template!r} with answer prefix {task.answer_prefix!r}: {e}") from None
+    shards = []
     if args.executor == "ray":  # the residual shards are computed on the cluster; this process reads them back
-        from lens_digits.runs.executors import prefill_with_ray
+        from lens_digits.runs.ray_shards import prefill_with_ray
 
         gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
         spec = {"model": args.model, "dtype": args.dtype, "device": args.device, "gpus": gpus}
-        prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress)
+        shards = prefill_with_ray(spec, task, config, cache, address=args.address, progress=not args.no_progress, **args.ray)
     model = load_model(args.model, device=args.device, dtype=args.dtype, progress=False if args.no_progress else None)
-    grid = sweep(model, task, config, cache=cache)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)  # --threads: this process's too
+    try:
+        grid = sweep(model, task, config, cache=cache)
+    finally:
+        torch.set_num_threads(threads)
     grid.info["command"] = _command_line(args.argv)
     if cache is not None:
         grid.info["cache"] = {**grid.info.get("cache", {}), "executor": args.executor}
+        if args.executor == "ray" and shards:  # the Ray nodes that computed this run's shards
+            grid.info["cache"]["nodes"] = sorted({s["node"] for s in shards})
     return grid
 
 

@@ -4,7 +4,7 @@ A study file (TOML) lists models and tasks; every (model, task) pair is a **unit
 ``OUT/MODEL/TASK``, with its residual cache, so each unit resumes alone and a finished one is not run again (its
 ``run.json`` records the unit it made). Units are plain JSON-ready dicts run by :func:`run_unit`, the same function
 whichever executor runs them: one after another in this process (``local``), or as Ray tasks (``ray``, see
-:mod:`lens_digits.runs.executors`). Then the units' grids are read back and combined: ``study.csv`` and
+:mod:`lens_digits.runs.study_ray`). Then the units' grids are read back and combined: ``study.csv`` and
 ``study_emergence.csv`` (every row with ``model``, ``task``, ``n_params`` and ``n_layers`` in front) and ``study.html``
 (heatmaps faceted by model and task, and the emergence layer against model size).
 
@@ -41,12 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from lens_digits.errors import LensDigitsError, first_line
-from lens_digits.problems.tasks import TaskConfig
-from lens_digits.runs.config import SweepConfig
-from lens_digits.runs.study_file import STUDY_FORMAT, Study, StudyModel, StudyTask, load_study
+from lens_digits.runs.study_file import STUDY_FORMAT, Study, StudyModel, StudyTask, check_study_folder, load_study
+from lens_digits.runs.study_unit import _identity, _made_by, run_unit
 from lens_digits.storage import atomic
-from lens_digits.storage.paths import is_run_directory, resolve_output
-from lens_digits.storage.reservation import Reservation
+from lens_digits.storage.paths import resolve_output
 
 __all__ = [
     "STUDY_FORMAT",
@@ -62,113 +60,7 @@ __all__ = [
 ]
 
 
-# ---- one unit ------------------------------------------------------------------------------------
-
-
-def _made_by(folder: Path, unit: dict[str, Any]) -> bool:
-    """Whether ``folder`` is a finished run directory of exactly this unit.
-
-    Returns:
-        True if ``folder`` is a run directory whose ``run.json`` records this unit's identity.
-    """
-    if not is_run_directory(folder):
-        return False
-    try:
-        info = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return info.get("study", {}).get("unit") == _identity(unit)
-
-
-def _identity(unit: dict[str, Any]) -> dict[str, Any]:
-    """What makes a unit's run directory (its output folder is where it goes, not what it is).
-
-    Returns:
-        The unit without ``out``, ``threads`` and ``imports``, as JSON reads it back.
-    """
-    identity: dict[str, Any] = json.loads(
-        json.dumps({k: v for k, v in unit.items() if k not in ("out", "threads", "imports")}, default=str)
-    )
-    return identity
-
-
-def run_unit(unit: dict[str, Any]) -> dict[str, Any]:
-    """Run one (model, task) unit into its run directory, unless a finished one is there; a summary of it.
-
-    Used as it is by every executor. Torch's thread count is the unit's, so a unit gives the same bytes in any process.
-
-    Returns:
-        ``{"out": ..., "ran": ...}``: the run directory, and whether the unit ran (False: a finished one was there).
-
-    Raises:
-        LensDigitsError: The run directory or the folder above it is a symbolic link.
-    """
-    import warnings
-
-    import torch
-
-    from lens_digits.builtin import model_source
-    from lens_digits.model.loading import load_model
-    from lens_digits.residuals.cache import ResidualCache
-    from lens_digits.runs.sweep import sweep
-
-    out = Path(unit["out"])
-    if _made_by(out, unit):
-        return {"out": str(out), "ran": False}
-    from lens_digits.methods import import_modules
-
-    import_modules(unit.get("imports", ()))  # a Ray worker imports the driver's plug-in modules too
-    for folder in (out.parent, out):
-        if folder.is_symlink():
-            raise LensDigitsError(f"{str(folder)!r} is a symbolic link; a study never writes through one: remove it")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(unit["threads"]))
-    try:
-        spec = unit["model"]
-        task = TaskConfig.from_dict(unit["task"])
-        config = SweepConfig.from_dict(unit["sweep"])
-        with Reservation(out, overwrite=True) as reservation:
-            model = load_model(model_source(spec["model"]), device=spec.get("device"), dtype=spec.get("dtype"), progress=False)
-            cache = None
-            if unit["cache"]:
-                cache = ResidualCache.for_run_directory(reservation.target, overwrite=True, shard_size=int(unit["shard_size"]))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                grid = sweep(model, task, config, cache=cache)
-            n_params = sum(p.numel() for p in model.parameters())
-            grid.info["study"] = {"unit": _identity(unit), "n_params": n_params}
-            if cache is not None:
-                cache.take_over(grid.info)
-            grid.save(out, overwrite=True, reservation=reservation, cache=None if cache is None else cache.folder)
-    finally:
-        torch.set_num_threads(threads)
-    return {"out": str(out), "ran": True}
-
-
 # ---- the whole study -----------------------------------------------------------------------------
-
-
-def check_study_folder(out: Path) -> None:
-    """A study writes into a new or empty folder, or one that holds a study it wrote.
-
-    Raises:
-        LensDigitsError: ``out`` is a file, or a folder that is not empty and holds no study of this package.
-    """
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise LensDigitsError(f"study folder {str(out)!r} is a file; choose a folder")
-    names = {p.name for p in out.iterdir()}
-    if not names:
-        return
-    try:
-        ours = json.loads((out / "study.json").read_text()).get("format") == STUDY_FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise LensDigitsError(
-            f"study folder {str(out)!r} is not empty and holds no study of lens-digits (no study.json); choose a new folder"
-        )
 
 
 def run_study(
@@ -178,6 +70,8 @@ def run_study(
     executor: str = "local",
     address: str | None = None,
     progress: bool = False,
+    threads: int | None = None,
+    **ray: Any,
 ) -> "StudyResult":
     """Run every unit of ``study`` into ``out`` (each resumes alone; finished ones are kept) and combine them.
 
@@ -187,6 +81,8 @@ def run_study(
         executor: ``local`` (one unit after another, here) or ``ray`` (a Ray task per unit).
         address: For ``ray``: a running cluster's address; None: a cluster this process already joined, else a local one (loopback only).
         progress: Show which unit runs.
+        threads: Torch CPU threads per unit (default: this process's); for ``ray``, what each task asks for (default: fitted).
+        ray: For ``ray``: ``gpus`` and ``resources`` per unit (see :func:`lens_digits.runs.executors.run_ray`).
 
     Returns:
         The units' grids and emergence layers, combined.
@@ -201,9 +97,13 @@ def run_study(
     root = resolve_output(out)
     check_study(study, root)
     run: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] = executor_named(executor, run_unit, address=address, progress=progress)
+    if executor == "ray":  # the units' run directories come back through Ray's object store and are written here
+        from lens_digits.runs.study_ray import study_on_ray
+
+        run = lambda units: study_on_ray(units, root, address=address, progress=progress, threads=threads, **ray)  # noqa: E731
     root.mkdir(parents=True, exist_ok=True)
     _write(root / "study.json", json.dumps({"format": STUDY_FORMAT, "status": "running"}, indent=2) + "\n")
-    units = study.units(root)
+    units = study.units(root, threads)
     try:
         summaries = run(units)
     except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the executor itself failed: combine what finished
@@ -211,6 +111,8 @@ def run_study(
         finished = [u for u in units if _made_by(Path(u["out"]), u)]
         status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         _finish(root, finished, done, executor, status, [{"unit": "(executor)", "error": first_line(e)}])
+        if isinstance(e, KeyboardInterrupt) and finished:  # what the command line says it stopped after
+            e.written = f"{len(finished)} finished unit(s) into {root} (the same command resumes with the others)"  # type: ignore[attr-defined]
         raise
     failed = [{"unit": os.path.relpath(s_["out"], root), "error": s_["error"]} for s_ in summaries if "error" in s_]
     finished = [u for u, s_ in zip(units, summaries, strict=True) if "error" not in s_]
@@ -352,13 +254,15 @@ class StudyResult:
 
         figures = [self.figure(), self.size_figure()] if len(self.emergence) else [self.figure()]
         _write(root / "study.html", figure_page(*figures, title="Accuracy Breakdown · study"))
-        record = {
+        record: dict[str, Any] = {
             "format": STUDY_FORMAT,
             "status": status,
             "executor": executor,
             "units": [{"out": os.path.relpath(u["out"], root), **_identity(u)} for u in self.units],
             "ran": [os.path.relpath(s["out"], root) for s in summaries if s.get("ran")],
         }
+        if any("node" in s for s in summaries):  # Ray: which node ran each unit
+            record["nodes"] = {os.path.relpath(s["out"], root): s["node"] for s in summaries if "node" in s}
         if status != "done":
             record["failed"] = list(failed)
         _write(root / "study.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")

@@ -19,6 +19,7 @@ a repeated name, an impossible value): a bad file stops before anything runs.
 """
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ from lens_digits.errors import LensDigitsError
 from lens_digits.problems.tasks import TaskConfig
 from lens_digits.runs.config import SweepConfig
 
-__all__ = ["STUDY_FORMAT", "Study", "StudyModel", "StudyTask", "load_study"]
+__all__ = ["STUDY_FORMAT", "Study", "StudyModel", "StudyTask", "check_study_folder", "load_study"]
 
 STUDY_FORMAT = "lens_digits.study"
 
@@ -232,3 +233,26 @@ def load_study(
     if out is not None and not isinstance(out, str):
         raise LensDigitsError(f"{where}: out must be a folder name")
     return study, out
+
+
+def check_study_folder(out: Path) -> None:
+    """A study writes into a new or empty folder, or one that holds a study it wrote.
+
+    Raises:
+        LensDigitsError: ``out`` is a file, or a folder that is not empty and holds no study of this package.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise LensDigitsError(f"study folder {str(out)!r} is a file; choose a folder")
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    try:
+        ours = json.loads((out / "study.json").read_text()).get("format") == STUDY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise LensDigitsError(
+            f"study folder {str(out)!r} is not empty and holds no study of lens-digits (no study.json); choose a new folder"
+        )

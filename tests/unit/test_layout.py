@@ -92,7 +92,7 @@ def test_the_model_is_wrapped_only_at_entry_points():
     entry = {
         "lens_digits.runs.sweep",  # run_sweep and sweep
         "lens_digits.runs.fit",  # refit
-        "lens_digits.runs.executors",  # a Ray worker loading its model
+        "lens_digits.runs.ray_shards",  # a Ray worker loading its model
         "lens_digits.residuals.collect",  # collect_residuals, public
         "lens_digits.model.greedy",  # greedy_answers, public (the model card's)
         "lens_digits.methods.lenses.base",  # Lens.from_model, public
