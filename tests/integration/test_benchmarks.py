@@ -80,3 +80,13 @@ def test_attribution_benchmark_counts_passes_against_patch():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| patch | 5.0 | 0 |" in proc.stdout and "| attribution | 1.0 | 1 |" in proc.stdout  # 5 columns: one forward each
     assert "| attribution+exact | 7.0 | 1 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_probe_sweep_benchmark_times_the_batched_fit_against_per_layer_loops():
+    proc = run(BENCH / "probe_sweeps.py", "--size", "tiny", "--model", "arith-llama", "--sk-layers", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"batched", "per-layer (ours)", "per-layer (scikit-learn)"} <= set(rows)
+    assert rows["per-layer (ours)"][2].strip() == "100.00%"  # the same solver, one (scale, layer) at a time
+    assert float(rows["per-layer (scikit-learn)"][2].strip().rstrip("%")) >= 90  # another solver of the same objective
