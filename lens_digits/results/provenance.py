@@ -1,6 +1,7 @@
 """What a run was, from its ``run.json``: the report's header (model, task, readout, versions, command), as HTML."""
 
 import html
+from pathlib import PurePath
 from typing import Any
 
 __all__ = ["provenance", "provenance_html"]
@@ -38,7 +39,7 @@ def provenance(info: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]:
         (
             "model",
             [
-                ("name", model.get("name")),
+                ("name", shown_model_name(model.get("name"))),
                 ("parameters", _count(n_params) if n_params else None),
                 ("layers", model.get("n_layers")),
                 ("width", model.get("d_model")),
@@ -108,3 +109,20 @@ def provenance_html(info: dict[str, Any]) -> str:
         rows = "".join(f"<dt>{html.escape(name)}</dt><dd>{html.escape(value)}</dd>" for name, value in facts)
         parts.append(f'<div class="facts"><h3>{html.escape(group)}</h3><dl>{rows}</dl></div>')
     return "".join(parts)
+
+
+def shown_model_name(name: Any) -> Any:
+    """A model's name as a page shows it: a shipped model as ``builtin:NAME``, not the path of the package it ran from.
+
+    Returns:
+        ``builtin:arith-llama-28`` for a path ending in ``lens_digits/builtin/arith-llama-28`` (on any machine), else ``name``.
+
+    >>> shown_model_name("/site-packages/lens_digits/builtin/arith-llama-28"), shown_model_name("gpt2")
+    ('builtin:arith-llama-28', 'gpt2')
+    """
+    from lens_digits.builtin import MODELS
+
+    parts = PurePath(str(name)).parts if name else ()
+    if len(parts) >= 3 and parts[-3:-1] == ("lens_digits", "builtin") and parts[-1] in MODELS:
+        return f"builtin:{parts[-1]}"
+    return name
