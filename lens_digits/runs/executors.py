@@ -82,6 +82,7 @@ def local_ray_settings() -> dict[str, Any]:
     # A token for this cluster alone, passed to its processes by the environment (Ray would otherwise write one
     # into ~/.ray).
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # said, so Ray keeps token auth on without a notice on every run
     _loopback_only()
     # Ray's session files (sockets, logs, spilled objects) go into a folder of this cluster's own, private (0700) and removed
     # with it (see run_ray), instead of a shared /tmp/ray that outlives the run.

@@ -92,3 +92,23 @@ def test_a_cluster_started_for_a_run_keeps_its_session_files_private_and_removes
     folder, mode = seen[0]
     assert mode == 0o700  # no other user reads the session's sockets and logs
     assert not os.path.exists(folder)  # and nothing of it is left after the run
+
+
+@pytest.mark.slow
+def test_a_cluster_started_for_a_run_keeps_token_auth_and_prints_no_notice(tmp_path):
+    """Ray announces token auth on every ``ray.init`` unless the mode is set: the package sets it (on), so runs stay quiet."""
+    import subprocess
+
+    pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "lens_digits.cli", *RUN, "--out", str(tmp_path / "ray"), "--executor", "ray"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Token authentication" not in done.stderr + done.stdout
+    assert not (tmp_path / "home").exists()  # and no token was written into a home folder
