@@ -198,7 +198,7 @@ def study_file(tmp_path: Path, small: Path) -> Path:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    skip = ("run.json", "heatmap.html", "study.json", "study.html")
+    skip = ("run.json", "report.html", "heatmap.html", "study.json", "study.html")  # the pages show run.json's provenance
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
 
 
