@@ -94,6 +94,15 @@ def alive(name: str) -> bool:
     pid = int(next(g for g in found.groups() if g)) if found else None
     if pid is None or pid == os.getpid():
         return False
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (one of another user's counts: it cannot be signalled but is there).
+
+    Returns:
+        True if it exists.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

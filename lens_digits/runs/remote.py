@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lens_digits.errors import ClusterError
+from lens_digits.residuals.assembly import process_alive
 
 __all__ = ["load_unit_model", "materialize", "model_origin", "node_id", "pack", "scratch_folder", "unpack"]
 
@@ -165,19 +166,9 @@ def scratch_folder(kind: str) -> Path:
     root = Path(tempfile.gettempdir())
     for old in root.glob(f"lens-digits-{kind}-*-*"):
         pid = old.name.split("-")[3]
-        if pid.isdigit() and not _alive(int(pid)) and old.owner() == Path(tempfile.gettempdir()).owner():
+        if pid.isdigit() and not process_alive(int(pid)) and old.owner() == Path(tempfile.gettempdir()).owner():
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"lens-digits-{kind}-{os.getpid()}-"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def node_id() -> str:
