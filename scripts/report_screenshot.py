@@ -20,6 +20,7 @@ CELL = """([scale, layer]) => {
   const row = fl.yaxis._categories.indexOf(String(scale));
   return [box.left + fl._size.l + fl.xaxis.l2p(layer), box.top + fl._size.t + fl.yaxis.l2p(row)];
 }"""
+"""Where the heatmap's cell (scale, layer) is in the window (the report's browser tests use it too)."""
 
 
 def main() -> int:

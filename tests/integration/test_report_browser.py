@@ -5,14 +5,19 @@ and recorded. Each test checks what the page shows against the run directory's o
 """
 
 import json
+import sys
 import time
 
 import pandas as pd
 import pytest
 from browser import REQUIRE, chromium, find_chromium, no_browser, pixels
+from conftest import REPO
 
 import lens_digits as ld
 from lens_digits.cli import main
+
+sys.path.insert(0, str(REPO / "scripts"))
+from report_screenshot import CELL  # noqa: E402 - where the heatmap's cell (scale, layer) is in the window
 
 METHODS = ["logit_lens", "probe", "patch"]
 QUICK = {"probe": {"Cs": [1.0], "max_iter": 200}}
@@ -22,15 +27,6 @@ FIGURE = """() => {
   return JSON.stringify({ data: gd.data.map((d) => [d.type, d.name, d.z, d.y]), title: gd.layout.title });
 }"""
 """What the figure draws, as text: two renders that draw the same thing give the same text."""
-
-CELL = """([scale, layer]) => {
-  const gd = document.getElementById("figure");
-  const fl = gd._fullLayout;
-  const box = gd.getBoundingClientRect();
-  const row = fl.yaxis._categories.indexOf(String(scale));
-  return [box.left + fl._size.l + fl.xaxis.l2p(layer), box.top + fl._size.t + fl.yaxis.l2p(row)];
-}"""
-"""Where the heatmap's cell (scale, layer) is in the window."""
 
 
 def sweep(model, seed):
