@@ -123,7 +123,7 @@ class LinearProbe(ProbeRecord, ProbeExamples, Decoder):
             control: Also fit probes on the control task (doubles the work).
             history: L-BFGS memory.
             max_bytes: Working-memory budget of the solver; layers are solved in chunks that fit it
-                (default: the size of the standardised train residuals it fits on).
+                (default: the size of the standardised train residuals it fits on, at least 512 MiB).
             progress: Show the solver's iterations.
 
         Raises:

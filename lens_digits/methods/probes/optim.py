@@ -18,6 +18,10 @@ from tqdm.auto import tqdm
 
 from lens_digits.errors import LensDigitsError
 from lens_digits.methods.probes.lbfgs import _solve_chunk
+from lens_digits.methods.probes.rows import rotate
+
+DEFAULT_MAX_BYTES = 2**29
+"""The solver's smallest default working-memory budget (512 MiB); larger features raise it to their own size."""
 
 
 @dataclass
@@ -77,17 +81,30 @@ def fit_multinomial(
     penalised.
 
     The cells share the tensor work: an iteration is two batched matrix
-    products per block (logits along the search direction, then the gradient)
-    covering every C and task, whatever the line search does, since trial steps
+    products (logits along the search direction, then the gradient) covering
+    every cell being fitted, whatever the line search does, since trial steps
     move the logits element-wise. Each cell keeps its own L-BFGS history (as
     scipy's L-BFGS-B, which scikit-learn calls), step size (Armijo backtracking)
     and stopping rule: it stops when ``max|gradient| <= tol`` (scikit-learn's
     ``gtol``), after ``max_iter`` iterations, when its line search finds no
-    decrease, or after three steps in a row whose relative decrease is within
-    rounding noise (``eps`` of the dtype: stalled at the precision of float32).
-    Stopped cells leave the work once a whole block (layer) or column (C, task)
-    has stopped. Starting from zero with no randomness, the result is
-    deterministic for a given device and thread count.
+    decrease it can tell from rounding, or after three steps in a row whose
+    relative decrease is within rounding noise (``eps`` of the dtype: stalled at
+    the precision of float32).
+
+    What makes it fast at the small widths probes have (tested in ``tests/unit/test_optim.py``):
+
+    - features up to :data:`~lens_digits.methods.probes.rows.PRECONDITION_MAX_DIM` wide are turned to
+      the eigenvectors of each block's Gram matrix (the same fit, weights turned back at the end), where
+      the curvature bound ``G / 2 + lam`` of the cross-entropy is diagonal and preconditions every
+      cell: a residual stream's correlated features no longer slow the fit;
+    - the strengths are solved one after another, strongest regularisation first, each starting
+      where the previous C stopped;
+    - running fits are laid out again in rows of one block's cells as others stop, so a block's
+      slowest fit does not keep its finished ones in the work;
+    - trailing rows of weight 0 (a smaller group's padding) are left out.
+
+    Starting from zero with no randomness, the result is deterministic for a
+    given device and thread count.
 
     Args:
         x: Features, already standardised; rows with zero weight are ignored.
@@ -101,9 +118,9 @@ def fit_multinomial(
         tol: Gradient tolerance (max-abs) of the mean objective.
         history: L-BFGS memory (correction pairs).
         max_ls: Line-search trials per iteration.
-        max_bytes: Working-memory budget of the solver (parameters, gradients, L-BFGS
-            history, logits); blocks are solved in chunks that fit it. Default: the
-            size of ``x`` itself, so the solver needs no more than its features.
+        max_bytes: Working-memory budget of the solver (turned features, parameters, gradients,
+            L-BFGS history, logits); blocks are solved in chunks that fit it. Default: the size
+            of ``x`` itself, or 512 MiB where that is larger (few chunks for small features).
 
     Returns:
         Weights ``W`` and intercepts ``b`` per block, strength and task, with the
@@ -177,18 +194,42 @@ def fit_augmented(
     y = labels[:, :, None, :].expand(nb, n, n_c, n_tasks).reshape(nb, n, m)
     mask = classes[:, None].expand(nb, n_c, n_tasks, n_classes).reshape(nb, m, n_classes)
 
-    # Memory per block: parameters, gradients and 2 * history pairs, plus logits-sized temporaries.
-    per_block = 4 * ((2 * history + 8) * (dim + 1) * m * n_classes + 6 * n * m * n_classes + n * (dim + 1))
-    budget = x.numel() * x.element_size() if max_bytes is None else max_bytes
-    chunk = max(1, int(budget // max(per_block, 1)))
+    # Trailing rows of weight 0 (a smaller group's padding) are left out: blocks of one length are solved
+    # together, in chunks within the working-memory budget.
+    length = torch.where(sw > 0, torch.arange(1, n + 1, device=dev), 0).amax(1).cpu()
+    budget = max(x.numel() * x.element_size(), DEFAULT_MAX_BYTES) if max_bytes is None else max_bytes
+    plan = []
+    for size in sorted(set(length.tolist())):
+        # Per block: its features turned, the parameters of every C, and for one C's cells the gradients,
+        # 2 * history pairs and logits-sized temporaries.
+        cells = (dim + 1) * n_tasks * n_classes
+        per_block = 4 * (size * (dim + 1) + dim * dim + (n_c + 2 * history + 8) * cells + 6 * size * n_tasks * n_classes)
+        idx = (length == size).nonzero()[:, 0].to(dev)
+        step = max(1, int(budget // per_block))
+        plan += [(idx[i : i + step], size) for i in range(0, len(idx), step)]
     theta = torch.empty(nb, dim + 1, m, n_classes, device=dev, dtype=dt)
     n_iter = torch.empty(nb, m, dtype=torch.long, device=dev)
     converged = torch.empty(nb, m, dtype=torch.bool, device=dev)
     desc = "fitting probes (L-BFGS iterations)"
-    for s in range(0, nb, chunk):
-        sl = slice(s, s + chunk)
-        with tqdm(total=max_iter, desc=desc if nb <= chunk else f"{desc} {s // chunk + 1}/{-(-nb // chunk)}", disable=not progress) as bar:
-            theta[sl], n_iter[sl], converged[sl] = _solve_chunk(x[sl], y[sl], w[sl], lam[sl], mask[sl], max_iter, tol, history, max_ls, bar)
+    order = sorted(range(n_c), key=lambda c: Cs[c])  # strongest regularisation first: each C starts where the last stopped
+    for j, (idx, size) in enumerate(plan):
+        xs, ws, ys = x[idx, :size], w[idx, :size], y[idx, :size]
+        turned = rotate(xs, ws)
+        vec, curv = None, None
+        if turned is not None:
+            xs, vec, curv = turned
+        part = torch.empty(len(idx), dim + 1, m, n_classes, device=dev, dtype=dt)
+        with tqdm(total=max_iter * n_c, desc=desc if len(plan) == 1 else f"{desc} {j + 1}/{len(plan)}", disable=not progress) as bar:
+            prev = None
+            for c in order:
+                cs = slice(c * n_tasks, (c + 1) * n_tasks)
+                prev, it, conv = _solve_chunk(
+                    xs, ys[:, :, cs], ws, lam[idx, cs], mask[idx, cs], max_iter, tol, history, max_ls, bar, prev, curv
+                )
+                part[:, :, cs], n_iter[idx, cs], converged[idx, cs] = prev, it, conv
+        if vec is not None:  # back from the turned features
+            part[:, :dim] = torch.bmm(vec, part[:, :dim].reshape(-1, dim, m * n_classes)).view(-1, dim, m, n_classes)
+        theta[idx] = part
     theta = theta.view(nb, dim + 1, n_c, n_tasks, n_classes).permute(0, 2, 3, 1, 4)  # (B, C, task, d+1, k)
     return SolverResult(
         theta[..., :dim, :].contiguous(),
