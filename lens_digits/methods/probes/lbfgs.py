@@ -15,6 +15,9 @@ from lens_digits.methods.probes.rows import layout
 NEG = -1e30
 """Logit given to a class a cell may not predict."""
 
+RELAYOUT = 0.9
+"""The running fits are laid out again when that leaves at most this share of the work (slots, and a slot per row)."""
+
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """Per-cell inner product of two parameter tensors ``(blocks, d+1, cells, digits)`` -> ``(blocks, cells)``.
@@ -137,9 +140,19 @@ class _Box:
         if rows is None:
             f, p = _data_loss(z, self.y, self.w, self.mask)
             return f + 0.5 * self.lam * wsq, p
-        mask = None if self.mask is None else self.mask[rows]
-        f, p = _data_loss(z, self.y[rows], self.w[rows], mask)
+        f, p = _data_loss(z, self.y[rows], self.w[rows], self._mask(rows))
         return f + 0.5 * self.lam[rows] * wsq, p
+
+    def _mask(self, rows: Tensor | None) -> Tensor | None:
+        return self.mask if self.mask is None or rows is None else self.mask[rows]
+
+    def softmax(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Softmax of logits ``z`` (not overwritten) of all rows or of ``rows``.
+
+        Returns:
+            The probabilities, zero for the classes a cell may not predict.
+        """
+        return _softmax_(z.clone() if rows is None else z[rows], self._mask(rows))[0]
 
     def gradient(self, z: Tensor, theta: Tensor, p: Tensor | None = None) -> Tensor:
         """Gradient at ``theta``, whose logits are ``z``; ``p``: the softmax there where already known (overwritten).
@@ -147,9 +160,7 @@ class _Box:
         Returns:
             The gradient of every cell, ``(rows, d+1, cells, digits)``.
         """
-        if p is None:
-            p, _ = _softmax_(z.clone(), self.mask)
-        return _gradient(self.x, p, theta, self.y, self.w, self.lam)
+        return _gradient(self.x, self.softmax(z) if p is None else p, theta, self.y, self.w, self.lam)
 
 
 def _solve_chunk(
@@ -171,7 +182,7 @@ def _solve_chunk(
     Each iteration costs two batched matrix products whatever the line search
     does: the logits move along the search direction (``z + t * x @ direction``),
     so trial steps only need element-wise work, and the gradient is taken once
-    at the accepted point. With ``curv`` (features turned by :func:`rotate`), the initial
+    at the accepted point. With ``curv`` (features turned by :func:`~lens_digits.methods.probes.rows.rotate`), the initial
     inverse Hessian of each cell is ``gamma (diag(curv) / 2 + lam)^-1``: ``G / 2`` bounds the
     curvature of the cross-entropy along the block's features (``G`` their Gram matrix,
     Böhning's bound), so correlated features (a residual stream's) do not slow the fit;
@@ -232,13 +243,13 @@ def _solve_chunk(
         if n_active == 0:
             break
         # Lay the running fits out again once that cuts the work by a tenth.
-        if n_active <= 0.9 * active.numel() and n_active != tried:
+        if n_active <= RELAYOUT * active.numel() and n_active != tried:
             tried = n_active
             r, c = active.nonzero(as_tuple=True)  # row-major: grouped by row, so by block within a row
             order = torch.argsort(box.bi[r], stable=True)
             r, c = r[order], c[order]
             bi, ci, pad, src = layout(box.bi[r], box.ci[r, c], nb)
-            if bi.numel() * (ci.shape[1] + 1) <= 0.9 * box.bi.numel() * (box.ci.shape[1] + 1):
+            if bi.numel() * (ci.shape[1] + 1) <= RELAYOUT * box.bi.numel() * (box.ci.shape[1] + 1):
                 write_back()
                 rs, cs = r[src], c[src]
                 box = _Box(x, y, w, lam, mask, curv, bi, ci, pad)
@@ -320,7 +331,7 @@ def _solve_chunk(
         if p_first is not None:  # rows where some cell took another step (or none) get their softmax anew
             redo = (active & (accepted != 1)).any(1).nonzero()[:, 0]
             if redo.numel():
-                p_first[redo] = _softmax_(z[redo], None if box.mask is None else box.mask[redo])[0]
+                p_first[redo] = box.softmax(z, redo)
         g_new = box.gradient(z, theta_new, p_first)
         del p_first
         s = theta_new - theta

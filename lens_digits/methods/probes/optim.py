@@ -199,10 +199,10 @@ def fit_augmented(
     length = torch.where(sw > 0, torch.arange(1, n + 1, device=dev), 0).amax(1).cpu()
     budget = max(x.numel() * x.element_size(), DEFAULT_MAX_BYTES) if max_bytes is None else max_bytes
     plan = []
+    cells = (dim + 1) * n_tasks * n_classes  # the parameters of one C's cells
     for size in sorted(set(length.tolist())):
         # Per block: its features turned, the parameters of every C, and for one C's cells the gradients,
         # 2 * history pairs and logits-sized temporaries.
-        cells = (dim + 1) * n_tasks * n_classes
         per_block = 4 * (size * (dim + 1) + dim * dim + (n_c + 2 * history + 8) * cells + 6 * size * n_tasks * n_classes)
         idx = (length == size).nonzero()[:, 0].to(dev)
         step = max(1, int(budget // per_block))
